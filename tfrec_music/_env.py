@@ -11,12 +11,12 @@ import sys
 
 
 def configure_tensorflow_environment() -> None:
-  """Sets `TF_USE_LEGACY_KERAS=1` and quiets TensorFlow's C++ logging.
+  """Sets `TF_USE_LEGACY_KERAS=1` and silences TensorFlow's C++ logging (override with TF_CPP_MIN_LOG_LEVEL).
 
   Raises:
     ImportError: TensorFlow was already imported with Keras 3 as `tf.keras`.
   """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
     tf = sys.modules["tensorflow"]
     keras_version = ""

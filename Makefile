@@ -1,0 +1,33 @@
+# Two set-up commands: `make train` and `make test` (both create .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MODEL ?= popularity
+PRESET ?= default
+ARGS ?=
+
+.PHONY: install train test test-fast sdist clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m trainer.task --model $(MODEL) --preset $(PRESET) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+sdist: $(STAMP)
+	$(PY) -m build --sdist --outdir dist .
+
+clean:
+	rm -rf build dist *.egg-info jobs .pytest_cache

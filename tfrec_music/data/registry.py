@@ -1,0 +1,81 @@
+"""One entry point from a `--data` name to validated canonical tables."""
+
+import dataclasses
+from typing import Mapping, Optional
+
+import pandas as pd
+
+from tfrec_music.data.report import DataReport
+from tfrec_music.data.tables import Tables
+
+NAMED_SOURCES = ("synthetic", "csv", "parquet", "lastfm-loved")
+
+
+@dataclasses.dataclass
+class LoadedData:
+  """Tables plus what only some sources have.
+
+  Attributes:
+    tables: Validated canonical tables.
+    oracle: The generator's true scorer (synthetic data only).
+    playlists: Playlist rows (synthetic data only).
+    data_card: Summary printed and saved by the synthetic generator.
+  """
+
+  tables: Tables
+  oracle: Optional[object] = None
+  playlists: Optional[pd.DataFrame] = None
+  data_card: Optional[dict] = None
+
+
+def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
+              preset: str = "default", seed: int = 0,
+              columns: Optional[Mapping[str, str]] = None,
+              unknown_items: str = "error",
+              report: Optional[DataReport] = None) -> LoadedData:
+  """Loads a data source by name.
+
+  Args:
+    data: `synthetic` (the embedded catalogue), `csv` / `parquet` (a
+      canonical folder in `data_dir`), `lastfm-loved` (a Last.fm loved-tracks
+      export in `data_dir`), or `tfds:<name>` (any tensorflow-datasets set).
+    data_dir: Folder of the files (for file sources), or TFDS's data dir.
+    preset: Synthetic preset (`tiny`, `default`).
+    seed: Synthetic generator seed.
+    columns: Canonical name -> source column name.
+    unknown_items: `error` or `drop` for interactions with unknown items.
+    report: Data report to record load counts in.
+
+  Returns:
+    The loaded data.
+
+  Raises:
+    ValueError: unknown source name, or a file source without `data_dir`.
+  """
+  report = report if report is not None else DataReport()
+  if data == "synthetic":
+    from tfrec_music.data import synthetic  # pylint: disable=g-import-not-at-top
+    catalog = synthetic.generate(preset, seed=seed)
+    report.record("load", source=f"synthetic:{preset}", seed=seed,
+                  **{f"{k}_rows": v for k, v in catalog.tables.summary().items()})
+    return LoadedData(tables=catalog.tables, oracle=catalog.oracle,
+                      playlists=catalog.playlists, data_card=catalog.data_card())
+  if data.startswith("tfds:"):
+    from tfrec_music.data.loaders import tfds_source  # pylint: disable=g-import-not-at-top
+    tables = tfds_source.load_tfds(data[len("tfds:"):], columns=columns, data_dir=data_dir,
+                                   report=report)
+    return LoadedData(tables=tables)
+  if data in ("csv", "parquet", "lastfm-loved"):
+    if not data_dir:
+      raise ValueError(f"`--data {data}` reads files: pass the folder with `--data-dir`.")
+    if data == "lastfm-loved":
+      from tfrec_music.data.loaders import lastfm_loved  # pylint: disable=g-import-not-at-top
+      tables = lastfm_loved.load_lastfm_loved(data_dir, unknown_items=unknown_items,
+                                              report=report)
+    else:
+      from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
+      tables = canonical.load_canonical(data_dir, fmt=data, columns=columns,
+                                        unknown_items=unknown_items, report=report)
+    return LoadedData(tables=tables)
+  raise ValueError(f"`--data` should be one of {NAMED_SOURCES} or `tfds:<name>`. "
+                   f"Received: `--data` = {data!r}.")

@@ -1,0 +1,121 @@
+"""Query and candidate towers of the two-tower retrieval model.
+
+Both towers are plain Keras models over *encoded* features (see
+`tfrec_music.models.features`), so each can be exported alone behind its
+encoder. They share the track-id embedding: the query tower pools the user's
+recent tracks through it, which is what lets a user never seen in training
+get personal recommendations from their history.
+"""
+
+from typing import Dict, Sequence
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+from tfrec_music.models.features import ItemFeatureSpec
+from tfrec_music.models.features import TEXT_VECTOR_COLUMN
+
+
+def masked_mean(embedded: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+  """Mean of [B, T, d] embeddings over positions whose id is not 0 (padding).
+
+  Rows with no valid position give zeros.
+  """
+  mask = tf.cast(tf.not_equal(ids, 0), embedded.dtype)[..., tf.newaxis]
+  total = tf.reduce_sum(embedded * mask, axis=1)
+  count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+  return total / count
+
+
+def _mlp(layer_sizes: Sequence[int], output_dim: int, name: str) -> tf.keras.Sequential:
+  layers = [tf.keras.layers.Dense(n, activation="relu") for n in layer_sizes]
+  layers.append(tf.keras.layers.Dense(output_dim))
+  return tf.keras.Sequential(layers, name=name)
+
+
+class CandidateTower(tf.keras.Model):
+  """Track tower: id, artist, album, genre, tags, title/lyrics text, audio, text vector.
+
+  Args:
+    spec: Item features to use (ids only when empty).
+    lookup_sizes: Feature -> vocabulary size of the categorical lookups.
+    text_vocab_sizes: Text feature -> token vocabulary size.
+    item_embedding: The shared track-id embedding layer.
+    embedding_dim: Output size [d].
+    layer_sizes: Hidden layer sizes of the MLP over the concatenated features.
+    feature_dim: Size of each content feature's embedding.
+    normalize: L2-normalize the output (scores become cosines / temperature).
+  """
+
+  def __init__(self, spec: ItemFeatureSpec, lookup_sizes: Dict[str, int],
+               text_vocab_sizes: Dict[str, int], item_embedding: tf.keras.layers.Embedding,
+               embedding_dim: int, layer_sizes: Sequence[int], feature_dim: int = 32,
+               normalize: bool = True, **kwargs):
+    super().__init__(**kwargs)
+    self.spec = spec
+    self.item_embedding = item_embedding
+    self.normalize = normalize
+    self.categorical = {c: tf.keras.layers.Embedding(lookup_sizes[c], feature_dim, name=f"{c}_embedding")
+                        for c in spec.categorical}
+    self.tags = (tf.keras.layers.Embedding(lookup_sizes["tags"], feature_dim, name="tags_embedding")
+                 if spec.tags else None)
+    self.text = {c: tf.keras.layers.Embedding(text_vocab_sizes[c], feature_dim, name=f"{c}_embedding")
+                 for c in spec.text}
+    self.numeric = (tf.keras.layers.Dense(feature_dim, activation="relu", name="numeric_dense")
+                    if spec.numeric else None)
+    self.text_vector = (tf.keras.layers.Dense(feature_dim, activation="relu", name="text_vector_dense")
+                        if spec.text_vector_dim else None)
+    self.mlp = _mlp(layer_sizes, embedding_dim, "candidate_mlp")
+
+  def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Encoded item features [B, ...] -> track embeddings [B, d]."""
+    parts = [self.item_embedding(features["item_id"])]
+    for column, layer in self.categorical.items():
+      parts.append(layer(features[column]))
+    if self.tags is not None:
+      parts.append(masked_mean(self.tags(features["tags"]), features["tags"]))
+    for column, layer in self.text.items():
+      parts.append(masked_mean(layer(features[column]), features[column]))
+    if self.numeric is not None:
+      parts.append(self.numeric(features["numeric"]))
+    if self.text_vector is not None:
+      parts.append(self.text_vector(features[TEXT_VECTOR_COLUMN]))
+    out = self.mlp(tf.concat(parts, axis=1), training=training)
+    return tf.math.l2_normalize(out, axis=1) if self.normalize else out
+
+
+class QueryTower(tf.keras.Model):
+  """User tower: user id, country (and other user columns), recent-history pooling.
+
+  Args:
+    user_vocab_size: Size of the user-id lookup (incl. mask and OOV).
+    categorical_sizes: User feature -> lookup size (e.g. `country`).
+    item_embedding: The shared track-id embedding layer (history pooling).
+    embedding_dim: Output size [d].
+    layer_sizes: Hidden layer sizes.
+    feature_dim: Size of each user feature's embedding.
+    normalize: L2-normalize the output.
+  """
+
+  def __init__(self, user_vocab_size: int, categorical_sizes: Dict[str, int],
+               item_embedding: tf.keras.layers.Embedding, embedding_dim: int,
+               layer_sizes: Sequence[int], feature_dim: int = 32, normalize: bool = True,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.user_embedding = tf.keras.layers.Embedding(user_vocab_size, embedding_dim,
+                                                    name="user_id_embedding")
+    self.categorical = {c: tf.keras.layers.Embedding(n, feature_dim, name=f"{c}_embedding")
+                        for c, n in categorical_sizes.items()}
+    self.item_embedding = item_embedding
+    self.normalize = normalize
+    self.mlp = _mlp(layer_sizes, embedding_dim, "query_mlp")
+
+  def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Encoded `user_id` [B], user features [B], `history` [B, H] -> [B, d]."""
+    history = features["history"]
+    parts = [self.user_embedding(features["user_id"]),
+             masked_mean(self.item_embedding(history), history)]
+    for column, layer in self.categorical.items():
+      parts.append(layer(features[column]))
+    out = self.mlp(tf.concat(parts, axis=1), training=training)
+    return tf.math.l2_normalize(out, axis=1) if self.normalize else out

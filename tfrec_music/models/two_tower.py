@@ -1,0 +1,455 @@
+"""Two-tower retrieval (`--model two_tower`): user tower x track tower.
+
+The recommender idea: embed users (id, country, the tracks they played
+recently) and tracks (id plus content: artist, album, genre, tags, title and
+lyrics text, audio features) in one space and recommend the nearest tracks.
+Training is in-batch softmax (`tfrs.tasks.Retrieval`) with sampling-bias
+(logQ) correction from training item frequencies, accidental-hit removal, a
+temperature and optional extra uniform negatives (mixed negatives). Content
+features let never-played tracks be placed near similar ones; history lets
+users never seen in training get personal recommendations.
+"""
+
+import dataclasses
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_music import io
+from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.models import history as history_lib
+from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.features import ItemEncoder
+from tfrec_music.models.features import ItemFeatureSpec
+from tfrec_music.models.features import encode_catalogue
+from tfrec_music.models.features import item_input_signature
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.models.towers import CandidateTower
+from tfrec_music.models.towers import QueryTower
+from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.lookups import string_lookup
+from tfrec_music.prepare.prepared import PreparedData
+
+USER_FEATURES = ("country",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerConfig:
+  """Two-tower hyperparameters.
+
+  Attributes:
+    features: `"all"` (content features on) or `"ids"` (track id only).
+    embedding_dim: Size of the shared user/track space.
+    layer_sizes: Hidden layers of each tower's MLP.
+    feature_dim: Embedding size of each content feature.
+    history_length: Recent tracks pooled in the user tower.
+    learning_rate: Optimizer learning rate.
+    optimizer: `adam`, `adagrad` or `sgd`.
+    batch_size: Training batch size (= in-batch negatives + 1).
+    epochs: Maximum epochs (early stopping may stop sooner).
+    temperature: Softmax temperature over cosine scores.
+    logq_correction: Subtract log sampling probability from logits.
+    remove_accidental_hits: Mask in-batch negatives equal to the positive.
+    mixed_negatives: Extra uniformly sampled negatives per batch.
+    user_id_dropout: Share of training rows whose user id is replaced by OOV,
+      so the tower learns to serve users from history alone.
+    early_stopping_patience: Epochs without validation HR@10 gain before stopping.
+    validation_users: Validation users scored per epoch (0 = all).
+    top_k: Results per request in the export.
+    seed: Initialization and shuffling seed.
+  """
+
+  features: str = "all"
+  embedding_dim: int = 64
+  layer_sizes: Tuple[int, ...] = (128,)
+  feature_dim: int = 32
+  history_length: int = 20
+  learning_rate: float = 0.003
+  optimizer: str = "adam"
+  batch_size: int = 1024
+  epochs: int = 12
+  temperature: float = 0.05
+  logq_correction: bool = True
+  remove_accidental_hits: bool = True
+  mixed_negatives: int = 0
+  user_id_dropout: float = 0.2
+  early_stopping_patience: int = 2
+  validation_users: int = 2000
+  top_k: int = 100
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.features not in ("all", "ids"):
+      raise ValueError("`features` should be 'all' or 'ids'. "
+                       f"Received: `features` = {self.features!r}.")
+    if self.optimizer not in ("adam", "adagrad", "sgd"):
+      raise ValueError("`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
+                       f"Received: `optimizer` = {self.optimizer!r}.")
+    for name in ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
+    if self.temperature <= 0:
+      raise ValueError(f"`temperature` should be positive. Received: `temperature` = {self.temperature}.")
+    object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
+
+
+class TwoTowerModel(tfrs.Model):
+  """The training model: towers, catalogue features and the retrieval task.
+
+  Args:
+    query_tower: `QueryTower`.
+    candidate_tower: `CandidateTower`.
+    catalogue: Encoded item features, each [n_items, ...], gathered by
+      catalogue index for the candidates of a batch.
+    sampling_probability: [n_items] probability of each item being a batch
+      candidate (training frequency), for the logQ correction.
+    config: `TwoTowerConfig`.
+  """
+
+  def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
+               catalogue: Dict[str, np.ndarray], sampling_probability: np.ndarray,
+               config: TwoTowerConfig):
+    super().__init__()
+    self.query_tower = query_tower
+    self.candidate_tower = candidate_tower
+    self.catalogue = {k: tf.constant(v) for k, v in catalogue.items()}
+    self.n_items = int(len(sampling_probability))
+    self.config = config
+    prob = np.asarray(sampling_probability, np.float64)
+    if config.mixed_negatives:
+      # A candidate's chance to appear in a batch: as a positive or a uniform draw.
+      prob = config.batch_size * prob + config.mixed_negatives / self.n_items
+      prob = prob / prob.sum()
+    self.log_q = tf.constant(np.maximum(prob, 1e-12), tf.float32)
+    self.task = tfrs.tasks.Retrieval(
+        loss=tf.keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+        temperature=config.temperature,
+        remove_accidental_hits=config.remove_accidental_hits)
+
+  def candidate_features(self, indices: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Encoded features of the catalogue items at `indices` [N]."""
+    return {k: tf.gather(v, indices) for k, v in self.catalogue.items()}
+
+  def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """In-batch softmax loss of a batch of (user features, positive item index)."""
+    query_inputs = {k: v for k, v in inputs.items() if k != "item_index"}
+    if training and self.config.user_id_dropout > 0:
+      drop = tf.random.uniform(tf.shape(query_inputs["user_id"])) < self.config.user_id_dropout
+      query_inputs["user_id"] = tf.where(drop, tf.ones_like(query_inputs["user_id"]),
+                                         query_inputs["user_id"])
+    queries = self.query_tower(query_inputs, training=training)
+    candidates_index = inputs["item_index"]
+    if training and self.config.mixed_negatives:
+      extra = tf.random.uniform([self.config.mixed_negatives], 0, self.n_items, dtype=tf.int64)
+      candidates_index = tf.concat([candidates_index, extra], axis=0)
+    candidates = self.candidate_tower(self.candidate_features(candidates_index),
+                                      training=training)
+    probability = (tf.gather(self.log_q, candidates_index)
+                   if self.config.logq_correction else None)
+    return self.task(queries, candidates, candidate_sampling_probability=probability,
+                     candidate_ids=candidates_index, compute_metrics=False)
+
+
+class QueryEncoder(tf.keras.layers.Layer):
+  """Raw user features (`user_id`, `country`, `history` track ids) -> indices."""
+
+  def __init__(self, vocabularies: Dict[str, Sequence[str]], user_features: Sequence[str],
+               **kwargs):
+    super().__init__(**kwargs)
+    self.user_features = tuple(user_features)
+    self.user_lookup = string_lookup(vocabularies["user_id"], "user_id_lookup")
+    self.history_lookup = string_lookup(vocabularies["item_id"], "history_lookup")
+    self.feature_lookups = {c: string_lookup(vocabularies.get(c, []), f"{c}_lookup")
+                            for c in self.user_features}
+
+  def call(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Encodes `user_id` [B], user features [B] and `history` [B, H] strings."""
+    out = {"user_id": self.user_lookup(raw["user_id"]),
+           "history": self.history_lookup(raw["history"])}
+    for column in self.user_features:
+      out[column] = self.feature_lookups[column](raw[column])
+    return out
+
+
+class TwoTowerFamily(ModelFamily):
+  """Two-tower retrieval plugged into the training pipeline."""
+
+  name = "two_tower"
+  config_class = TwoTowerConfig
+
+  @classmethod
+  def presets(cls) -> Dict[str, Dict[str, Any]]:
+    """`tiny` trains in seconds for tests; `default` is the measured setting."""
+    return {"tiny": {"epochs": 3, "batch_size": 256, "embedding_dim": 32,
+                     "layer_sizes": (64,), "history_length": 10, "top_k": 20,
+                     "validation_users": 0},
+            "default": {}}
+
+  def __init__(self, config: TwoTowerConfig, prepared: PreparedData):
+    super().__init__(config, prepared)
+    self.use_content = config.features == "all"
+    vocabs = prepared.vocabularies
+    users = prepared.users
+    self.user_features = tuple(c for c in USER_FEATURES
+                               if self.use_content and users is not None and c in users.columns
+                               and c in vocabs)
+    self.user_table = (users.set_index("user_id") if users is not None and self.user_features
+                       else None)
+    train_items = prepared.items[prepared.items["item_id"].isin(set(vocabs["item_id"]))]
+    self.spec = ItemFeatureSpec.from_items(prepared.items, self.use_content)
+    self.item_encoder = ItemEncoder(self.spec, vocabs, train_items, name="item_encoder")
+    self.query_encoder = QueryEncoder(vocabs, self.user_features, name="query_encoder")
+    self.catalogue = encode_catalogue(self.item_encoder, prepared.items)
+    tf.keras.utils.set_random_seed(config.seed)
+    item_embedding = tf.keras.layers.Embedding(len(vocabs["item_id"]) + 2, config.embedding_dim,
+                                               name="item_id_embedding")
+    self.query_tower = QueryTower(
+        len(vocabs["user_id"]) + 2,
+        {c: len(vocabs[c]) + 2 for c in self.user_features}, item_embedding,
+        config.embedding_dim, config.layer_sizes, config.feature_dim, name="query_tower")
+    self.candidate_tower = CandidateTower(
+        self.spec, self.item_encoder.lookup_sizes(), self.item_encoder.text_vocab_sizes(),
+        item_embedding, config.embedding_dim, config.layer_sizes, config.feature_dim,
+        name="candidate_tower")
+    counts = prepared.item_train_counts.astype(np.float64)
+    self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
+                               counts / max(counts.sum(), 1.0), config)
+    self.model.compile(optimizer=_optimizer(config))
+    self._item_embeddings: Optional[np.ndarray] = None
+    self.histories = {
+        "valid": history_lib.last_items(prepared.train, config.history_length),
+        "test": history_lib.last_items(pd.concat([prepared.train, prepared.valid]),
+                                       config.history_length),
+        "cold_user": history_lib.last_items(prepared.cold_user_history, config.history_length)}
+    self.fit_summary: Dict[str, Any] = {}
+
+  # ----------------------------------------------------------------- training
+  def training_features(self) -> Dict[str, np.ndarray]:
+    """Encoded training rows: user features, causal history and item index."""
+    train = self.prepared.train
+    vocabs = self.prepared.vocabularies
+    features = {
+        "user_id": history_lib.lookup_indices(train["user_id"], vocabs["user_id"]),
+        "history": history_lib.causal_history(train, vocabs["item_id"], self.config.history_length),
+        "item_index": self.prepared.item_index(train["item_id"]).astype(np.int64)}
+    for column in self.user_features:
+      values = self.user_table[column].reindex(train["user_id"]).fillna("").to_numpy()
+      features[column] = history_lib.lookup_indices(values, vocabs[column])
+    return features
+
+  def fit(self, job_dir: str) -> Dict[str, Any]:
+    """Trains with early stopping on validation HR@10, keeping the best weights."""
+    config = self.config
+    n_train = len(self.prepared.train)
+    if config.batch_size > n_train:
+      raise ValueError(f"`batch_size` = {config.batch_size} is larger than the {n_train} "
+                       "training interactions. Use a smaller `--set batch_size=...`.")
+    dataset = make_dataset(self.training_features(), config.batch_size, shuffle=True,
+                           seed=config.seed)
+    log_dir = io.join(job_dir, "logs", "two_tower")
+    writer = tf.summary.create_file_writer(io.join(log_dir, "validation"))
+    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
+    rng = np.random.default_rng(config.seed)
+    best = (-1.0, None, 0)
+    history = []
+    for epoch in range(config.epochs):
+      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                              callbacks=[tensorboard])
+      loss = float(result.history["loss"][-1])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"Training loss became {loss} at epoch {epoch + 1}. Lower the learning rate "
+            "(`--set learning_rate=...`) or raise the temperature.")
+      self._item_embeddings = None
+      hr = self._validation_hr(rng)
+      history.append({"epoch": epoch + 1, "loss": loss, "valid_hr@10": hr})
+      logging.info("two_tower epoch %d: loss %.4f, valid HR@10 %.4f", epoch + 1, loss, hr)
+      with writer.as_default():
+        tf.summary.scalar("valid_hr@10", hr, step=epoch + 1)
+      if hr > best[0]:
+        best = (hr, self.model.get_weights(), epoch + 1)
+      elif epoch + 1 - best[2] >= config.early_stopping_patience:
+        logging.info("Early stopping: no validation gain for %d epochs.",
+                     config.early_stopping_patience)
+        break
+    self.model.set_weights(best[1])
+    self._item_embeddings = None
+    self.fit_summary = {"best_epoch": best[2], "best_valid_hr@10": best[0],
+                        "epochs_run": len(history), "history": history}
+    self._write_projector(job_dir)
+    return self.fit_summary
+
+  def _validation_hr(self, rng: np.random.Generator) -> float:
+    valid_users = self.prepared.valid["user_id"].to_numpy()
+    n = self.config.validation_users
+    subset = self.prepared
+    if n and len(valid_users) > n:
+      keep = set(rng.choice(valid_users, size=n, replace=False).tolist())
+      subset = dataclasses.replace(self.prepared,
+                                   valid=self.prepared.valid[self.prepared.valid["user_id"].isin(keep)])
+    metrics = evaluate_scorer(self.scorer, subset, splits=("valid",), ks=(10,), cold_users=False)
+    return float(metrics["valid/all/hr@10"])
+
+  # ---------------------------------------------------------------- scoring
+  def item_embeddings(self) -> np.ndarray:
+    """[n_items, d] track vectors of the catalogue (cached until weights change)."""
+    if self._item_embeddings is None:
+      parts = []
+      for start in range(0, self.prepared.n_items, 4096):
+        index = tf.range(start, min(start + 4096, self.prepared.n_items), dtype=tf.int64)
+        parts.append(self.candidate_tower(self.model.candidate_features(index)).numpy())
+      self._item_embeddings = np.concatenate(parts)
+    return self._item_embeddings
+
+  def raw_query_features(self, user_ids: Sequence[str], split: str) -> Dict[str, np.ndarray]:
+    """Raw user features at the time of `split` (history before it)."""
+    user_ids = np.asarray(user_ids).astype(str)
+    raw = {"user_id": user_ids.astype(object),
+           "history": history_lib.history_matrix(user_ids, self.histories[split],
+                                                 self.config.history_length)}
+    for column in self.user_features:
+      raw[column] = self.user_table[column].reindex(user_ids).fillna("").astype(str).to_numpy().astype(object)
+    return raw
+
+  def query_embeddings(self, user_ids: Sequence[str], split: str) -> np.ndarray:
+    """[B, d] user vectors of `user_ids` with their history before `split`.
+
+    Cold users of the `cold_user` split have OOV ids, so they are served from
+    history (and country) alone.
+    """
+    raw = self.raw_query_features(user_ids, split)
+    if split == "cold_user":
+      raw["user_id"] = np.full(len(user_ids), "", dtype=object)
+    encoded = self.query_encoder({k: tf.constant(v) for k, v in raw.items()})
+    return self.query_tower(encoded).numpy()
+
+  def scorer(self, split: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """Batched scorer for the evaluation protocol."""
+    items = self.item_embeddings()
+
+    def _score(user_ids):
+      return self.query_embeddings(user_ids, split) @ items.T
+    return _score
+
+  def score_fn(self):
+    """Scorer factory (split -> scorer)."""
+    return self.scorer
+
+  # ----------------------------------------------------------------- export
+  def query_model(self) -> tf.keras.Model:
+    """Raw user features -> query vectors (encoder + tower)."""
+    encoder, tower = self.query_encoder, self.query_tower
+
+    class _QueryModel(tf.keras.Model):
+
+      def __init__(self):
+        super().__init__(name="query_model")
+        self.encoder, self.tower = encoder, tower
+
+      def call(self, raw):
+        return self.tower(self.encoder(raw))
+
+    return _QueryModel()
+
+  def query_signature(self) -> Dict[str, tf.TensorSpec]:
+    """Raw query inputs besides `user_id`."""
+    sig = {"history": tf.TensorSpec([None, None], tf.string, name="history")}
+    for column in self.user_features:
+      sig[column] = tf.TensorSpec([None], tf.string, name=column)
+    return sig
+
+  def save(self, directory: str) -> Dict[str, str]:
+    """Exact-index SavedModel, ScaNN variant, both towers and the track vectors."""
+    from tfrec_music.export import retrieval  # pylint: disable=g-import-not-at-top
+    items = self.item_embeddings()
+    k = min(self.config.top_k, self.prepared.n_items)
+    if k < self.config.top_k:
+      logging.warning("top_k=%d is larger than the catalogue (%d items): serving %d.",
+                      self.config.top_k, self.prepared.n_items, k)
+    popular_ids, popular_scores = PopularityModel.fit(self.prepared).top_k(k)
+    known = np.asarray(self.prepared.vocabularies["user_id"])
+    stored = self.raw_query_features(known, "test")
+    stored.pop("user_id")
+    query_model = self.query_model()
+    for kind, path in (("exact", directory), ("scann", io.join(directory, "scann"))):
+      module = retrieval.RetrievalServingModule(
+          query_model, self.query_signature(), items, self.prepared.item_ids, kind, known,
+          stored, popular_ids, popular_scores, k)
+      retrieval.save_retrieval_module(module, path)
+    self._save_towers(directory)
+    metadata = {c: self.prepared.items[c].fillna("").astype(str).to_numpy()
+                for c in ("title", "artist") if c in self.prepared.items.columns}
+    retrieval.save_candidates(io.join(directory, "candidates"), self.prepared.item_ids,
+                              items, metadata)
+    return {
+        "serving_default": "user_id [B] -> item_ids [B, k], scores [B, k], fallback [B] "
+                           "(stored history of known users; popularity for unknown users)",
+        "recommend": "user_id [B], history [B, H] (padded with ''), "
+                     + "".join(f"{c} [B], " for c in self.user_features)
+                     + "exclude [B, E] -> item_ids, scores, fallback",
+        "scann/": "the same signatures over a ScaNN index (needs ScaNN ops)",
+        "query_tower/": "serving_default: raw user features -> embedding [B, d]",
+        "candidate_tower/": "serving_default: raw track features -> embedding [B, d]",
+        "candidates/": "item_ids.txt, embeddings.npy, metadata.tsv"}
+
+  def _save_towers(self, directory: str) -> None:
+    query_model = self.query_model()
+    query_spec = dict(self.query_signature())
+    query_spec["user_id"] = tf.TensorSpec([None], tf.string, name="user_id")
+
+    @tf.function(input_signature=[query_spec])
+    def serve_query(raw):
+      return {"embedding": query_model(raw)}
+
+    query_module = tf.Module()
+    query_module.model = query_model
+    tf.saved_model.save(query_module, io.join(directory, "query_tower"),
+                        signatures={"serving_default": serve_query})
+    encoder, tower = self.item_encoder, self.candidate_tower
+
+    @tf.function(input_signature=[item_input_signature(self.spec)])
+    def serve_candidate(raw):
+      return {"embedding": tower(encoder(raw))}
+
+    candidate_module = tf.Module()
+    candidate_module.encoder, candidate_module.tower = encoder, tower
+    tf.saved_model.save(candidate_module, io.join(directory, "candidate_tower"),
+                        signatures={"serving_default": serve_candidate})
+
+  def _write_projector(self, job_dir: str) -> None:
+    """Track vectors in TensorBoard's embedding projector, labelled by title and artist."""
+    from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
+    log_dir = io.join(job_dir, "logs", "projector")
+    io.makedirs(log_dir)
+    items = self.prepared.items
+    label_cols = [c for c in ("title", "artist") if c in items.columns]
+    lines = ["item_id\t" + "\t".join(label_cols)] if label_cols else []
+    for row in range(len(items)):
+      cells = [str(items["item_id"].iloc[row])] + [
+          str(items[c].iloc[row]).replace("\t", " ") for c in label_cols]
+      lines.append("\t".join(cells) if label_cols else cells[0])
+    io.write_text(io.join(log_dir, "metadata.tsv"), "\n".join(lines) + "\n")
+    vectors = tf.Variable(self.item_embeddings(), name="track_vectors")
+    checkpoint = tf.train.Checkpoint(embedding=vectors)
+    checkpoint.save(io.join(log_dir, "embedding.ckpt"))
+    config = projector.ProjectorConfig()
+    embedding = config.embeddings.add()
+    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    embedding.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(log_dir, config)
+
+
+def _optimizer(config: TwoTowerConfig) -> tf.keras.optimizers.Optimizer:
+  if config.optimizer == "adam":
+    return tf.keras.optimizers.Adam(config.learning_rate)
+  if config.optimizer == "adagrad":
+    return tf.keras.optimizers.Adagrad(config.learning_rate)
+  return tf.keras.optimizers.SGD(config.learning_rate)

@@ -1,0 +1,87 @@
+"""tf.data pipelines from prepared frames to batched feature dicts.
+
+Features stay raw values (strings and numbers) in the frames; the lookups from
+strings to indices run as a `map` on the host side of the pipeline
+(`lookup_fn`), so the accelerator (TPU included) only ever sees integers. The
+same lookup layers are placed inside the exported model for serving.
+"""
+
+from typing import Callable, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+
+def frame_to_features(frame: pd.DataFrame, columns: Sequence[str]) -> Dict[str, np.ndarray]:
+  """Columns of `frame` as numpy arrays ready for `from_tensor_slices`.
+
+  Strings become `object` arrays of str, integers int64, floats float32.
+
+  Raises:
+    ValueError: a requested column is absent (names the column and the ones present).
+  """
+  out = {}
+  for column in columns:
+    if column not in frame.columns:
+      raise ValueError(f"Column `{column}` is not in the data (columns present: "
+                       f"{list(frame.columns)}). Drop it from the feature list "
+                       "or add it to the input tables.")
+    values = frame[column].to_numpy()
+    if values.dtype.kind in "iu":
+      out[column] = values.astype(np.int64)
+    elif values.dtype.kind == "f":
+      out[column] = values.astype(np.float32)
+    else:
+      out[column] = values.astype(str).astype(object)
+  return out
+
+
+def make_dataset(features: Mapping[str, np.ndarray], batch_size: int, *,
+                 shuffle: bool = True, seed: int = 0, repeat: bool = False,
+                 lookup_fn: Optional[Callable] = None, cache: bool = True,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+  """Builds a batched, prefetched dataset of feature dicts.
+
+  Args:
+    features: Feature name -> [N, ...] array (all of equal length N).
+    batch_size: Batch size; must be positive. A batch larger than N gives one
+      (smaller) batch unless `drop_remainder`, in which case it is an error.
+    shuffle: Shuffle rows each epoch with a seeded, full-size buffer.
+    seed: Shuffle seed.
+    repeat: Repeat forever (for step-based training).
+    lookup_fn: Batched map on the host: raw feature dict -> model inputs.
+    cache: Cache the looked-up batches' source rows in memory.
+    drop_remainder: Drop the last partial batch.
+
+  Returns:
+    A `tf.data.Dataset`.
+
+  Raises:
+    ValueError: bad `batch_size` or empty / ragged features.
+  """
+  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise ValueError("`batch_size` should be a positive integer. "
+                     f"Received: `batch_size` = {batch_size!r}.")
+  lengths = {name: len(v) for name, v in features.items()}
+  if not lengths or len(set(lengths.values())) != 1:
+    raise ValueError(f"Features must be non-empty and of equal length. Received lengths: {lengths}.")
+  n = next(iter(lengths.values()))
+  if n == 0:
+    raise ValueError("No rows to build a dataset from: the split is empty.")
+  if drop_remainder and batch_size > n:
+    raise ValueError(f"`batch_size` = {batch_size} is larger than the {n} training rows, "
+                     "so no full batch exists. Use a smaller `--batch-size`.")
+  ds = tf.data.Dataset.from_tensor_slices(dict(features))
+  if cache:
+    ds = ds.cache()
+  if shuffle:
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  if lookup_fn is not None:
+    ds = ds.map(lookup_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,178 @@
+"""The one training pipeline: load -> prepare -> fit -> evaluate -> export.
+
+Usable from a notebook (`run(RunConfig(model="popularity", preset="tiny"))`)
+and behind `python -m trainer.task`.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, Mapping, Optional
+
+from tfrec_music import io
+from tfrec_music.data.registry import load_data
+from tfrec_music.data.report import DataReport
+from tfrec_music.data.tables import parse_column_mapping
+from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.evaluation.protocol import fixed_scorer
+from tfrec_music.evaluation.protocol import format_metrics_table
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.models.registry import get_family
+from tfrec_music.prepare.prepared import PrepareConfig
+from tfrec_music.prepare.prepared import prepare
+
+TABLE_KEYS = ("test/all/hr@10", "test/all/ndcg@10", "test/all/recall@50",
+              "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything one training run needs (the CLI flags, resolved).
+
+  Attributes:
+    model: Model family name (see `tfrec_music.models.registry.FAMILIES`).
+    data: Data source (`synthetic`, `csv`, `parquet`, `lastfm-loved`, `tfds:<name>`).
+    data_dir: Folder of file sources.
+    preset: Synthetic catalogue preset and model preset (`tiny`, `default`).
+    seed: Seed of data generation, splits, initialization and shuffling.
+    job_dir: Folder of run outputs (report, metrics, config, logs).
+    export_dir: Root of exports; the model goes to `<export_dir>/<model>/<version>`.
+    columns: Column mapping text `canonical=source,...`.
+    unknown_items: `error` or `drop`.
+    kcore: k of the k-core filter.
+    warm_share: Share of items marked warm.
+    cold_user_share: Share of users held out as cold users.
+    hparams: Model hyperparameter overrides.
+    export: Whether to export the model.
+  """
+
+  model: str = "popularity"
+  data: str = "synthetic"
+  data_dir: Optional[str] = None
+  preset: str = "default"
+  seed: int = 0
+  job_dir: str = "jobs"
+  export_dir: str = "saved_models"
+  columns: str = ""
+  unknown_items: str = "error"
+  kcore: int = 5
+  warm_share: float = 0.2
+  cold_user_share: float = 0.05
+  hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  export: bool = True
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a run produced."""
+
+  metrics: Dict[str, Dict[str, float]]
+  export_path: Optional[str]
+  job_dir: str
+  report: DataReport
+  model_config: Any
+
+
+def _set_seeds(seed: int) -> None:
+  import random  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  random.seed(seed)
+  np.random.seed(seed)
+  tf.random.set_seed(seed)
+
+
+def run(config: RunConfig) -> RunResult:
+  """Runs the whole pipeline for one model and returns metrics and the export path.
+
+  Writes to `config.job_dir`: `data_report.json`, `config.json`,
+  `metrics.json` (and the synthetic `data_card.json`). Exports to
+  `<export_dir>/<model>/<version>/` with `metrics.json` and `model_card.json`.
+  """
+  family_cls = get_family(config.model)
+  model_config = family_cls.make_config(config.preset, dict(config.hparams))
+  _set_seeds(config.seed)
+  io.makedirs(config.job_dir)
+  report = DataReport()
+
+  start = time.perf_counter()
+  loaded = load_data(config.data, data_dir=config.data_dir, preset=config.preset,
+                     seed=config.seed, columns=parse_column_mapping(config.columns),
+                     unknown_items=config.unknown_items, report=report)
+  load_seconds = time.perf_counter() - start
+  if loaded.data_card is not None:
+    _write_json(io.join(config.job_dir, "data_card.json"), loaded.data_card)
+
+  start = time.perf_counter()
+  prepared = prepare(loaded.tables, PrepareConfig(
+      kcore=config.kcore, warm_share=config.warm_share,
+      cold_user_share=config.cold_user_share, seed=config.seed), report)
+  prepare_seconds = time.perf_counter() - start
+  logging.info("Loaded in %.1fs, prepared in %.1fs: %d train / %d valid / %d test rows, "
+               "%d items", load_seconds, prepare_seconds, len(prepared.train),
+               len(prepared.valid), len(prepared.test), prepared.n_items)
+
+  family = family_cls(model_config, prepared)
+  start = time.perf_counter()
+  fit_summary = family.fit(config.job_dir)
+  fit_seconds = time.perf_counter() - start
+
+  start = time.perf_counter()
+  metrics = {"model": evaluate_scorer(family.score_fn(), prepared)}
+  if config.model != "popularity":
+    metrics["popularity"] = evaluate_scorer(
+        fixed_scorer(PopularityModel.fit(prepared).score_fn()), prepared)
+  if loaded.oracle is not None:
+    metrics["oracle"] = evaluate_scorer(
+        fixed_scorer(loaded.oracle.score_fn(prepared.item_ids)), prepared)
+  eval_seconds = time.perf_counter() - start
+
+  timings = {"load_seconds": load_seconds, "prepare_seconds": prepare_seconds,
+             "fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
+  report.record("timings", **{k: round(v, 3) for k, v in timings.items()})
+  report.write(io.join(config.job_dir, "data_report.json"))
+  resolved = {"run": _jsonable(dataclasses.asdict(config)),
+              "model": _jsonable(dataclasses.asdict(model_config)),
+              "prepare": dataclasses.asdict(prepared.config)}
+  _write_json(io.join(config.job_dir, "config.json"), resolved)
+  _write_json(io.join(config.job_dir, "metrics.json"), metrics)
+  logging.info("Timings: %s", json.dumps({k: round(v, 2) for k, v in timings.items()}))
+
+  export_path = None
+  if config.export:
+    from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
+    signatures = {}
+
+    def _save(directory):
+      signatures.update(family.save(directory))
+
+    card = {"config": resolved, "data": {"name": prepared.name,
+                                         "fingerprint": prepared.fingerprint,
+                                         "report": report.as_dict()},
+            "fit": fit_summary, "signatures": signatures}
+    export_path = export_versioned(_save, config.export_dir, family.name,
+                                   metrics=metrics, model_card=card)
+  return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
+                   report=report, model_config=model_config)
+
+
+def metrics_table(metrics: Dict[str, Dict[str, float]]) -> str:
+  """The compact table the CLI prints."""
+  return format_metrics_table(metrics, TABLE_KEYS)
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=str))
+
+
+def _write_json(path: str, payload) -> None:
+  from tfrec_music.export.saved_model import write_json  # pylint: disable=g-import-not-at-top
+  write_json(path, payload)
+
+
+def default_job_dir(model: str) -> str:
+  """`jobs/<model>` locally, or Vertex AI's `AIP_MODEL_DIR`-adjacent folder."""
+  aip = os.environ.get("AIP_CHECKPOINT_DIR") or os.environ.get("AIP_MODEL_DIR")
+  return aip if aip else os.path.join("jobs", model)

@@ -1,0 +1,114 @@
+"""`python -m trainer.task`: train, evaluate and export one model.
+
+Defaults train on the embedded synthetic catalogue. Cloud platforms append
+their own flags, so unknown flags are logged and ignored (`parse_known_args`);
+Vertex AI's `AIP_*` variables provide defaults for the job and export folders.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+
+
+def _parse_value(text: str):
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError:
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The CLI's argument parser (flags of DESIGN.md)."""
+  p = argparse.ArgumentParser(
+      prog="python -m trainer.task",
+      description="Train, evaluate and export a tfrec-music recommender.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--model", default="popularity",
+                 help="Model family: popularity.")
+  p.add_argument("--data", default="synthetic",
+                 help="Data source: synthetic (embedded catalogue), csv or parquet "
+                      "(canonical folder in --data-dir), lastfm-loved, or tfds:<name>.")
+  p.add_argument("--data-dir", default=os.environ.get("AIP_TRAINING_DATA_URI"),
+                 help="Folder of the source files (local, gs:// or any tf.io.gfile path).")
+  p.add_argument("--columns", default="",
+                 help="Map source columns onto canonical ones, e.g. "
+                      "user_id=username,item_id=track_name.")
+  p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
+                 help="Interactions whose item is missing from items: fail, or drop "
+                      "and count them in the data report.")
+  p.add_argument("--preset", default="default",
+                 help="Synthetic catalogue size and model preset: tiny or default.")
+  p.add_argument("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
+  p.add_argument("--seed", type=int, default=0, help="Seed of data, split, init and shuffling.")
+  p.add_argument("--kcore", type=int, default=5, help="k-core filter for users and items.")
+  p.add_argument("--warm-share", type=float, default=0.2,
+                 help="Share of items (most interacted) marked warm; the rest are cold.")
+  p.add_argument("--cold-user-share", type=float, default=0.05,
+                 help="Share of users held out of training, evaluated from history alone.")
+  p.add_argument("--job-dir", default=None,
+                 help="Run outputs (report, metrics, config, logs). Default jobs/<model> "
+                      "or $AIP_CHECKPOINT_DIR.")
+  p.add_argument("--export-dir", default=os.environ.get("AIP_MODEL_DIR", "saved_models"),
+                 help="Export root; the model goes to <export-dir>/<model>/<version>/.")
+  p.add_argument("--no-export", action="store_true", help="Train and evaluate only.")
+  p.add_argument("--hparams", default=None,
+                 help="JSON file of hyperparameters (as written by python -m tuning.tune); "
+                      "explicit flags override it.")
+  p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                 help="Set one model hyperparameter, e.g. --set top_k=50 (repeatable).")
+  p.add_argument("--verbosity", default="INFO", help="Logging level.")
+  return p
+
+
+def resolve_hparams(args: argparse.Namespace) -> dict:
+  """Merges `--hparams FILE`, `--epochs` and `--set NAME=VALUE` (later wins)."""
+  hparams = {}
+  if args.hparams:
+    from tfrec_music import io  # pylint: disable=g-import-not-at-top
+    loaded = json.loads(io.read_text(args.hparams))
+    hparams.update(loaded.get("hparams", loaded))
+  if args.epochs is not None:
+    hparams["epochs"] = args.epochs
+  for item in args.set:
+    if "=" not in item:
+      raise SystemExit(f"--set expects NAME=VALUE. Received: {item!r}.")
+    name, value = item.split("=", 1)
+    hparams[name.strip().replace("-", "_")] = _parse_value(value.strip())
+  return hparams
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+  """Entry point; returns the process exit code."""
+  args, unknown = build_parser().parse_known_args(argv)
+  logging.basicConfig(level=getattr(logging, args.verbosity.upper(), logging.INFO),
+                      format="%(asctime)s %(levelname)s %(message)s")
+  if unknown:
+    logging.warning("Ignoring unknown flags: %s", unknown)
+  from tfrec_music import training  # pylint: disable=g-import-not-at-top
+  from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
+  config = training.RunConfig(
+      model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset,
+      seed=args.seed, job_dir=args.job_dir or training.default_job_dir(args.model),
+      export_dir=args.export_dir, columns=args.columns, unknown_items=args.unknown_items,
+      kcore=args.kcore, warm_share=args.warm_share, cold_user_share=args.cold_user_share,
+      hparams=resolve_hparams(args), export=not args.no_export)
+  try:
+    result = training.run(config)
+  except (DataValidationError, ValueError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(training.metrics_table(result.metrics))
+  print(f"Job outputs: {result.job_dir}")
+  if result.export_path:
+    print(f"Exported: {result.export_path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hyperparameter tuning with Keras Tuner (`python -m tuning.tune`)."""
