@@ -7,6 +7,7 @@ step records what it kept and dropped in the data report.
 
 import dataclasses
 import hashlib
+import io as io_lib
 import json
 import time
 from typing import Dict, List, Optional, Tuple
@@ -154,14 +155,17 @@ class PreparedData:
 
 def _write_parquet(frame: pd.DataFrame, path: str) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # Through a buffer: pyarrow cannot write to a GFile (gs://, ram://) directly.
+  buffer = io_lib.BytesIO()
+  frame.to_parquet(buffer, index=False)
   with tf.io.gfile.GFile(path, "wb") as f:
-    frame.to_parquet(f, index=False)
+    f.write(buffer.getvalue())
 
 
 def _read_parquet(path: str) -> pd.DataFrame:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with tf.io.gfile.GFile(path, "rb") as f:
-    frame = pd.read_parquet(f)
+    frame = pd.read_parquet(io_lib.BytesIO(f.read()))
   if "tags" in frame.columns:
     frame["tags"] = [list(t) for t in frame["tags"]]
   return frame

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that time library hot paths (not run by pytest)."""

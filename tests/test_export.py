@@ -1,0 +1,105 @@
+"""Versioned atomic exports, the popularity SavedModel and TF Serving's REST formats."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfrec_music  # noqa: F401
+import tensorflow as tf
+
+from conftest import run_python
+from tfrec_music.export import export_versioned
+from tfrec_music.export import instances_to_inputs
+from tfrec_music.export import latest_version_path
+from tfrec_music.export import list_versions
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.prepare import prepare
+
+
+def _save_popularity(model, k=5):
+  module = model.serving_module(k)
+  return lambda d: tf.saved_model.save(module, d, signatures={"serving_default": module.serve})
+
+
+def test_popularity_top_k_golden():
+  # counts 3, 10, 0, 7 -> order by count: i1 (10), i3 (7), i0 (3), i2 (0).
+  model = PopularityModel(["i0", "i1", "i2", "i3"], np.array([3, 10, 0, 7]))
+  ids, scores = model.top_k(3)
+  assert ids.tolist() == ["i1", "i3", "i0"]
+  np.testing.assert_allclose(scores, np.log1p([10, 7, 3]), rtol=1e-6)
+  assert model.top_k(99)[0].tolist() == ["i1", "i3", "i0", "i2"]   # k clamped
+  with pytest.raises(ValueError, match="`k` should be a positive integer"):
+    model.serving_module(0)
+
+
+def test_versions_increase_and_files_beside_the_model(tmp_path, toy_tables):
+  model = PopularityModel.fit(prepare(toy_tables))
+  first = export_versioned(_save_popularity(model), str(tmp_path), "popularity",
+                           metrics={"model": {"test/all/hr@10": 0.5}},
+                           model_card={"config": {"a": 1}})
+  second = export_versioned(_save_popularity(model), str(tmp_path), "popularity")
+  assert first.endswith("/1") and second.endswith("/2")
+  assert list_versions(str(tmp_path / "popularity")) == [1, 2]
+  assert latest_version_path(str(tmp_path / "popularity")) == second
+  card = json.loads(open(os.path.join(first, "model_card.json")).read())
+  assert card["version"] == 1 and card["packages"]["tensorflow"].startswith("2.20")
+  assert json.loads(open(os.path.join(first, "metrics.json")).read()) == {
+      "model": {"test/all/hr@10": 0.5}}
+  # No temporary folders are left behind.
+  assert sorted(os.listdir(tmp_path / "popularity")) == ["1", "2"]
+
+
+def test_failed_export_leaves_no_version(tmp_path):
+  def broken(directory):
+    os.makedirs(directory)
+    open(os.path.join(directory, "saved_model.pb"), "w").write("half")
+    raise RuntimeError("disk full")
+
+  with pytest.raises(RuntimeError, match="disk full"):
+    export_versioned(broken, str(tmp_path), "m")
+  assert os.listdir(tmp_path / "m") == []
+  with pytest.raises(FileNotFoundError, match="No exported version"):
+    latest_version_path(str(tmp_path / "m"))
+
+
+def test_popularity_round_trip_fresh_process_and_cli(tmp_path, toy_tables):
+  model = PopularityModel.fit(prepare(toy_tables))
+  path = export_versioned(_save_popularity(model, k=7), str(tmp_path), "popularity")
+  expected_ids, expected_scores = model.top_k(7)
+  out = run_python(f"""
+import json, tfrec_music, tensorflow as tf
+from tfrec_music.export import predict_rest
+loaded = tf.saved_model.load({path!r})
+res = loaded.signatures['serving_default'](user_id=tf.constant(['u1', 'never-seen']))
+rest = predict_rest({path!r}, json.dumps({{"instances": [{{"user_id": "u42"}}]}}))
+print(json.dumps({{"ids": res['item_ids'].numpy().astype(str).tolist(),
+                  "scores": res['scores'].numpy().tolist(), "rest": rest}}))
+""")
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["ids"] == [expected_ids.tolist()] * 2
+  np.testing.assert_allclose(result["scores"][0], expected_scores, rtol=1e-6)
+  assert result["rest"]["predictions"][0]["item_ids"] == expected_ids.tolist()
+  cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True,
+                         timeout=120)
+  assert shown.returncode == 0, shown.stderr
+  assert "signature_def['serving_default']" in shown.stdout
+  assert "user_id" in shown.stdout and "item_ids" in shown.stdout
+
+
+def test_rest_body_conversion_errors(tmp_path, toy_tables):
+  model = PopularityModel.fit(prepare(toy_tables))
+  path = export_versioned(_save_popularity(model), str(tmp_path), "popularity")
+  signature = tf.saved_model.load(path).signatures["serving_default"]
+  inputs = instances_to_inputs({"instances": [{"user_id": "a"}, {"user_id": "b"}]}, signature)
+  assert inputs["user_id"].shape == (2,)
+  assert instances_to_inputs({"inputs": {"user_id": ["a"]}}, signature)["user_id"].shape == (1,)
+  assert instances_to_inputs({"instances": ["a", "b", "c"]}, signature)["user_id"].shape == (3,)
+  with pytest.raises(ValueError, match="signature takes"):
+    instances_to_inputs({"instances": [{"user": "a"}]}, signature)
+  with pytest.raises(ValueError, match="instances"):
+    instances_to_inputs({"rows": []}, signature)
