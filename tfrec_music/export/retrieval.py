@@ -55,11 +55,18 @@ def make_scann_index(candidates: np.ndarray, identifiers: np.ndarray, k: int,
 
 
 def default_scann_options(n_items: int, k: int) -> Dict[str, int]:
-  """Tree + reordering settings that keep recall@10 high (>= 0.95 measured)."""
+  """Tree + reordering settings that keep recall@10 >= 0.95 (tested).
+
+  About sqrt(n) leaves; each query searches a tenth of them, but at least
+  enough leaves to cover ~5,000 points, so small catalogues are searched
+  almost exhaustively (cheap) and large ones stay fast.
+  """
   num_leaves = max(2, min(2000, int(np.sqrt(n_items))))
+  leaf_size = max(1.0, n_items / num_leaves)
+  to_search = max(num_leaves // 10, int(np.ceil(5000 / leaf_size)))
   return {"num_leaves": num_leaves,
-          "num_leaves_to_search": max(1, min(num_leaves, num_leaves // 5 + 1)),
-          "num_reordering_candidates": max(k, min(n_items, 500))}
+          "num_leaves_to_search": max(1, min(num_leaves, to_search)),
+          "num_reordering_candidates": max(k, min(n_items, 1000))}
 
 
 class RetrievalServingModule(tf.Module):

@@ -1,0 +1,144 @@
+"""Two-tower retrieval: training quality, export round trip, ScaNN, fallbacks, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfrec_music  # noqa: F401
+import tensorflow as tf
+
+from conftest import make_toy_tables
+from conftest import run_python
+from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.evaluation.protocol import fixed_scorer
+from tfrec_music.export.retrieval import load_candidates
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.models.two_tower import TwoTowerConfig
+from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.prepare import PrepareConfig
+from tfrec_music.prepare import prepare
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  prepared = prepare(make_toy_tables(), PrepareConfig(cold_user_share=0.1))
+  config = TwoTowerFamily.make_config("tiny", {"epochs": 6, "top_k": 10})
+  family = TwoTowerFamily(config, prepared)
+  job = tmp_path_factory.mktemp("job")
+  family.fit(str(job))
+  export = tmp_path_factory.mktemp("export") / "1"
+  signatures = family.save(str(export))
+  return family, prepared, str(job), str(export), signatures
+
+
+def test_beats_popularity_overall_and_for_cold_users(trained):
+  family, prepared, _, _, _ = trained
+  model = evaluate_scorer(family.score_fn(), prepared)
+  popular = evaluate_scorer(fixed_scorer(PopularityModel.fit(prepared).score_fn()), prepared)
+  assert model["test/all/hr@10"] > 1.5 * popular["test/all/hr@10"]
+  assert model["test/cold_user/hr@10"] > popular["test/cold_user/hr@10"]
+  for key in ("test/cold/hr@10", "test/warm/ndcg@10", "test/all/recall@50", "valid/all/mrr"):
+    assert key in model
+
+
+def test_early_stopping_keeps_best_weights(trained):
+  family, _, _, _, _ = trained
+  summary = family.fit_summary
+  best = max(h["valid_hr@10"] for h in summary["history"])
+  assert summary["best_valid_hr@10"] == best
+  assert summary["history"][summary["best_epoch"] - 1]["valid_hr@10"] == best
+
+
+def test_tensorboard_logs_and_projector(trained):
+  _, prepared, job, _, _ = trained
+  projector = os.path.join(job, "logs", "projector")
+  assert os.path.exists(os.path.join(projector, "projector_config.pbtxt"))
+  lines = open(os.path.join(projector, "metadata.tsv")).read().splitlines()
+  assert lines[0] == "item_id\ttitle\tartist" and len(lines) == prepared.n_items + 1
+  assert os.listdir(os.path.join(job, "logs", "two_tower", "train"))
+
+
+def test_export_layout_and_candidates(trained):
+  family, prepared, _, export, signatures = trained
+  for sub in ("saved_model.pb", "scann/saved_model.pb", "query_tower/saved_model.pb",
+              "candidate_tower/saved_model.pb", "candidates/embeddings.npy"):
+    assert os.path.exists(os.path.join(export, sub)), sub
+  ids, vectors = load_candidates(os.path.join(export, "candidates"))
+  assert ids.tolist() == prepared.item_ids.tolist()
+  np.testing.assert_allclose(vectors, family.item_embeddings(), rtol=1e-6)
+  assert "recommend" in signatures
+
+
+def test_round_trip_scann_rest_and_fallbacks_in_fresh_process(trained):
+  family, prepared, _, export, _ = trained
+  users = prepared.vocabularies["user_id"][:40]
+  # Expected top-10 for known users, computed in memory with numpy: scores of the
+  # query tower (test-time history) against all tracks, stored history excluded.
+  queries = family.query_embeddings(users, "test")
+  scores = queries @ family.item_embeddings().T
+  raw = family.raw_query_features(users, "test")
+  for row, hist in enumerate(raw["history"]):
+    for item in hist:
+      if item:
+        scores[row, prepared.item_index([item])[0]] = -np.inf
+  expected = prepared.item_ids[np.argsort(-scores, axis=1, kind="stable")[:, :10]]
+  popular = PopularityModel.fit(prepared).top_k(10)[0].tolist()
+  cold = prepared.cold_user_history.groupby("user_id")["item_id"].apply(list)
+  cold_user, cold_hist = cold.index[0], cold.iloc[0][-10:]
+  body = {"signature_name": "recommend", "instances": [
+      {"user_id": cold_user, "history": cold_hist, "country": "", "exclude": cold_hist[:2]}]}
+  out = run_python(f"""
+import json, numpy as np, tfrec_music, tensorflow as tf
+from scann.scann_ops.py import scann_ops  # registers ScaNN's ops for the scann/ variant
+from tfrec_music.export import predict_rest
+exact = tf.saved_model.load({export!r})
+approx = tf.saved_model.load({export!r} + '/scann')
+users = tf.constant({json.dumps(users)})
+e = exact.signatures['serving_default'](user_id=users)
+a = approx.signatures['serving_default'](user_id=users)
+recall = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(e['item_ids'].numpy(), a['item_ids'].numpy())])
+unknown = exact.signatures['serving_default'](user_id=tf.constant(['nobody']))
+rest = predict_rest({export!r}, {{"instances": [{{"user_id": {users[0]!r}}}]}})
+hist = predict_rest({export!r}, {json.dumps(body)!r})
+empty = exact.signatures['recommend'](user_id=tf.constant(['nobody']), history=tf.constant([['', '']]),
+                                     country=tf.constant(['']), exclude=tf.constant([['']]))
+print(json.dumps({{"exact": e['item_ids'].numpy().astype(str).tolist(), "recall": float(recall),
+                  "unknown": unknown['item_ids'].numpy().astype(str).tolist()[0],
+                  "unknown_fallback": bool(unknown['fallback'].numpy()[0]),
+                  "rest": rest['predictions'][0]['item_ids'], "hist": hist['predictions'][0],
+                  "empty": empty['item_ids'].numpy().astype(str).tolist()[0]}}))
+""")
+  result = json.loads(out.strip().splitlines()[-1])
+  assert result["exact"] == expected.tolist()          # same top-k as in memory
+  assert result["recall"] >= 0.95                      # ScaNN vs exact, recall@10
+  assert result["unknown"] == popular and result["unknown_fallback"]
+  assert result["empty"] == popular
+  assert result["rest"] == expected[0].tolist()
+  assert result["hist"]["fallback"] is False
+  assert not set(cold_hist[:2]) & set(result["hist"]["item_ids"])   # exclusions honoured
+  assert result["hist"]["item_ids"] != popular                       # personal from history
+
+
+def test_bad_input_messages(toy_tables):
+  prepared = prepare(toy_tables)
+  with pytest.raises(ValueError, match="batch_size.*larger than the"):
+    TwoTowerFamily(TwoTowerConfig(batch_size=10**7, epochs=1), prepared).fit("/tmp/unused")
+  with pytest.raises(ValueError, match="Unknown hyperparameter"):
+    TwoTowerFamily.make_config("tiny", {"embeding_dim": 8})
+  with pytest.raises(ValueError, match="`features` should be 'all' or 'ids'"):
+    TwoTowerConfig(features="some")
+  with pytest.raises(ValueError, match="`temperature` should be positive"):
+    TwoTowerConfig(temperature=0)
+
+
+def test_k_above_catalogue_is_clamped(toy_tables, tmp_path):
+  prepared = prepare(toy_tables)
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"epochs": 1, "top_k": 10**6}),
+                          prepared)
+  family.fit(str(tmp_path / "job"))
+  family.save(str(tmp_path / "export"))
+  loaded = tf.saved_model.load(str(tmp_path / "export"))
+  out = loaded.signatures["serving_default"](user_id=tf.constant(["u1"]))
+  assert out["item_ids"].shape[1] == prepared.n_items
