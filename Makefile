@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-MODEL ?= popularity
+MODEL ?= two_tower
 PRESET ?= default
 ARGS ?=
 

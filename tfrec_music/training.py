@@ -48,7 +48,7 @@ class RunConfig:
     export: Whether to export the model.
   """
 
-  model: str = "popularity"
+  model: str = "two_tower"
   data: str = "synthetic"
   data_dir: Optional[str] = None
   preset: str = "default"

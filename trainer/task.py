@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
       prog="python -m trainer.task",
       description="Train, evaluate and export a tfrec-music recommender.",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--model", default="popularity",
-                 help="Model family: popularity.")
+  p.add_argument("--model", default="two_tower",
+                 help="Model family: two_tower or popularity.")
   p.add_argument("--data", default="synthetic",
                  help="Data source: synthetic (embedded catalogue), csv or parquet "
                       "(canonical folder in --data-dir), lastfm-loved, or tfds:<name>.")
