@@ -22,6 +22,18 @@ def _parse_value(text: str):
     return text
 
 
+MODEL_FLAGS = ("epochs", "features", "embedding_dim", "layer_sizes", "learning_rate",
+               "optimizer", "batch_size", "temperature", "mixed_negatives", "top_k")
+
+
+def _int_list(text: str):
+  try:
+    return [int(v) for v in text.split(",") if v.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers like 256,128. Received: {text!r}.") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The CLI's argument parser (flags of DESIGN.md)."""
   p = argparse.ArgumentParser(
@@ -56,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--export-dir", default=os.environ.get("AIP_MODEL_DIR", "saved_models"),
                  help="Export root; the model goes to <export-dir>/<model>/<version>/.")
   p.add_argument("--no-export", action="store_true", help="Train and evaluate only.")
+  model = p.add_argument_group("model hyperparameters (unset: the preset's value)")
+  model.add_argument("--features", choices=("ids", "all"), default=None,
+                     help="two_tower: content features off (ids) or on (all).")
+  model.add_argument("--embedding-dim", type=int, default=None, help="Embedding size.")
+  model.add_argument("--layer-sizes", type=_int_list, default=None,
+                     help="Hidden layer sizes, comma-separated, e.g. 256,128.")
+  model.add_argument("--learning-rate", type=float, default=None, help="Learning rate.")
+  model.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
+                     help="Optimizer.")
+  model.add_argument("--batch-size", type=int, default=None, help="Training batch size.")
+  model.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
+  model.add_argument("--mixed-negatives", type=int, default=None,
+                     help="Extra uniform negatives per batch (two_tower).")
+  model.add_argument("--top-k", type=int, default=None, help="Results per request in the export.")
   p.add_argument("--hparams", default=None,
                  help="JSON file of hyperparameters (as written by python -m tuning.tune); "
                       "explicit flags override it.")
@@ -66,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_hparams(args: argparse.Namespace) -> dict:
-  """Merges `--hparams FILE`, `--epochs` and `--set NAME=VALUE` (later wins)."""
+  """Merges `--hparams FILE`, the model flags and `--set NAME=VALUE` (later wins)."""
   hparams = {}
   if args.hparams:
     from tfrec_music import io  # pylint: disable=g-import-not-at-top
     loaded = json.loads(io.read_text(args.hparams))
     hparams.update(loaded.get("hparams", loaded))
-  if args.epochs is not None:
-    hparams["epochs"] = args.epochs
+  for name in MODEL_FLAGS:
+    value = getattr(args, name)
+    if value is not None:
+      hparams[name] = value
   for item in args.set:
     if "=" not in item:
       raise SystemExit(f"--set expects NAME=VALUE. Received: {item!r}.")
