@@ -32,6 +32,7 @@ def test_popularity_end_to_end_with_oracle(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   assert lines[0].split()[0] == "scorer" and any(l.startswith("oracle") for l in lines)
+  assert any(l.startswith("model (popularity)") for l in lines)
   metrics = json.loads((job / "metrics.json").read_text())
   assert set(metrics) == {"model", "oracle"}
   assert metrics["oracle"]["test/all/hr@10"] > metrics["model"]["test/all/hr@10"]

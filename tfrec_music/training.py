@@ -158,9 +158,11 @@ def run(config: RunConfig) -> RunResult:
                    report=report, model_config=model_config)
 
 
-def metrics_table(metrics: Dict[str, Dict[str, float]]) -> str:
-  """The compact table the CLI prints."""
-  return format_metrics_table(metrics, TABLE_KEYS)
+def metrics_table(metrics: Dict[str, Dict[str, float]], model_name: str = "") -> str:
+  """The compact table the CLI prints (test split; the model row named after its family)."""
+  label = f"model ({model_name})" if model_name else "model"
+  renamed = {(label if name == "model" else name): values for name, values in metrics.items()}
+  return format_metrics_table(renamed, TABLE_KEYS)
 
 
 def _jsonable(value):

@@ -131,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(training.metrics_table(result.metrics))
+  print(training.metrics_table(result.metrics, args.model))
   print(f"Job outputs: {result.job_dir}")
   if result.export_path:
     print(f"Exported: {result.export_path}")

@@ -178,6 +178,8 @@ class SyntheticConfig:
     popularity_sigma: Spread of artists' log-popularity (track popularity is
       its artist's plus noise).
     taste_noise: Personal deviation of a user's taste from their genre mix.
+    track_noise: A track's own deviation from its album and mood (the part of
+      taste that no content feature but audio can reveal).
     mood_strength: Size of the mood component of track vectors.
     drift_min: Least share by which the late taste moves toward a new genre.
     drift_max: Largest such share.
@@ -207,6 +209,7 @@ class SyntheticConfig:
   popularity_strength: float = 1.0
   popularity_sigma: float = 1.0
   taste_noise: float = 0.5
+  track_noise: float = 0.45
   mood_strength: float = 0.6
   drift_min: float = 0.2
   drift_max: float = 0.5
@@ -240,7 +243,8 @@ class SyntheticConfig:
     for name in ("temperature", "activity_shape", "mean_interactions"):
       _check(name, _is_real(getattr(self, name)) and getattr(self, name) > 0,
              "a positive number")
-    for name in ("popularity_strength", "popularity_sigma", "taste_noise", "mood_strength"):
+    for name in ("popularity_strength", "popularity_sigma", "taste_noise", "track_noise",
+                 "mood_strength"):
       _check(name, _is_real(getattr(self, name)) and getattr(self, name) >= 0,
              "a non-negative number")
     for name in ("drift_min", "drift_max", "random_link_rate"):
@@ -603,7 +607,7 @@ class _Generator:
     own_mood = np.array([rng.choice(len(MOODS), p=artist_mood_p[a]) for a in item_artist])
     item_mood = np.where(keep_album_mood, album_mood[item_album], own_mood)
     item_vec = (album_vec[item_album] + mood_vec[item_mood]
-                + rng.normal(0, 0.45 * s, (c.n_items, d)))
+                + rng.normal(0, c.track_noise * s, (c.n_items, d)))
     item_pop = artist_pop[item_artist] + rng.normal(0, 0.5, c.n_items)
 
     self.item_vec = item_vec.astype(np.float32)

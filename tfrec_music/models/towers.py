@@ -83,6 +83,10 @@ class CandidateTower(tf.keras.Model):
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
 
+  def get_config(self):
+    """Towers are rebuilt from the family config; SavedModels carry the weights."""
+    return {"name": self.name}
+
 
 class QueryTower(tf.keras.Model):
   """User tower: user id, country (and other user columns), recent-history pooling.
@@ -119,3 +123,7 @@ class QueryTower(tf.keras.Model):
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
+
+  def get_config(self):
+    """Towers are rebuilt from the family config; SavedModels carry the weights."""
+    return {"name": self.name}

@@ -59,6 +59,9 @@ class TwoTowerConfig:
     mixed_negatives: Extra uniformly sampled negatives per batch.
     user_id_dropout: Share of training rows whose user id is replaced by OOV,
       so the tower learns to serve users from history alone.
+    item_id_dropout: Share of training candidates whose track id is replaced
+      by OOV, so the track tower learns to place tracks from content alone
+      (cold start). Only active when content features are on.
     early_stopping_patience: Epochs without validation HR@10 gain before stopping.
     validation_users: Validation users scored per epoch (0 = all).
     top_k: Results per request in the export.
@@ -79,6 +82,7 @@ class TwoTowerConfig:
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
   user_id_dropout: float = 0.2
+  item_id_dropout: float = 0.3
   early_stopping_patience: int = 2
   validation_users: int = 2000
   top_k: int = 100
@@ -122,6 +126,8 @@ class TwoTowerModel(tfrs.Model):
     self.catalogue = {k: tf.constant(v) for k, v in catalogue.items()}
     self.n_items = int(len(sampling_probability))
     self.config = config
+    has_content = len(self.catalogue) > 1
+    self.item_id_dropout = config.item_id_dropout if has_content else 0.0
     prob = np.asarray(sampling_probability, np.float64)
     if config.mixed_negatives:
       # A candidate's chance to appear in a batch: as a positive or a uniform draw.
@@ -150,8 +156,12 @@ class TwoTowerModel(tfrs.Model):
     if training and self.config.mixed_negatives:
       extra = tf.random.uniform([self.config.mixed_negatives], 0, self.n_items, dtype=tf.int64)
       candidates_index = tf.concat([candidates_index, extra], axis=0)
-    candidates = self.candidate_tower(self.candidate_features(candidates_index),
-                                      training=training)
+    candidate_inputs = self.candidate_features(candidates_index)
+    if training and self.item_id_dropout > 0:
+      ids = candidate_inputs["item_id"]
+      drop = tf.random.uniform(tf.shape(ids)) < self.item_id_dropout
+      candidate_inputs["item_id"] = tf.where(drop, tf.ones_like(ids), ids)
+    candidates = self.candidate_tower(candidate_inputs, training=training)
     probability = (tf.gather(self.log_q, candidates_index)
                    if self.config.logq_correction else None)
     return self.task(queries, candidates, candidate_sampling_probability=probability,
@@ -356,6 +366,9 @@ class TwoTowerFamily(ModelFamily):
 
       def call(self, raw):
         return self.tower(self.encoder(raw))
+
+      def get_config(self):
+        return {"name": self.name}
 
     return _QueryModel()
 
