@@ -208,3 +208,16 @@ def test_error_in_a_shard_names_the_shard_and_its_row(tmp_path):
          **{"interactions-00000-of-00002.csv": "user_id,item_id,timestamp\nu1,t1,1\nu2,t2,2\n",
             "interactions-00001-of-00002.csv": "user_id,item_id,timestamp\nu3,t3,3\nu4,t4,-4\n"})
   _assert_names(_error(tmp_path), "interactions-00001-of-00002.csv", 2, "timestamp")
+
+
+def test_large_integer_timestamps_are_exact_and_playlist_gaps_stay_empty():
+  import pandas as pd
+  from tfrec_music.data.tables import Tables, validate_tables, rename_columns
+  big = 2**53 + 1
+  frame = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"],
+                        "timestamp": [big, 5], "playlist_id": ["p1", None]})
+  out = validate_tables(Tables(frame)).interactions
+  assert out["timestamp"].iloc[0] == big          # not rounded through float64
+  assert out["playlist_id"].tolist() == ["p1", ""]
+  with pytest.raises(ValueError, match="same source column `name`"):
+    rename_columns(frame, {"user_id": "name", "username": "name"})

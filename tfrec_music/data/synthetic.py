@@ -207,9 +207,9 @@ class SyntheticConfig:
   activity_shape: float = 2.0
   temperature: float = 0.1
   popularity_strength: float = 1.0
-  popularity_sigma: float = 1.0
+  popularity_sigma: float = 1.5
   taste_noise: float = 0.5
-  track_noise: float = 0.45
+  track_noise: float = 0.3
   mood_strength: float = 0.6
   drift_min: float = 0.2
   drift_max: float = 0.5

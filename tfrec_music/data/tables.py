@@ -123,6 +123,11 @@ def rename_columns(frame: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFr
   Returns:
     The frame with renamed columns.
   """
+  sources = [src for src in mapping.values()]
+  repeated = sorted({src for src in sources if sources.count(src) > 1})
+  if repeated:
+    raise ValueError(f"`--columns` maps several canonical names onto the same source column "
+                     f"`{repeated[0]}`. Map each source column once.")
   rename = {src: dst for dst, src in mapping.items() if src in frame.columns and src != dst}
   return frame.rename(columns=rename) if rename else frame
 
@@ -204,6 +209,16 @@ def _check_numeric(frame: pd.DataFrame, column: str, file: str, *,
                    allow_missing: bool = False) -> pd.Series:
   raw = frame[column]
   values = pd.to_numeric(raw, errors="coerce")
+  if integer and values.dtype.kind in "iu":
+    # Exact integer path: float64 would round values above 2**53.
+    ints = values.to_numpy().astype(np.int64)
+    if non_negative and (ints < 0).any():
+      pos = int(np.argmax(ints < 0))
+      raise DataValidationError(
+          f"value must not be negative. Received: {raw.iloc[pos]!r}.",
+          file=file, row=_row_of(frame, pos), column=column,
+          fix=f"`{column}` counts or times must be >= 0.")
+    return pd.Series(ints, index=frame.index)
   bad = values.isna().to_numpy() & ~(raw.isna().to_numpy() & allow_missing)
   if bad.any():
     pos = int(np.argmax(bad))
@@ -246,7 +261,8 @@ def _validate_interactions(frame: pd.DataFrame, file: str) -> pd.DataFrame:
   for column in ("user_id", "item_id"):
     out[column] = _check_ids(out, column, file)
   if "playlist_id" in out.columns:
-    out["playlist_id"] = out["playlist_id"].astype(str)
+    # An empty playlist id means "not from a playlist", never the text "nan".
+    out["playlist_id"] = out["playlist_id"].fillna("").astype(str)
   if "timestamp" in out.columns:
     out["timestamp"] = _check_numeric(out, "timestamp", file, integer=True,
                                       non_negative=True)
@@ -362,6 +378,13 @@ def validate_tables(tables: Tables, *, unknown_items: str = "error",
   if tables.user_links is not None and len(tables.user_links):
     links = _validate_links(tables.user_links, tables.source("user_links"))
   elif tables.user_links is not None:
+    # No friendships is valid, but the columns must still be right.
+    missing = [c for c in REQUIRED_COLUMNS["user_links"] if c not in tables.user_links.columns]
+    if missing:
+      raise DataValidationError(
+          f"required column `{missing[0]}` is missing from the user_links table.",
+          file=tables.source("user_links"), column=missing[0],
+          fix=f"add a `{missing[0]}` column (or map one with `--columns`).")
     links = tables.user_links
 
   def _strip(frame):
