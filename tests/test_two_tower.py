@@ -142,3 +142,14 @@ def test_k_above_catalogue_is_clamped(toy_tables, tmp_path):
   loaded = tf.saved_model.load(str(tmp_path / "export"))
   out = loaded.signatures["serving_default"](user_id=tf.constant(["u1"]))
   assert out["item_ids"].shape[1] == prepared.n_items
+
+
+def test_unknown_feature_columns_are_ignored_and_reported(toy_tables):
+  toy_tables.items["mystery"] = 1.0
+  toy_tables.users["shoe_size"] = "44"
+  prepared = prepare(toy_tables)
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {}), prepared)
+  assert family.ignored_columns == {"items": ["mystery"], "users": ["shoe_size"]}
+  ids_only = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"features": "ids"}), prepared)
+  assert "artist" in ids_only.ignored_columns["items"]
+  assert ids_only.user_features == ()

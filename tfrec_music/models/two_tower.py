@@ -27,6 +27,7 @@ from tfrec_music.models import history as history_lib
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.features import ItemEncoder
 from tfrec_music.models.features import ItemFeatureSpec
+from tfrec_music.models.features import TEXT_VECTOR_COLUMN
 from tfrec_music.models.features import encode_catalogue
 from tfrec_music.models.features import item_input_signature
 from tfrec_music.models.popularity import PopularityModel
@@ -53,7 +54,9 @@ class TwoTowerConfig:
     optimizer: `adam`, `adagrad` or `sgd`.
     batch_size: Training batch size (= in-batch negatives + 1).
     epochs: Maximum epochs (early stopping may stop sooner).
-    temperature: Softmax temperature over cosine scores.
+    temperature: Softmax temperature over the scores.
+    normalize: L2-normalize both towers' outputs (cosine scores); off, the
+      vector norms can carry item popularity.
     logq_correction: Subtract log sampling probability from logits.
     remove_accidental_hits: Mask in-batch negatives equal to the positive.
     mixed_negatives: Extra uniformly sampled negatives per batch.
@@ -78,6 +81,7 @@ class TwoTowerConfig:
   batch_size: int = 1024
   epochs: int = 12
   temperature: float = 0.05
+  normalize: bool = True
   logq_correction: bool = True
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
@@ -224,11 +228,12 @@ class TwoTowerFamily(ModelFamily):
     self.query_tower = QueryTower(
         len(vocabs["user_id"]) + 2,
         {c: len(vocabs[c]) + 2 for c in self.user_features}, item_embedding,
-        config.embedding_dim, config.layer_sizes, config.feature_dim, name="query_tower")
+        config.embedding_dim, config.layer_sizes, config.feature_dim,
+        normalize=config.normalize, name="query_tower")
     self.candidate_tower = CandidateTower(
         self.spec, self.item_encoder.lookup_sizes(), self.item_encoder.text_vocab_sizes(),
         item_embedding, config.embedding_dim, config.layer_sizes, config.feature_dim,
-        name="candidate_tower")
+        normalize=config.normalize, name="candidate_tower")
     counts = prepared.item_train_counts.astype(np.float64)
     self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
                                counts / max(counts.sum(), 1.0), config)
@@ -239,7 +244,20 @@ class TwoTowerFamily(ModelFamily):
         "test": history_lib.last_items(pd.concat([prepared.train, prepared.valid]),
                                        config.history_length),
         "cold_user": history_lib.last_items(prepared.cold_user_history, config.history_length)}
+    self.ignored_columns = self._ignored_columns()
+    if any(self.ignored_columns.values()):
+      logging.info("two_tower ignores columns it has no encoder for: %s", self.ignored_columns)
     self.fit_summary: Dict[str, Any] = {}
+
+  def _ignored_columns(self) -> Dict[str, list]:
+    """Item and user columns present in the data that the towers do not read."""
+    used_items = {"item_id", "tags"} | set(self.spec.categorical) | set(self.spec.text) \
+        | set(self.spec.numeric) | ({TEXT_VECTOR_COLUMN} if self.spec.text_vector_dim else set())
+    used_users = {"user_id"} | set(self.user_features)
+    users = self.prepared.users
+    return {"items": sorted(c for c in self.prepared.items.columns if c not in used_items),
+            "users": sorted(c for c in (users.columns if users is not None else [])
+                            if c not in used_users)}
 
   # ----------------------------------------------------------------- training
   def training_features(self) -> Dict[str, np.ndarray]:
@@ -293,7 +311,8 @@ class TwoTowerFamily(ModelFamily):
     self.model.set_weights(best[1])
     self._item_embeddings = None
     self.fit_summary = {"best_epoch": best[2], "best_valid_hr@10": best[0],
-                        "epochs_run": len(history), "history": history}
+                        "epochs_run": len(history), "history": history,
+                        "ignored_columns": self.ignored_columns}
     self._write_projector(job_dir)
     return self.fit_summary
 
