@@ -180,6 +180,8 @@ class SyntheticConfig:
     taste_noise: Personal deviation of a user's taste from their genre mix.
     track_noise: A track's own deviation from its album and mood (the part of
       taste that no content feature but audio can reveal).
+    track_popularity_noise: Spread of a track's log-popularity around its
+      artist's.
     mood_strength: Size of the mood component of track vectors.
     drift_min: Least share by which the late taste moves toward a new genre.
     drift_max: Largest such share.
@@ -210,6 +212,7 @@ class SyntheticConfig:
   popularity_sigma: float = 1.5
   taste_noise: float = 0.5
   track_noise: float = 0.3
+  track_popularity_noise: float = 0.5
   mood_strength: float = 0.6
   drift_min: float = 0.2
   drift_max: float = 0.5
@@ -244,7 +247,7 @@ class SyntheticConfig:
       _check(name, _is_real(getattr(self, name)) and getattr(self, name) > 0,
              "a positive number")
     for name in ("popularity_strength", "popularity_sigma", "taste_noise", "track_noise",
-                 "mood_strength"):
+                 "track_popularity_noise", "mood_strength"):
       _check(name, _is_real(getattr(self, name)) and getattr(self, name) >= 0,
              "a non-negative number")
     for name in ("drift_min", "drift_max", "random_link_rate"):
@@ -608,7 +611,7 @@ class _Generator:
     item_mood = np.where(keep_album_mood, album_mood[item_album], own_mood)
     item_vec = (album_vec[item_album] + mood_vec[item_mood]
                 + rng.normal(0, c.track_noise * s, (c.n_items, d)))
-    item_pop = artist_pop[item_artist] + rng.normal(0, 0.5, c.n_items)
+    item_pop = artist_pop[item_artist] + rng.normal(0, c.track_popularity_noise, c.n_items)
 
     self.item_vec = item_vec.astype(np.float32)
     self.item_bias = (c.popularity_strength * item_pop).astype(np.float32)
