@@ -175,7 +175,8 @@ def _row_of(frame: pd.DataFrame, position: int) -> int:
   return position + 1
 
 
-def _check_required(frame: pd.DataFrame, table: str, file: str) -> None:
+def _check_required(frame: pd.DataFrame, table: str, file: str,
+                    allow_empty: bool = False) -> None:
   missing = [c for c in REQUIRED_COLUMNS[table] if c not in frame.columns]
   if missing:
     present = [c for c in frame.columns if c != ROW_COLUMN]
@@ -185,7 +186,7 @@ def _check_required(frame: pd.DataFrame, table: str, file: str) -> None:
         file=file, column=missing[0],
         fix=(f"add a `{missing[0]}` column, or map an existing column onto it "
              f"with `--columns {missing[0]}=<your column>`."))
-  if len(frame) == 0:
+  if len(frame) == 0 and not allow_empty:
     raise DataValidationError(
         f"the {table} table is empty.", file=file,
         fix=f"give at least one {table} row, or leave the file out if it is optional.")
@@ -255,6 +256,18 @@ def _check_numeric(frame: pd.DataFrame, column: str, file: str, *,
   return pd.Series(arr, index=frame.index)
 
 
+def _check_unique(frame: pd.DataFrame, column: str, entity: str, file: str) -> None:
+  dup = frame[column].duplicated().to_numpy()
+  if dup.any():
+    pos = int(np.argmax(dup))
+    value = frame[column].iloc[pos]
+    first = int(np.argmax((frame[column] == value).to_numpy()))
+    raise DataValidationError(
+        f"duplicate {entity} id {value!r} (first seen at row {_row_of(frame, first)}).",
+        file=file, row=_row_of(frame, pos), column=column,
+        fix=f"give each {entity} exactly one row in the {entity}s table.")
+
+
 def _validate_interactions(frame: pd.DataFrame, file: str) -> pd.DataFrame:
   _check_required(frame, "interactions", file)
   out = frame.copy()
@@ -277,15 +290,7 @@ def _validate_items(frame: pd.DataFrame, file: str) -> pd.DataFrame:
   _check_required(frame, "items", file)
   out = frame.copy()
   out["item_id"] = _check_ids(out, "item_id", file)
-  dup = out["item_id"].duplicated().to_numpy()
-  if dup.any():
-    pos = int(np.argmax(dup))
-    first = int(np.argmax((out["item_id"] == out["item_id"].iloc[pos]).to_numpy()))
-    raise DataValidationError(
-        f"duplicate item id {out['item_id'].iloc[pos]!r} (first seen at row "
-        f"{_row_of(out, first)}).",
-        file=file, row=_row_of(out, pos), column="item_id",
-        fix="give each item exactly one row in the items table.")
+  _check_unique(out, "item_id", "item", file)
   for column in out.columns:
     if column in LIST_COLUMNS:
       out[column] = [split_list_cell(v) for v in out[column]]
@@ -302,13 +307,7 @@ def _validate_users(frame: pd.DataFrame, file: str) -> pd.DataFrame:
   _check_required(frame, "users", file)
   out = frame.copy()
   out["user_id"] = _check_ids(out, "user_id", file)
-  dup = out["user_id"].duplicated().to_numpy()
-  if dup.any():
-    pos = int(np.argmax(dup))
-    raise DataValidationError(
-        f"duplicate user id {out['user_id'].iloc[pos]!r}.",
-        file=file, row=_row_of(out, pos), column="user_id",
-        fix="give each user exactly one row in the users table.")
+  _check_unique(out, "user_id", "user", file)
   for column in out.columns:
     if column in STRING_COLUMNS and column != "user_id":
       out[column] = out[column].fillna("").astype(str)
@@ -379,12 +378,8 @@ def validate_tables(tables: Tables, *, unknown_items: str = "error",
     links = _validate_links(tables.user_links, tables.source("user_links"))
   elif tables.user_links is not None:
     # No friendships is valid, but the columns must still be right.
-    missing = [c for c in REQUIRED_COLUMNS["user_links"] if c not in tables.user_links.columns]
-    if missing:
-      raise DataValidationError(
-          f"required column `{missing[0]}` is missing from the user_links table.",
-          file=tables.source("user_links"), column=missing[0],
-          fix=f"add a `{missing[0]}` column (or map one with `--columns`).")
+    _check_required(tables.user_links, "user_links", tables.source("user_links"),
+                    allow_empty=True)
     links = tables.user_links
 
   def _strip(frame):
