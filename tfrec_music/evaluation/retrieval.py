@@ -110,19 +110,26 @@ def evaluate_retrieval(score_fn: ScoreFn,
       row).
   """
   n_items = _check_positive_int(n_items, "n_items")
-  ks = _check_ks(ks)
-  chunk_size = _check_positive_int(chunk_size, "chunk_size")
   n_rows = _length(queries, "queries")
-  targets = _check_targets(targets, n_rows, n_items)
-  indptr, indices = _to_csr(exclude, n_rows)
-  _check_exclude_range(indices, n_items)
-  slices = _check_slices(item_slices, n_items)
-  popularity = _check_popularity(item_popularity, n_items)
 
   def scorer(start, stop):
     return _negated_user_scores(score_fn, _take(queries, start, stop), start, stop - start,
                                 n_items)
 
+  return _checked_evaluate(scorer, n_rows, n_items, targets, exclude, item_slices, ks,
+                           chunk_size, item_popularity)
+
+
+def _checked_evaluate(scorer, n_rows, n_items, targets, exclude, item_slices, ks, chunk_size,
+                      item_popularity) -> Dict[str, float]:
+  """Checks the arguments shared by both entry points, then evaluates."""
+  ks = _check_ks(ks)
+  chunk_size = _check_positive_int(chunk_size, "chunk_size")
+  targets = _check_targets(targets, n_rows, n_items)
+  indptr, indices = _to_csr(exclude, n_rows)
+  _check_exclude_range(indices, n_items)
+  slices = _check_slices(item_slices, n_items)
+  popularity = _check_popularity(item_popularity, n_items)
   return _evaluate(scorer, targets, n_rows, n_items, indptr, indices, slices, ks,
                    chunk_size, popularity)
 
@@ -162,16 +169,9 @@ def evaluate_embeddings(query_embeddings: Any,
   """
   query_embeddings, item_embeddings = _check_embeddings(query_embeddings, item_embeddings)
   n_rows, n_items = len(query_embeddings), len(item_embeddings)
-  ks = _check_ks(ks)
-  chunk_size = _check_positive_int(chunk_size, "chunk_size")
-  targets = _check_targets(targets, n_rows, n_items)
-  indptr, indices = _to_csr(exclude, n_rows)
-  _check_exclude_range(indices, n_items)
-  slices = _check_slices(item_slices, n_items)
-  popularity = _check_popularity(item_popularity, n_items)
-  scorer = _embedding_scorer(query_embeddings, item_embeddings)
-  return _evaluate(scorer, targets, n_rows, n_items, indptr, indices, slices, ks,
-                   chunk_size, popularity)
+  return _checked_evaluate(_embedding_scorer(query_embeddings, item_embeddings), n_rows,
+                           n_items, targets, exclude, item_slices, ks, chunk_size,
+                           item_popularity)
 
 
 def top_k(score_fn: ScoreFn,
