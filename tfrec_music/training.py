@@ -175,6 +175,6 @@ def _write_json(path: str, payload) -> None:
 
 
 def default_job_dir(model: str) -> str:
-  """`jobs/<model>` locally, or Vertex AI's `AIP_MODEL_DIR`-adjacent folder."""
-  aip = os.environ.get("AIP_CHECKPOINT_DIR") or os.environ.get("AIP_MODEL_DIR")
+  """`jobs/<model>` locally, or Vertex AI's `AIP_CHECKPOINT_DIR` on a cloud job."""
+  aip = os.environ.get("AIP_CHECKPOINT_DIR")
   return aip if aip else os.path.join("jobs", model)
