@@ -153,3 +153,18 @@ def test_unknown_feature_columns_are_ignored_and_reported(toy_tables):
   ids_only = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"features": "ids"}), prepared)
   assert "artist" in ids_only.ignored_columns["items"]
   assert ids_only.user_features == ()
+
+
+def test_history_content_pools_artists_through_the_track_tower(toy_tables, tmp_path):
+  prepared = prepare(toy_tables)
+  family = TwoTowerFamily(
+      TwoTowerFamily.make_config("tiny", {"epochs": 1, "history_content": True}), prepared)
+  assert set(family.query_tower.history_content) == {"artist", "album", "genre"}
+  mapping, layer = family.query_tower.history_content["artist"]
+  assert layer is family.candidate_tower.categorical["artist"]      # shared embedding
+  # A history track's artist index equals the one the track tower encodes for it.
+  row = prepared.item_index([prepared.vocabularies["item_id"][0]])[0]
+  assert int(mapping.numpy()[2]) == int(family.catalogue["artist"][row])
+  assert int(mapping.numpy()[0]) == 0 and int(mapping.numpy()[1]) == 0
+  family.fit(str(tmp_path))
+  assert family.query_embeddings(["u1"], "test").shape == (1, 32)

@@ -7,7 +7,9 @@ recent tracks through it, which is what lets a user never seen in training
 get personal recommendations from their history.
 """
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
@@ -99,13 +101,22 @@ class QueryTower(tf.keras.Model):
     layer_sizes: Hidden layer sizes.
     feature_dim: Size of each user feature's embedding.
     normalize: L2-normalize the output.
+    history_content: Optional feature -> (mapping [item_vocab_size] from a
+      history track's lookup index to that track's feature index, the
+      candidate tower's embedding layer of the feature). The user's recent
+      artists, albums and genres are pooled through the embeddings the track
+      tower uses, so taste for an artist reaches its rarely played tracks.
   """
 
   def __init__(self, user_vocab_size: int, categorical_sizes: Dict[str, int],
                item_embedding: tf.keras.layers.Embedding, embedding_dim: int,
                layer_sizes: Sequence[int], feature_dim: int = 32, normalize: bool = True,
+               history_content: Optional[Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]] = None,
                **kwargs):
     super().__init__(**kwargs)
+    self.history_content = {
+        column: (tf.constant(np.asarray(mapping, np.int64)), layer)
+        for column, (mapping, layer) in (history_content or {}).items()}
     self.user_embedding = tf.keras.layers.Embedding(user_vocab_size, embedding_dim,
                                                     name="user_id_embedding")
     self.categorical = {c: tf.keras.layers.Embedding(n, feature_dim, name=f"{c}_embedding")
@@ -119,6 +130,10 @@ class QueryTower(tf.keras.Model):
     history = features["history"]
     parts = [self.user_embedding(features["user_id"]),
              masked_mean(self.item_embedding(history), history)]
+    for mapping, layer in self.history_content.values():
+      # Padding (0) and unknown tracks (1) map to 0, which stays masked.
+      ids = tf.gather(mapping, history)
+      parts.append(masked_mean(layer(ids), ids))
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)

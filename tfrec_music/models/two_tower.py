@@ -60,6 +60,8 @@ class TwoTowerConfig:
     logq_correction: Subtract log sampling probability from logits.
     remove_accidental_hits: Mask in-batch negatives equal to the positive.
     mixed_negatives: Extra uniformly sampled negatives per batch.
+    history_content: Also pool the history's artists, albums and genres
+      through the track tower's embeddings (only with content features).
     user_id_dropout: Share of training rows whose user id is replaced by OOV,
       so the tower learns to serve users from history alone.
     item_id_dropout: Share of training candidates whose track id is replaced
@@ -85,6 +87,7 @@ class TwoTowerConfig:
   logq_correction: bool = True
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
+  history_content: bool = False
   user_id_dropout: float = 0.2
   item_id_dropout: float = 0.3
   early_stopping_patience: int = 2
@@ -225,15 +228,17 @@ class TwoTowerFamily(ModelFamily):
     tf.keras.utils.set_random_seed(config.seed)
     item_embedding = tf.keras.layers.Embedding(len(vocabs["item_id"]) + 2, config.embedding_dim,
                                                name="item_id_embedding")
-    self.query_tower = QueryTower(
-        len(vocabs["user_id"]) + 2,
-        {c: len(vocabs[c]) + 2 for c in self.user_features}, item_embedding,
-        config.embedding_dim, config.layer_sizes, config.feature_dim,
-        normalize=config.normalize, name="query_tower")
     self.candidate_tower = CandidateTower(
         self.spec, self.item_encoder.lookup_sizes(), self.item_encoder.text_vocab_sizes(),
         item_embedding, config.embedding_dim, config.layer_sizes, config.feature_dim,
         normalize=config.normalize, name="candidate_tower")
+    self.query_tower = QueryTower(
+        len(vocabs["user_id"]) + 2,
+        {c: len(vocabs[c]) + 2 for c in self.user_features}, item_embedding,
+        config.embedding_dim, config.layer_sizes, config.feature_dim,
+        normalize=config.normalize,
+        history_content=self._history_content() if config.history_content else None,
+        name="query_tower")
     counts = prepared.item_train_counts.astype(np.float64)
     self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
                                counts / max(counts.sum(), 1.0), config)
@@ -248,6 +253,17 @@ class TwoTowerFamily(ModelFamily):
     if any(self.ignored_columns.values()):
       logging.info("two_tower ignores columns it has no encoder for: %s", self.ignored_columns)
     self.fit_summary: Dict[str, Any] = {}
+
+  def _history_content(self) -> Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]:
+    """Track lookup index -> artist/album/genre index maps for history pooling."""
+    vocab_rows = self.prepared.item_index(self.prepared.vocabularies["item_id"])
+    out = {}
+    for column in ("artist", "album", "genre"):
+      if column in self.spec.categorical:
+        mapping = np.zeros(len(vocab_rows) + 2, dtype=np.int64)
+        mapping[2:] = self.catalogue[column][vocab_rows]
+        out[column] = (mapping, self.candidate_tower.categorical[column])
+    return out
 
   def _ignored_columns(self) -> Dict[str, list]:
     """Item and user columns present in the data that the towers do not read."""

@@ -1,0 +1,96 @@
+"""Two-tower quality on the synthetic catalogue, over several seeds.
+
+Runs `--features all` and `--features ids` with the same settings for each
+seed (the seed drives the data split, initialization and shuffling; the
+catalogue itself is generated with `--data-seed`), evaluates popularity and the
+oracle on the same split, and prints per-seed rows plus median, min and max of
+the figures the two-tower issue asks for:
+
+  python -m benchmarks.two_tower_quality --seeds 0 1 2 [--preset default] [--set k=v ...]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from typing import Dict, List
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+
+from tfrec_music.data import synthetic
+from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.evaluation.protocol import fixed_scorer
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.prepare import PrepareConfig
+from tfrec_music.prepare import prepare
+
+KEYS = ("test/all/hr@10", "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
+
+
+def _parse_sets(items: List[str]) -> Dict[str, object]:
+  out = {}
+  for item in items:
+    name, value = item.split("=", 1)
+    try:
+      out[name] = json.loads(value)
+    except json.JSONDecodeError:
+      out[name] = value
+  return out
+
+
+def run_seed(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+  """Figures of one seed: both feature settings, popularity and the oracle."""
+  prepared = prepare(catalog.tables, PrepareConfig(seed=seed))
+  row: Dict[str, float] = {}
+  for features in ("all", "ids"):
+    config = TwoTowerFamily.make_config(preset, {**overrides, "features": features,
+                                                 "seed": seed})
+    family = TwoTowerFamily(config, prepared)
+    start = time.perf_counter()
+    family.fit(f"/tmp/two_tower_quality/{features}-{seed}")
+    row[f"{features}/fit_seconds"] = time.perf_counter() - start
+    metrics = evaluate_scorer(family.score_fn(), prepared, splits=("test",), ks=(10,))
+    row.update({f"{features}/{k}": metrics[k] for k in KEYS})
+  for name, scorer in (("popularity", PopularityModel.fit(prepared).score_fn()),
+                       ("oracle", catalog.oracle.score_fn(prepared.item_ids))):
+    metrics = evaluate_scorer(fixed_scorer(scorer), prepared, splits=("test",), ks=(10,))
+    row.update({f"{name}/{k}": metrics[k] for k in KEYS})
+  row["ratio/all_vs_popularity"] = row["all/test/all/hr@10"] / row["popularity/test/all/hr@10"]
+  row["ratio/all_vs_oracle"] = row["all/test/all/hr@10"] / row["oracle/test/all/hr@10"]
+  row["ratio/cold_all_vs_ids"] = row["all/test/cold/hr@10"] / max(row["ids/test/cold/hr@10"], 1e-12)
+  row["ratio/cold_user_vs_popularity"] = (row["all/test/cold_user/hr@10"]
+                                          / max(row["popularity/test/cold_user/hr@10"], 1e-12))
+  return row
+
+
+def main() -> None:
+  """Runs the seeds and prints per-seed figures and their median / min / max."""
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--preset", default="default")
+  parser.add_argument("--data-seed", type=int, default=0)
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+  parser.add_argument("--json", default=None, help="Also write all rows to this file.")
+  args = parser.parse_args()
+  overrides = _parse_sets(args.set)
+  catalog = synthetic.generate(args.preset, seed=args.data_seed)
+  rows = []
+  for seed in args.seeds:
+    row = run_seed(catalog, args.preset, seed, overrides)
+    rows.append(row)
+    print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()
+                                      if k.startswith("ratio/") or k.endswith("hr@10")),
+          flush=True)
+  print(f"\n{len(rows)} seeds, preset {args.preset}, overrides {overrides}")
+  for key in sorted(rows[0]):
+    values = [r[key] for r in rows]
+    print(f"{key:40s} median {statistics.median(values):8.4f}  min {min(values):8.4f}  "
+          f"max {max(values):8.4f}")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
