@@ -103,3 +103,49 @@ def test_rest_body_conversion_errors(tmp_path, toy_tables):
     instances_to_inputs({"instances": [{"user": "a"}]}, signature)
   with pytest.raises(ValueError, match="instances"):
     instances_to_inputs({"rows": []}, signature)
+
+
+_SLOW_EXPORT = """
+import os, sys, time
+import tfrec_music
+from tfrec_music.export import export_versioned
+
+def save(directory):
+  os.makedirs(directory)
+  open(os.path.join(directory, "saved_model.pb"), "w").write("partial")
+  print("writing", flush=True)
+  time.sleep(float(sys.argv[2]))
+  open(os.path.join(directory, "done"), "w").write("ok")
+
+print(export_versioned(save, sys.argv[1], "m"), flush=True)
+"""
+
+
+def test_killed_export_leaves_no_visible_version(tmp_path):
+  import signal
+  script = tmp_path / "slow_export.py"
+  script.write_text(_SLOW_EXPORT)
+  proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "exports"), "60"],
+                          stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "writing"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=30)
+  names = os.listdir(tmp_path / "exports" / "m")
+  assert names and all(n.startswith(".tmp-") for n in names)   # only the hidden temp folder
+  assert list_versions(str(tmp_path / "exports" / "m")) == []
+  # The next export still gets version 1 and a complete folder.
+  done = subprocess.run([sys.executable, str(script), str(tmp_path / "exports"), "0"],
+                        capture_output=True, text=True, timeout=120)
+  assert done.stdout.strip().splitlines()[-1].endswith("/m/1")
+  assert os.path.exists(tmp_path / "exports" / "m" / "1" / "done")
+
+
+def test_concurrent_exports_get_distinct_versions(tmp_path):
+  script = tmp_path / "slow_export.py"
+  script.write_text(_SLOW_EXPORT)
+  procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "exports"), "1"],
+                            stdout=subprocess.PIPE, text=True) for _ in range(3)]
+  paths = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
+  assert sorted(os.path.basename(p) for p in paths) == ["1", "2", "3"]
+  for path in paths:
+    assert os.path.exists(os.path.join(path, "done"))
