@@ -168,3 +168,15 @@ def test_history_content_pools_artists_through_the_track_tower(toy_tables, tmp_p
   assert int(mapping.numpy()[0]) == 0 and int(mapping.numpy()[1]) == 0
   family.fit(str(tmp_path))
   assert family.query_embeddings(["u1"], "test").shape == (1, 32)
+
+
+def test_cold_users_are_scored_like_unknown_users_at_serving(trained):
+  family, prepared, _, _, _ = trained
+  cold = prepared.cold_user_test["user_id"].to_numpy()[:3]
+  assert not set(cold) & set(prepared.vocabularies["user_id"])
+  raw = family.raw_query_features(cold, "cold_user")
+  raw["user_id"] = np.array(["never-seen-id"] * len(cold), dtype=object)
+  encoded = family.query_encoder({k: tf.constant(v) for k, v in raw.items()})
+  assert encoded["user_id"].numpy().tolist() == [1, 1, 1]        # the OOV bucket
+  np.testing.assert_allclose(family.query_embeddings(cold, "cold_user"),
+                             family.query_tower(encoded).numpy(), rtol=1e-5, atol=1e-6)

@@ -367,12 +367,11 @@ class TwoTowerFamily(ModelFamily):
   def query_embeddings(self, user_ids: Sequence[str], split: str) -> np.ndarray:
     """[B, d] user vectors of `user_ids` with their history before `split`.
 
-    Cold users of the `cold_user` split have OOV ids, so they are served from
-    history (and country) alone.
+    Cold users of the `cold_user` split are not in the user vocabulary, so
+    their ids map to the OOV bucket (as at serving time, and as the ids
+    dropped during training) and they are served from history and country.
     """
     raw = self.raw_query_features(user_ids, split)
-    if split == "cold_user":
-      raw["user_id"] = np.full(len(user_ids), "", dtype=object)
     encoded = self.query_encoder({k: tf.constant(v) for k, v in raw.items()})
     return self.query_tower(encoded).numpy()
 
