@@ -83,3 +83,13 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
 def test_unknown_model_is_a_clear_error(tmp_path):
   proc = _task("--model", "nope", "--job-dir", str(tmp_path))
   assert proc.returncode == 2 and "`--model` should be one of" in proc.stderr
+
+
+@pytest.mark.slow
+def test_diverged_training_stops_with_advice_and_exports_nothing(tmp_path):
+  # Temperature 1e-38 turns every cosine into +-inf logits: the loss is NaN in epoch 1.
+  proc = _task("--model", "two_tower", "--preset", "tiny", "--temperature", "1e-38",
+               "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export"))
+  assert proc.returncode == 3
+  assert "Training loss became nan at epoch 1" in proc.stderr and "temperature" in proc.stderr
+  assert not (tmp_path / "export").exists()

@@ -131,6 +131,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except FloatingPointError as e:
+    # Diverged training: nothing is exported, the message says what to change.
+    logging.error("%s", e)
+    print(f"training diverged: {e}", file=sys.stderr)
+    return 3
   print(training.metrics_table(result.metrics, args.model))
   print(f"Job outputs: {result.job_dir}")
   if result.export_path:
