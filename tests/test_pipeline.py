@@ -8,8 +8,8 @@ import tfrec_music  # noqa: F401
 import tensorflow as tf
 
 from tfrec_music.models.history import causal_history
-from tfrec_music.models.history import lookup_indices
 from tfrec_music.pipeline import build_lookups
+from tfrec_music.pipeline import lookup_indices
 from tfrec_music.pipeline import frame_to_features
 from tfrec_music.pipeline import make_dataset
 from tfrec_music.pipeline import read_shards

@@ -18,6 +18,7 @@ from tfrec_music.data.tables import parse_column_mapping
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.evaluation.protocol import format_metrics_table
+from tfrec_music.export.saved_model import write_json
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.registry import get_family
 from tfrec_music.prepare.prepared import PrepareConfig
@@ -103,7 +104,7 @@ def run(config: RunConfig) -> RunResult:
                      unknown_items=config.unknown_items, report=report)
   load_seconds = time.perf_counter() - start
   if loaded.data_card is not None:
-    _write_json(io.join(config.job_dir, "data_card.json"), loaded.data_card)
+    write_json(io.join(config.job_dir, "data_card.json"), loaded.data_card)
 
   start = time.perf_counter()
   prepared = prepare(loaded.tables, PrepareConfig(
@@ -133,11 +134,11 @@ def run(config: RunConfig) -> RunResult:
              "fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
   report.record("timings", **{k: round(v, 3) for k, v in timings.items()})
   report.write(io.join(config.job_dir, "data_report.json"))
-  resolved = {"run": _jsonable(dataclasses.asdict(config)),
-              "model": _jsonable(dataclasses.asdict(model_config)),
+  resolved = {"run": dataclasses.asdict(config),
+              "model": dataclasses.asdict(model_config),
               "prepare": dataclasses.asdict(prepared.config)}
-  _write_json(io.join(config.job_dir, "config.json"), resolved)
-  _write_json(io.join(config.job_dir, "metrics.json"), metrics)
+  write_json(io.join(config.job_dir, "config.json"), resolved)
+  write_json(io.join(config.job_dir, "metrics.json"), metrics)
   logging.info("Timings: %s", json.dumps({k: round(v, 2) for k, v in timings.items()}))
 
   export_path = None
@@ -163,15 +164,6 @@ def metrics_table(metrics: Dict[str, Dict[str, float]], model_name: str = "") ->
   label = f"model ({model_name})" if model_name else "model"
   renamed = {(label if name == "model" else name): values for name, values in metrics.items()}
   return format_metrics_table(renamed, TABLE_KEYS)
-
-
-def _jsonable(value):
-  return json.loads(json.dumps(value, default=str))
-
-
-def _write_json(path: str, payload) -> None:
-  from tfrec_music.export.saved_model import write_json  # pylint: disable=g-import-not-at-top
-  write_json(path, payload)
 
 
 def default_job_dir(model: str) -> str:

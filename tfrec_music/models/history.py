@@ -11,15 +11,7 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
-
-def lookup_indices(values, vocabulary: List[str]) -> np.ndarray:
-  """Host-side StringLookup twin: "" -> 0, unseen -> 1, vocab[i] -> i + 2."""
-  index = pd.Index(vocabulary)
-  values = pd.Series(values).astype(str)
-  found = index.get_indexer(values)
-  out = np.where(found >= 0, found + 2, 1).astype(np.int64)
-  out[(values == "").to_numpy()] = 0
-  return out
+from tfrec_music.pipeline.lookups import lookup_indices
 
 
 def causal_history(frame: pd.DataFrame, vocabulary: List[str], length: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.towers import CandidateTower
 from tfrec_music.models.towers import QueryTower
 from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.pipeline.lookups import string_lookup
 from tfrec_music.prepare.prepared import PreparedData
 
@@ -281,12 +282,12 @@ class TwoTowerFamily(ModelFamily):
     train = self.prepared.train
     vocabs = self.prepared.vocabularies
     features = {
-        "user_id": history_lib.lookup_indices(train["user_id"], vocabs["user_id"]),
+        "user_id": lookup_indices(train["user_id"], vocabs["user_id"]),
         "history": history_lib.causal_history(train, vocabs["item_id"], self.config.history_length),
         "item_index": self.prepared.item_index(train["item_id"]).astype(np.int64)}
     for column in self.user_features:
       values = self.user_table[column].reindex(train["user_id"]).fillna("").to_numpy()
-      features[column] = history_lib.lookup_indices(values, vocabs[column])
+      features[column] = lookup_indices(values, vocabs[column])
     return features
 
   def fit(self, job_dir: str) -> Dict[str, Any]:

@@ -3,6 +3,7 @@
 from tfrec_music.pipeline.dataset import frame_to_features
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.pipeline.lookups import build_lookups
+from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.pipeline.lookups import string_lookup
 from tfrec_music.pipeline.tfrecord import read_shards
 from tfrec_music.pipeline.tfrecord import write_shards

@@ -7,6 +7,9 @@ training and at serving time. Vocabulary tokens start at index 2.
 
 from typing import Dict, Iterable, List, Mapping
 
+import numpy as np
+import pandas as pd
+
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
@@ -38,4 +41,14 @@ def build_lookups(vocabularies: Mapping[str, List[str]],
     if name not in vocabularies:
       raise ValueError(f"No vocabulary for feature `{name}` (have: {sorted(vocabularies)}).")
     out[name] = string_lookup(vocabularies[name], name=f"{name}_lookup")
+  return out
+
+
+def lookup_indices(values, vocabulary: List[str]) -> np.ndarray:
+  """Host-side StringLookup twin: "" -> 0, unseen -> 1, vocab[i] -> i + 2."""
+  index = pd.Index(vocabulary)
+  values = pd.Series(values).astype(str)
+  found = index.get_indexer(values)
+  out = np.where(found >= 0, found + 2, 1).astype(np.int64)
+  out[(values == "").to_numpy()] = 0
   return out
