@@ -15,17 +15,15 @@ from tfrec_music import io
 from tfrec_music.data.registry import load_data
 from tfrec_music.data.report import DataReport
 from tfrec_music.data.tables import parse_column_mapping
-from tfrec_music.evaluation.protocol import evaluate_scorer
-from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.evaluation.protocol import format_metrics_table
 from tfrec_music.export.saved_model import write_json
-from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.models.family import EvalContext
+from tfrec_music.models.family import RETRIEVAL_TABLE_KEYS
 from tfrec_music.models.registry import get_family
 from tfrec_music.prepare.prepared import PrepareConfig
 from tfrec_music.prepare.prepared import prepare
 
-TABLE_KEYS = ("test/all/hr@10", "test/all/ndcg@10", "test/all/recall@50",
-              "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
+TABLE_KEYS = RETRIEVAL_TABLE_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +105,11 @@ def run(config: RunConfig) -> RunResult:
     write_json(io.join(config.job_dir, "data_card.json"), loaded.data_card)
 
   start = time.perf_counter()
-  prepared = prepare(loaded.tables, PrepareConfig(
-      kcore=config.kcore, warm_share=config.warm_share,
-      cold_user_share=config.cold_user_share, seed=config.seed), report)
+  tables = family_cls.select_tables(loaded, model_config)
+  prepare_config = {"kcore": config.kcore, "warm_share": config.warm_share,
+                    "cold_user_share": config.cold_user_share, "seed": config.seed,
+                    **dict(family_cls.prepare_overrides)}
+  prepared = prepare(tables, PrepareConfig(**prepare_config), report)
   prepare_seconds = time.perf_counter() - start
   logging.info("Loaded in %.1fs, prepared in %.1fs: %d train / %d valid / %d test rows, "
                "%d items", load_seconds, prepare_seconds, len(prepared.train),
@@ -121,13 +121,7 @@ def run(config: RunConfig) -> RunResult:
   fit_seconds = time.perf_counter() - start
 
   start = time.perf_counter()
-  metrics = {"model": evaluate_scorer(family.score_fn(), prepared)}
-  if config.model != "popularity":
-    metrics["popularity"] = evaluate_scorer(
-        fixed_scorer(PopularityModel.fit(prepared).score_fn()), prepared)
-  if loaded.oracle is not None:
-    metrics["oracle"] = evaluate_scorer(
-        fixed_scorer(loaded.oracle.score_fn(prepared.item_ids)), prepared)
+  metrics = family.evaluate(EvalContext(oracle=loaded.oracle, loaded=loaded))
   eval_seconds = time.perf_counter() - start
 
   timings = {"load_seconds": load_seconds, "prepare_seconds": prepare_seconds,
@@ -162,8 +156,9 @@ def run(config: RunConfig) -> RunResult:
 def metrics_table(metrics: Dict[str, Dict[str, float]], model_name: str = "") -> str:
   """The compact table the CLI prints (test split; the model row named after its family)."""
   label = f"model ({model_name})" if model_name else "model"
+  keys = get_family(model_name).table_keys if model_name else TABLE_KEYS
   renamed = {(label if name == "model" else name): values for name, values in metrics.items()}
-  return format_metrics_table(renamed, TABLE_KEYS)
+  return format_metrics_table(renamed, keys)
 
 
 def default_job_dir(model: str) -> str:

@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+from tfrec_music.models.registry import FAMILY_NAMES
 
 
 def _parse_value(text: str):
@@ -21,6 +22,10 @@ def _parse_value(text: str):
   except json.JSONDecodeError:
     return text
 
+
+
+_MODEL_PARSER = argparse.ArgumentParser(add_help=False)
+_MODEL_PARSER.add_argument("--model", default="two_tower")
 
 MODEL_FLAGS = ("epochs", "features", "embedding_dim", "layer_sizes", "learning_rate",
                "optimizer", "batch_size", "temperature", "mixed_negatives", "top_k")
@@ -34,14 +39,14 @@ def _int_list(text: str):
         f"expected comma-separated integers like 256,128. Received: {text!r}.") from e
 
 
-def build_parser() -> argparse.ArgumentParser:
-  """The CLI's argument parser (flags of DESIGN.md)."""
+def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
+  """The CLI's argument parser (flags of DESIGN.md), plus `model`'s own flags."""
   p = argparse.ArgumentParser(
       prog="python -m trainer.task",
       description="Train, evaluate and export a tfrec-music recommender.",
       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--model", default="two_tower",
-                 help="Model family: two_tower or popularity.")
+                 help="Model family: " + ", ".join(FAMILY_NAMES) + ".")
   p.add_argument("--data", default="synthetic",
                  help="Data source: synthetic (embedded catalogue), csv or parquet "
                       "(canonical folder in --data-dir), lastfm-loved, or tfds:<name>.")
@@ -88,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                  help="Set one model hyperparameter, e.g. --set top_k=50 (repeatable).")
   p.add_argument("--verbosity", default="INFO", help="Logging level.")
+  if model:
+    from tfrec_music.models.registry import get_family  # pylint: disable=g-import-not-at-top
+    try:
+      family = get_family(model)
+    except (ValueError, ImportError):
+      return p  # reported by `main` with the list of models
+    group = p.add_argument_group(f"{model} hyperparameters (unset: the preset's value)")
+    before = {a.dest for a in p._actions}  # pylint: disable=protected-access
+    family.add_arguments(group)
+    p.set_defaults(family_flags=[a.dest for a in p._actions  # pylint: disable=protected-access
+                                 if a.dest not in before])
   return p
 
 
@@ -98,7 +114,7 @@ def resolve_hparams(args: argparse.Namespace) -> dict:
     from tfrec_music import io  # pylint: disable=g-import-not-at-top
     loaded = json.loads(io.read_text(args.hparams))
     hparams.update(loaded.get("hparams", loaded))
-  for name in MODEL_FLAGS:
+  for name in MODEL_FLAGS + tuple(getattr(args, "family_flags", ())):
     value = getattr(args, name)
     if value is not None:
       hparams[name] = value
@@ -112,7 +128,8 @@ def resolve_hparams(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
   """Entry point; returns the process exit code."""
-  args, unknown = build_parser().parse_known_args(argv)
+  model, _ = _MODEL_PARSER.parse_known_args(argv)
+  args, unknown = build_parser(model.model).parse_known_args(argv)
   logging.basicConfig(level=getattr(logging, args.verbosity.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s")
   if unknown:

@@ -1,6 +1,7 @@
 """One entry point from a `--data` name to validated canonical tables."""
 
 import dataclasses
+import importlib
 from typing import Mapping, Optional
 
 import pandas as pd
@@ -8,7 +9,16 @@ import pandas as pd
 from tfrec_music.data.report import DataReport
 from tfrec_music.data.tables import Tables
 
-NAMED_SOURCES = ("synthetic", "csv", "parquet", "lastfm-loved")
+# Named file sources: `--data name` -> (module, function). Each function is
+# `load(data_dir, *, unknown_items, report) -> Tables` and is imported lazily.
+NAMED_LOADERS = {
+    "lastfm-loved": ("tfrec_music.data.loaders.lastfm_loved", "load_lastfm_loved"),
+    "lastfm-hetrec": ("tfrec_music.data.loaders.lastfm_hetrec", "load_lastfm_hetrec"),
+    "yahoo-music": ("tfrec_music.data.loaders.yahoo_music", "load_yahoo_music"),
+    "mpd": ("tfrec_music.data.loaders.mpd", "load_mpd"),
+}
+
+NAMED_SOURCES = ("synthetic", "csv", "parquet") + tuple(NAMED_LOADERS)
 
 
 @dataclasses.dataclass
@@ -65,13 +75,13 @@ def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
     tables = tfds_source.load_tfds(data[len("tfds:"):], columns=columns, data_dir=data_dir,
                                    report=report)
     return LoadedData(tables=tables)
-  if data in ("csv", "parquet", "lastfm-loved"):
+  if data in NAMED_SOURCES:
     if not data_dir:
       raise ValueError(f"`--data {data}` reads files: pass the folder with `--data-dir`.")
-    if data == "lastfm-loved":
-      from tfrec_music.data.loaders import lastfm_loved  # pylint: disable=g-import-not-at-top
-      tables = lastfm_loved.load_lastfm_loved(data_dir, unknown_items=unknown_items,
-                                              report=report)
+    if data in NAMED_LOADERS:
+      module, function = NAMED_LOADERS[data]
+      loader = getattr(importlib.import_module(module), function)
+      tables = loader(data_dir, unknown_items=unknown_items, report=report)
     else:
       from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
       tables = canonical.load_canonical(data_dir, fmt=data, columns=columns,

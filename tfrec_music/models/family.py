@@ -6,12 +6,29 @@ A new model implements these four methods and reuses everything else.
 """
 
 import abc
+import argparse
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tfrec_music.prepare.prepared import PreparedData
+
+RETRIEVAL_TABLE_KEYS = ("test/all/hr@10", "test/all/ndcg@10", "test/all/recall@50",
+                        "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What evaluation may use besides the trained family.
+
+  Attributes:
+    oracle: The synthetic generator's true scorer (None on real data).
+    loaded: The `LoadedData` the run started from (tables, playlists, ...).
+  """
+
+  oracle: Optional[Any] = None
+  loaded: Optional[Any] = None
 
 
 class ModelFamily(abc.ABC):
@@ -24,6 +41,10 @@ class ModelFamily(abc.ABC):
 
   name: str = ""
   config_class: type = None
+  # Metric keys of the table the CLI prints (test split).
+  table_keys: Sequence[str] = RETRIEVAL_TABLE_KEYS
+  # `PrepareConfig` fields this family needs changed (e.g. a ratio split).
+  prepare_overrides: Mapping[str, Any] = {}
 
   def __init__(self, config: Any, prepared: PreparedData):
     self.config = config
@@ -43,6 +64,43 @@ class ModelFamily(abc.ABC):
       raise ValueError(f"Unknown hyperparameter(s) {unknown} for model `{cls.name}`. "
                        f"Known: {sorted(fields)}.")
     return cls.config_class(**{**base, **overrides})
+
+  @classmethod
+  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+    """Adds the family's own CLI flags; each flag's `dest` names a config field.
+
+    Flags must default to None (unset: the preset's value).
+    """
+
+  @classmethod
+  def select_tables(cls, loaded: Any, config: Any) -> Any:
+    """The canonical tables this family trains on (default: `loaded.tables`).
+
+    The playlist model, for instance, trains on playlist-track rows instead of
+    listening events.
+    """
+    del config
+    return loaded.tables
+
+  def evaluate(self, context: EvalContext) -> Dict[str, Dict[str, float]]:
+    """Metrics by scorer name: the model and the baselines beside it.
+
+    The default is the full-ranking retrieval protocol for the model, the
+    popularity baseline and (on synthetic data) the oracle. Families with
+    other tasks (ratings, playlists) override this and reuse
+    `tfrec_music.evaluation`.
+    """
+    from tfrec_music.evaluation.protocol import evaluate_scorer  # pylint: disable=g-import-not-at-top
+    from tfrec_music.evaluation.protocol import fixed_scorer  # pylint: disable=g-import-not-at-top
+    from tfrec_music.models.popularity import PopularityModel  # pylint: disable=g-import-not-at-top
+    metrics = {"model": evaluate_scorer(self.score_fn(), self.prepared)}
+    if self.name != "popularity":
+      metrics["popularity"] = evaluate_scorer(
+          fixed_scorer(PopularityModel.fit(self.prepared).score_fn()), self.prepared)
+    if context.oracle is not None:
+      metrics["oracle"] = evaluate_scorer(
+          fixed_scorer(context.oracle.score_fn(self.prepared.item_ids)), self.prepared)
+    return metrics
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:

@@ -1,18 +1,26 @@
-"""Model families by CLI name."""
+"""Model families by CLI name.
 
-from typing import Dict, Type
+Families are imported lazily (by module path) so `--help` and data-only
+commands stay fast, and a family's heavy dependencies load only when chosen.
+"""
+
+import importlib
+from typing import Dict, Tuple, Type
 
 from tfrec_music.models.family import ModelFamily
 
+# CLI name -> (module, class).
+FAMILIES: Dict[str, Tuple[str, str]] = {
+    "two_tower": ("tfrec_music.models.two_tower", "TwoTowerFamily"),
+    "popularity": ("tfrec_music.models.popularity_family", "PopularityFamily"),
+    "dcn": ("tfrec_music.models.dcn", "DCNFamily"),
+    "playlist_mf": ("tfrec_music.models.playlist_mf", "PlaylistMFFamily"),
+    "als": ("tfrec_music.models.als", "ALSFamily"),
+    "user_similarity": ("tfrec_music.models.user_similarity", "UserSimilarityFamily"),
+    "taste_mlp": ("tfrec_music.models.taste_mlp", "TasteMLPFamily"),
+}
 
-def _families() -> Dict[str, Type[ModelFamily]]:
-  # Imported lazily so `--help` and data-only commands stay fast.
-  from tfrec_music.models.popularity_family import PopularityFamily  # pylint: disable=g-import-not-at-top
-  from tfrec_music.models.two_tower import TwoTowerFamily  # pylint: disable=g-import-not-at-top
-  return {"popularity": PopularityFamily, "two_tower": TwoTowerFamily}
-
-
-FAMILY_NAMES = ("two_tower", "popularity")
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 def get_family(name: str) -> Type[ModelFamily]:
@@ -21,8 +29,8 @@ def get_family(name: str) -> Type[ModelFamily]:
   Raises:
     ValueError: unknown model name.
   """
-  families = _families()
-  if name not in families:
-    raise ValueError(f"`--model` should be one of {sorted(families)}. "
+  if name not in FAMILIES:
+    raise ValueError(f"`--model` should be one of {sorted(FAMILIES)}. "
                      f"Received: `--model` = {name!r}.")
-  return families[name]
+  module, cls = FAMILIES[name]
+  return getattr(importlib.import_module(module), cls)
