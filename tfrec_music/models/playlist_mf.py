@@ -1,0 +1,757 @@
+"""Playlist continuation by biased matrix factorization (`--model playlist_mf`).
+
+The recommender idea: a playlist and a track each get a vector and a bias;
+the chance that the track belongs in the playlist is
+
+    P(track in playlist) = sigmoid(dot(p, t) + b_p + b_t),
+
+trained with binary cross-entropy on the playlists' tracks (label 1) and
+`negatives` sampled tracks per positive (label 0), drawn uniformly or by
+popularity (training count ** `popularity_exponent`), with an L2 penalty on
+the vectors of each example.
+
+Playlists never seen in training are *folded in*: with the track side frozen,
+the playlist's vector and bias are the minimizer of the same per-playlist
+objective as in training, its seed tracks as positives and the expected
+sampled negatives,
+
+    f(p, b) = 1/(1+k) [ mean_seeds BCE(1, s) + k * sum_j q_j BCE(0, s_j) ] + l2 |p|^2,
+
+solved by a few batched Newton steps in TensorFlow (the same function in the
+library and in the exported model). The expectation over q runs over the
+whole catalogue up to `fold_in_negatives` tracks, and over a fixed weighted
+sample of that size beyond.
+
+Name-only playlists (K = 0) use the playlist name: every name token (lower
+case, split on anything but letters and digits) gets the mean [vector, bias]
+of the training playlists whose names hold it, shrunk toward the mean of all
+playlists (`name_shrinkage` pseudo-playlists); a name is the idf-weighted
+mean of its known tokens. A playlist with neither known seeds nor a known
+name token gets the popularity ranking (`fallback`).
+"""
+
+import argparse
+import dataclasses
+import logging
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_music import io
+from tfrec_music.data.report import DataReport
+from tfrec_music.data.tables import Tables
+from tfrec_music.data.tables import validate_tables
+from tfrec_music.evaluation.playlist import DEFAULT_KS
+from tfrec_music.evaluation.playlist import PlaylistQueries
+from tfrec_music.evaluation.playlist import evaluate_playlist_scorer
+from tfrec_music.evaluation.playlist import evaluate_playlists
+from tfrec_music.evaluation.playlist import held_out_playlists
+from tfrec_music.evaluation.playlist import playlist_names
+from tfrec_music.evaluation.playlist import seen_queries
+from tfrec_music.evaluation.playlist import unseen_tail_queries
+from tfrec_music.evaluation.rating import binary_metrics
+from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.playlist_baselines import playlist_baselines
+from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.prepare.prepared import PreparedData
+
+SAMPLING = ("uniform", "popularity")
+# Score of result slots left empty when fewer tracks than `k` remain after
+# removing the seeds (their item id is "").
+EMPTY_SCORE = float(np.finfo(np.float32).min)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaylistMFConfig:
+  """Playlist MF hyperparameters.
+
+  Attributes:
+    embedding_dim: Size of playlist and track vectors.
+    negatives: Sampled negative tracks per positive (k).
+    negative_sampling: `"uniform"` or `"popularity"` (training count **
+      `popularity_exponent`, plus one so every track can be drawn).
+    popularity_exponent: Flattens the popularity distribution of negatives.
+    l2: Weight of the per-example penalty `|p|^2 + |t|^2` (biases are free).
+    learning_rate: Adam learning rate.
+    epochs: Most training epochs (early stopping may stop sooner).
+    batch_size: Positives per batch (each with `negatives` negatives).
+    init_stddev: Standard deviation of the initial vectors.
+    early_stopping_patience: Epochs without validation NDCG gain before stopping.
+    fold_in_steps: Newton steps of the fold-in.
+    fold_in_negatives: Negatives of the fold-in objective: the whole catalogue
+      (weighted by the sampling distribution) up to this size, a fixed sample
+      of this size beyond.
+    name_min_count: Training playlists a name token needs to be kept.
+    name_shrinkage: Pseudo-playlists pulling rare tokens to the mean playlist.
+    max_seeds: Seeds the ScaNN export can exclude (it fetches `top_k +
+      max_seeds` results); the exact export excludes every seed.
+    top_k: Results per request in the export (clamped to the catalogue).
+    seed: Initialization, sampling and shuffling seed.
+  """
+
+  embedding_dim: int = 32
+  negatives: int = 4
+  negative_sampling: str = "uniform"
+  popularity_exponent: float = 0.75
+  l2: float = 1e-4
+  learning_rate: float = 0.01
+  epochs: int = 40
+  batch_size: int = 1024
+  init_stddev: float = 0.1
+  early_stopping_patience: int = 4
+  fold_in_steps: int = 8
+  fold_in_negatives: int = 4096
+  name_min_count: int = 2
+  name_shrinkage: float = 2.0
+  max_seeds: int = 250
+  top_k: int = 100
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.negative_sampling not in SAMPLING:
+      raise ValueError(f"`negative_sampling` should be one of {SAMPLING}. "
+                       f"Received: `negative_sampling` = {self.negative_sampling!r}.")
+    for name in ("embedding_dim", "negatives", "epochs", "batch_size", "fold_in_steps",
+                 "fold_in_negatives", "name_min_count", "top_k", "early_stopping_patience"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
+    for name in ("l2", "name_shrinkage", "popularity_exponent", "init_stddev"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or value < 0 or not np.isfinite(value):
+        raise ValueError(f"`{name}` should be a non-negative number. Received: `{name}` = {value!r}.")
+    if not self.learning_rate > 0:
+      raise ValueError("`learning_rate` should be positive. "
+                       f"Received: `learning_rate` = {self.learning_rate!r}.")
+    if self.max_seeds < 0:
+      raise ValueError(f"`max_seeds` should be >= 0. Received: `max_seeds` = {self.max_seeds!r}.")
+
+
+def negative_distribution(item_train_counts: np.ndarray, sampling: str,
+                          exponent: float = 0.75) -> np.ndarray:
+  """[n_items] probability of drawing each track as a negative.
+
+  Args:
+    item_train_counts: [n_items] training positives per track.
+    sampling: `"uniform"` or `"popularity"` ((count + 1) ** exponent).
+    exponent: Popularity exponent.
+  """
+  counts = np.asarray(item_train_counts, np.float64)
+  if sampling == "uniform":
+    weights = np.ones_like(counts)
+  else:
+    weights = (counts + 1.0) ** exponent
+  return weights / weights.sum()
+
+
+class PlaylistMFModel(tfrs.Model):
+  """Training model: playlist and track vectors and biases, BCE with sampled negatives.
+
+  Args:
+    n_playlists: Training playlists (indices 0..n-1).
+    n_items: Catalogue tracks (catalogue indices).
+    negative_probability: [n_items] sampling distribution of negatives.
+    config: `PlaylistMFConfig`.
+  """
+
+  def __init__(self, n_playlists: int, n_items: int, negative_probability: np.ndarray,
+               config: PlaylistMFConfig):
+    super().__init__()
+    self.config = config
+    self.n_items = int(n_items)
+    d = config.embedding_dim
+    init = tf.keras.initializers.RandomNormal(stddev=config.init_stddev, seed=config.seed)
+    init_t = tf.keras.initializers.RandomNormal(stddev=config.init_stddev, seed=config.seed + 1)
+    self.playlist_embedding = tf.keras.layers.Embedding(n_playlists, d, embeddings_initializer=init,
+                                                        name="playlist_vectors")
+    self.playlist_bias = tf.keras.layers.Embedding(n_playlists, 1, embeddings_initializer="zeros",
+                                                   name="playlist_bias")
+    self.track_embedding = tf.keras.layers.Embedding(n_items, d, embeddings_initializer=init_t,
+                                                     name="track_vectors")
+    self.track_bias = tf.keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros",
+                                                name="track_bias")
+    self.uniform = config.negative_sampling == "uniform"
+    self.negative_logits = tf.constant(np.log(np.maximum(negative_probability, 1e-30))
+                                       [np.newaxis, :].astype(np.float32))
+    self.task = tfrs.tasks.Ranking(
+        loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[tf.keras.metrics.BinaryAccuracy(threshold=0.0, name="binary_accuracy")])
+
+  def logits(self, playlist: tf.Tensor, item: tf.Tensor):
+    """Logits of (playlist index [N], track index [N]) pairs and their vectors."""
+    p = self.playlist_embedding(playlist)
+    t = self.track_embedding(item)
+    logit = (tf.reduce_sum(p * t, axis=-1) + tf.squeeze(self.playlist_bias(playlist), -1)
+             + tf.squeeze(self.track_bias(item), -1))
+    return logit, p, t
+
+  def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """BCE over a batch of positives (`playlist`, `item` [B]) and k negatives each."""
+    playlist, item = inputs["playlist"], inputs["item"]
+    k = self.config.negatives
+    b = tf.shape(playlist)[0]
+    if self.uniform:
+      negatives = tf.random.uniform([b * k], 0, self.n_items, dtype=tf.int64)
+    else:
+      negatives = tf.random.categorical(self.negative_logits, b * k, dtype=tf.int64)[0]
+    playlists = tf.concat([playlist, tf.repeat(playlist, k)], axis=0)
+    items = tf.concat([item, negatives], axis=0)
+    labels = tf.concat([tf.ones([b]), tf.zeros([b * k])], axis=0)
+    logit, p, t = self.logits(playlists, items)
+    loss = self.task(labels=labels, predictions=logit, compute_metrics=not training)
+    penalty = tf.reduce_mean(tf.reduce_sum(p * p, -1) + tf.reduce_sum(t * t, -1))
+    return loss + self.config.l2 * penalty
+
+
+NAME_TOKEN_PATTERN = r"[^\p{L}\p{N}]+"
+
+
+def name_tokens(names: tf.Tensor) -> tf.RaggedTensor:
+  """Playlist names [B] -> ragged tokens [B, None]: lower case, split on non-alphanumerics."""
+  text = tf.strings.lower(names, encoding="utf-8")
+  text = tf.strings.regex_replace(text, NAME_TOKEN_PATTERN, " ")
+  return tf.strings.split(tf.strings.strip(text))
+
+
+class PlaylistContinuation(tf.Module):
+  """Seeds (and a name) -> folded-in playlist vector -> top-k continuation.
+
+  The same module scores playlists in the library's evaluation and serves in
+  the export. Track vectors are augmented with a constant 1, so a playlist is
+  one vector theta = [p, b_p] and its score for track j is
+  theta . [t_j, 1] + b_j.
+
+  Args:
+    item_ids: [n_items] catalogue ids.
+    track_vectors: [n_items, d].
+    track_bias: [n_items].
+    negative_index: [M] catalogue indices of the fold-in negatives.
+    negative_weight: [M] their weights (sum 1).
+    negatives: k of the training objective.
+    l2: L2 weight of the training objective.
+    fold_in_steps: Newton steps.
+    tokens: [V] name tokens; token_vectors [V, d + 1] and token_weights [V].
+    fallback_ids / fallback_scores: [k] popularity ranking.
+    k: Results per request (clamped to the catalogue).
+    index_kind: `"exact"` or `"scann"` (None: scoring only, no serving index).
+    max_seeds: Seeds the ScaNN variant can exclude.
+  """
+
+  def __init__(self, item_ids: np.ndarray, track_vectors: np.ndarray, track_bias: np.ndarray,
+               negative_index: np.ndarray, negative_weight: np.ndarray, negatives: int,
+               l2: float, fold_in_steps: int, tokens: Sequence[str],
+               token_vectors: np.ndarray, token_weights: np.ndarray,
+               fallback_ids: np.ndarray, fallback_scores: np.ndarray, k: int,
+               index_kind: Optional[str] = None, max_seeds: int = 250):
+    super().__init__()
+    n, d = track_vectors.shape
+    self.n_items, self.dim = int(n), int(d)
+    self.k = max(1, min(int(k), self.n_items))
+    self.fold_in_steps = int(fold_in_steps)
+    ids = np.asarray(item_ids).astype(str).astype(object)
+    self.item_ids = tf.Variable(ids, dtype=tf.string, trainable=False, name="item_ids")
+    self.item_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
+                                            tf.range(n, dtype=tf.int64)), default_value=-1)
+    augmented = np.concatenate([track_vectors, np.ones((n, 1))], axis=1).astype(np.float32)
+    self.tracks = tf.Variable(augmented, trainable=False, name="track_vectors")
+    self.track_bias = tf.Variable(np.asarray(track_bias, np.float32), trainable=False,
+                                  name="track_bias")
+    neg_index = np.asarray(negative_index, np.int64)
+    self.negative_tracks = tf.Variable(augmented[neg_index], trainable=False,
+                                       name="negative_tracks")
+    self.negative_bias = tf.Variable(np.asarray(track_bias, np.float32)[neg_index],
+                                     trainable=False, name="negative_bias")
+    k_neg = float(negatives)
+    # Per-playlist objective weights: positives share 1/(1+k), negatives k/(1+k).
+    self.negative_weight = tf.Variable(
+        (np.asarray(negative_weight, np.float64) * k_neg / (1.0 + k_neg)).astype(np.float32),
+        trainable=False, name="negative_weight")
+    self.positive_share = tf.constant(1.0 / (1.0 + k_neg), tf.float32)
+    # The bias gets a tiny ridge so the Newton system is always solvable.
+    self.ridge = tf.constant(np.concatenate([np.full(d, 2.0 * l2), [1e-6]]).astype(np.float32)
+                             + 1e-6)
+    # Row 0 is the unknown token (weight 0).
+    keys = ["\x00unknown"] + [str(t) for t in tokens]
+    self.token_table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string),
+                                            tf.range(len(keys), dtype=tf.int64)),
+        default_value=0)
+    self.token_vectors = tf.Variable(
+        np.concatenate([np.zeros((1, d + 1)), np.asarray(token_vectors).reshape(-1, d + 1)])
+        .astype(np.float32), trainable=False, name="token_vectors")
+    self.token_weights = tf.Variable(
+        np.concatenate([[0.0], np.asarray(token_weights, np.float64)]).astype(np.float32),
+        trainable=False, name="token_weights")
+    self.fallback_ids = tf.Variable(np.asarray(fallback_ids).astype(str).astype(object)[:self.k],
+                                    dtype=tf.string, trainable=False, name="fallback_ids")
+    self.fallback_scores = tf.Variable(np.asarray(fallback_scores, np.float32)[:self.k],
+                                       trainable=False, name="fallback_scores")
+    self.index_kind = index_kind
+    if index_kind == "scann":
+      from tfrec_music.export.retrieval import make_scann_index  # pylint: disable=g-import-not-at-top
+      self.fetch_k = min(self.n_items, self.k + int(max_seeds))
+      candidates = np.concatenate([track_vectors, np.asarray(track_bias)[:, None]], axis=1)
+      self.index = make_scann_index(candidates.astype(np.float32), ids, self.fetch_k)
+    elif index_kind not in (None, "exact"):
+      raise ValueError("`index_kind` should be 'exact', 'scann' or None. "
+                       f"Received: `index_kind` = {index_kind!r}.")
+
+    seeds_spec = tf.TensorSpec([None, None], tf.string, name="seeds")
+    name_spec = tf.TensorSpec([None], tf.string, name="name")
+
+    @tf.function(input_signature=[seeds_spec, name_spec])
+    def serve(seeds, name):
+      return self._continue(seeds, name)
+
+    @tf.function(input_signature=[seeds_spec])
+    def serve_seeds(seeds):
+      return self._continue(seeds, tf.fill([tf.shape(seeds)[0]], ""))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int64),
+                                  tf.TensorSpec([None], tf.string)])
+    def query(seed_index, names):
+      return self._query(seed_index, names)
+
+    self.serve = serve
+    self.serve_seeds = serve_seeds
+    self.query = query
+
+  # ---------------------------------------------------------------- fold-in
+  def fold_in(self, seed_index: tf.Tensor) -> tf.Tensor:
+    """Solves theta = [p, b_p] [B, d + 1] from seed indices [B, L] (-1 = padding).
+
+    Rows without seeds come back as zeros.
+    """
+    mask = tf.cast(seed_index >= 0, tf.float32)
+    count = tf.reduce_sum(mask, axis=1, keepdims=True)
+    safe = tf.maximum(seed_index, 0)
+    x_pos = tf.gather(self.tracks, safe)
+    b_pos = tf.gather(self.track_bias, safe)
+    w_pos = mask / tf.maximum(count, 1.0) * self.positive_share
+    x_neg, b_neg, w_neg = self.negative_tracks, self.negative_bias, self.negative_weight
+    theta = tf.zeros([tf.shape(seed_index)[0], self.dim + 1])
+    ridge = tf.linalg.diag(self.ridge)
+    for _ in range(self.fold_in_steps):
+      s_pos = tf.einsum("bld,bd->bl", x_pos, theta) + b_pos
+      s_neg = tf.matmul(theta, x_neg, transpose_b=True) + b_neg
+      sig_pos, sig_neg = tf.sigmoid(s_pos), tf.sigmoid(s_neg)
+      grad = (tf.einsum("bl,bld->bd", w_pos * (sig_pos - 1.0), x_pos)
+              + tf.matmul(w_neg * sig_neg, x_neg) + self.ridge * theta)
+      h_pos = tf.einsum("bl,bld,ble->bde", w_pos * sig_pos * (1.0 - sig_pos), x_pos, x_pos)
+      h_neg = tf.einsum("bm,md,me->bde", w_neg * sig_neg * (1.0 - sig_neg), x_neg, x_neg)
+      step = tf.linalg.solve(h_pos + h_neg + ridge, grad[:, :, tf.newaxis])[:, :, 0]
+      theta = theta - step
+    return theta * tf.cast(count > 0, tf.float32)
+
+  def name_theta(self, names: tf.Tensor):
+    """Name-token model: (theta [B, d + 1], has_name [B] bool)."""
+    tokens = name_tokens(names)
+    rows = tf.ragged.map_flat_values(self.token_table.lookup, tokens)
+    weights = tf.ragged.map_flat_values(tf.gather, self.token_weights, rows)
+    vectors = tf.ragged.map_flat_values(tf.gather, self.token_vectors, rows)
+    total = tf.reduce_sum(weights, axis=1)
+    summed = tf.reduce_sum(vectors * weights[:, :, tf.newaxis], axis=1)
+    summed = summed.to_tensor() if isinstance(summed, tf.RaggedTensor) else summed
+    summed = tf.reshape(summed, [-1, self.dim + 1])
+    has_name = total > 0
+    return summed / tf.maximum(total, 1e-12)[:, tf.newaxis], has_name
+
+  def _query(self, seed_index, names):
+    """theta [B, d + 1] and mode [B] (0 fallback, 1 seeds, 2 name) of each playlist."""
+    has_seeds = tf.reduce_any(seed_index >= 0, axis=1)
+    theta_seeds = self.fold_in(seed_index)
+    theta_name, has_name = self.name_theta(names)
+    theta = tf.where(has_seeds[:, tf.newaxis], theta_seeds, theta_name)
+    mode = tf.where(has_seeds, 1, tf.where(has_name, 2, 0))
+    return {"theta": theta, "mode": mode}
+
+  # ---------------------------------------------------------------- serving
+  def _continue(self, seeds, name):
+    seed_index = self.item_table.lookup(seeds)
+    query = self._query(seed_index, name)
+    theta, mode = query["theta"], query["mode"]
+    p, b_p = theta[:, :self.dim], theta[:, self.dim]
+    batch = tf.shape(seeds)[0]
+    if self.index_kind == "scann":
+      query_vectors = tf.concat([p, tf.ones([batch, 1])], axis=1)
+      scores, ids = self.index(query_vectors, k=self.fetch_k)
+      hit = tf.reduce_any(tf.equal(ids[:, :, tf.newaxis], seeds[:, tf.newaxis, :]), axis=2)
+      scores = tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
+      top_scores, top = tf.math.top_k(scores, k=self.k)
+      top_ids = tf.gather(ids, top, batch_dims=1)
+    else:
+      scores = tf.matmul(theta, self.tracks, transpose_b=True) + self.track_bias - b_p[:, None]
+      rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, tf.newaxis], tf.shape(seed_index))
+      valid = seed_index >= 0
+      where = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seed_index, valid)], axis=1)
+      scores = tf.tensor_scatter_nd_update(
+          scores, where, tf.fill([tf.shape(where)[0]], tf.constant(-np.inf, tf.float32)))
+      top_scores, top = tf.math.top_k(scores, k=self.k)
+      top_ids = tf.gather(self.item_ids, top)
+    empty = tf.math.is_inf(top_scores)
+    top_ids = tf.where(empty, tf.constant("", tf.string), top_ids)
+    top_scores = tf.where(empty, tf.constant(EMPTY_SCORE, tf.float32),
+                          top_scores + b_p[:, tf.newaxis])
+    fallback = tf.equal(mode, 0)
+    use = fallback[:, tf.newaxis]
+    return {
+        "item_ids": tf.where(use, tf.tile(self.fallback_ids[tf.newaxis], [batch, 1]), top_ids),
+        "scores": tf.where(use, tf.tile(self.fallback_scores[tf.newaxis], [batch, 1]),
+                           top_scores),
+        "fallback": fallback}
+
+  def signatures(self) -> Dict[str, Any]:
+    """`serving_default(seeds, name)` and `continue_seeds(seeds)`."""
+    return {"serving_default": self.serve, "continue_seeds": self.serve_seeds}
+
+
+def pad_indices(seeds: Sequence[np.ndarray]) -> np.ndarray:
+  """[B] index arrays -> [B, L] int64 padded with -1 (L >= 1)."""
+  width = max([len(s) for s in seeds] + [1])
+  out = np.full((len(seeds), width), -1, np.int64)
+  for row, s in enumerate(seeds):
+    out[row, :len(s)] = s
+  return out
+
+
+class PlaylistMFFamily(ModelFamily):
+  """Biased MF playlist continuation plugged into the training pipeline."""
+
+  name = "playlist_mf"
+  config_class = PlaylistMFConfig
+  table_keys = ("test/k0/r_precision", "test/k1/r_precision", "test/k5/r_precision",
+                "test/k10/r_precision", "test/k25/r_precision", "test/k5/ndcg",
+                "test/k5/clicks", "test/seen/r_precision", "test/unseen/r_precision",
+                "test/seen/binary_accuracy")
+  # Held-out playlists are the prepared cold users: 20% of playlists are
+  # kept out of training and continued from their first K tracks.
+  prepare_overrides = {"cold_user_share": 0.2}
+
+  @classmethod
+  def presets(cls) -> Dict[str, Dict[str, Any]]:
+    """`tiny` trains in seconds for tests; `default` is the measured setting."""
+    return {"tiny": {"embedding_dim": 16, "epochs": 8, "batch_size": 256, "top_k": 20,
+                     "fold_in_negatives": 1024},
+            "default": {}}
+
+  @classmethod
+  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+    """`--negatives`, `--negative-sampling`, `--l2` (the common flags cover the rest)."""
+    group.add_argument("--negatives", type=int, default=None,
+                       help="playlist_mf: sampled negative tracks per positive.")
+    group.add_argument("--negative-sampling", choices=SAMPLING, default=None,
+                       help="playlist_mf: negatives drawn uniformly or by popularity.")
+    group.add_argument("--l2", type=float, default=None,
+                       help="playlist_mf: L2 weight on playlist and track vectors.")
+
+  @classmethod
+  def select_tables(cls, loaded: Any, config: Any) -> Tables:
+    """Playlist-track rows as interactions (playlists are the users).
+
+    Synthetic data: built from `loaded.playlists` (user_id := playlist_id,
+    timestamp := position, a users table with the playlist `name`). Other
+    sources (the MPD loader) already have playlists as users.
+    """
+    del config
+    playlists = getattr(loaded, "playlists", None)
+    if playlists is None or len(playlists) == 0:
+      return loaded.tables
+    frame = playlists.sort_values(["playlist_id", "pos"], kind="stable")
+    interactions = pd.DataFrame({"user_id": frame["playlist_id"].astype(str).to_numpy(),
+                                 "item_id": frame["item_id"].astype(str).to_numpy(),
+                                 "timestamp": frame["pos"].astype(np.int64).to_numpy()})
+    first = frame.drop_duplicates("playlist_id")
+    users = pd.DataFrame({"user_id": first["playlist_id"].astype(str).to_numpy(),
+                          "name": first["name"].fillna("").astype(str).to_numpy()})
+    name = f"{loaded.tables.name}-playlists"
+    tables = Tables(interactions=interactions, items=loaded.tables.items, users=users,
+                    sources={"interactions": f"{name}/playlists", "items": f"{name}/items",
+                             "users": f"{name}/playlists"}, name=name)
+    return validate_tables(tables, report=DataReport())
+
+  def __init__(self, config: PlaylistMFConfig, prepared: PreparedData):
+    super().__init__(config, prepared)
+    tf.keras.utils.set_random_seed(config.seed)
+    self.playlist_ids = np.asarray(prepared.vocabularies["user_id"]).astype(str)
+    self.playlist_index = pd.Index(self.playlist_ids)
+    self.negative_probability = negative_distribution(
+        prepared.item_train_counts, config.negative_sampling, config.popularity_exponent)
+    self.model = PlaylistMFModel(len(self.playlist_ids), prepared.n_items,
+                                 self.negative_probability, config)
+    self.model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    self._module: Optional[PlaylistContinuation] = None
+    self.name_model: Dict[str, Any] = {}
+    self.fit_summary: Dict[str, Any] = {}
+
+  # ---------------------------------------------------------------- training
+  def training_features(self) -> Dict[str, np.ndarray]:
+    """Training positives: playlist index and track (catalogue) index."""
+    train = self.prepared.train
+    return {"playlist": self.playlist_index.get_indexer(train["user_id"].astype(str))
+                        .astype(np.int64),
+            "item": self.prepared.item_index(train["item_id"]).astype(np.int64)}
+
+  def fit(self, job_dir: str) -> Dict[str, Any]:
+    """Trains with early stopping on validation NDCG (seen playlists), keeping the best weights."""
+    config = self.config
+    features = self.training_features()
+    if len(features["item"]) == 0:
+      raise ValueError("No training playlist rows: lower `--kcore` or give more playlists.")
+    dataset = make_dataset(features, config.batch_size, shuffle=True, seed=config.seed)
+    log_dir = io.join(job_dir, "logs", self.name)
+    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
+    writer = tf.summary.create_file_writer(io.join(log_dir, "validation"))
+    valid = seen_queries(self.prepared, "valid")
+    best = (-1.0, self.model.get_weights(), 0)
+    history = []
+    for epoch in range(config.epochs):
+      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                              callbacks=[tensorboard])
+      loss = float(result.history["loss"][-1])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"Training loss became {loss} at epoch {epoch + 1}. Lower the learning rate "
+            "(`--learning-rate`) or raise `--l2`.")
+      self._module = None
+      ndcg = (evaluate_playlist_scorer(self._learned_scorer, valid, self.prepared.n_items)
+              .get("ndcg", float("nan")) if len(valid) else float("nan"))
+      history.append({"epoch": epoch + 1, "loss": loss, "valid_ndcg": ndcg})
+      logging.info("playlist_mf epoch %d: loss %.4f, valid NDCG %.4f", epoch + 1, loss, ndcg)
+      with writer.as_default():
+        tf.summary.scalar("valid_ndcg", ndcg, step=epoch + 1)
+      if not len(valid):
+        best = (ndcg, self.model.get_weights(), epoch + 1)
+      elif ndcg > best[0]:
+        best = (ndcg, self.model.get_weights(), epoch + 1)
+      elif epoch + 1 - best[2] >= config.early_stopping_patience:
+        logging.info("Early stopping: no validation gain for %d epochs.",
+                     config.early_stopping_patience)
+        break
+    self.model.set_weights(best[1])
+    self._module = None
+    self.fit_summary = {"best_epoch": best[2], "best_valid_ndcg": best[0],
+                        "epochs_run": len(history), "history": history,
+                        "name_tokens": len(self.module().token_weights.numpy()) - 1}
+    write_projector(io.join(job_dir, "logs", "projector"), self.track_arrays()[0],
+                    self.prepared.items)
+    return self.fit_summary
+
+  # ---------------------------------------------------------------- vectors
+  def track_arrays(self):
+    """(vectors [n_items, d], bias [n_items]) of the catalogue.
+
+    Tracks with no training positive were never pulled toward a playlist:
+    they get a zero vector and the lowest trained bias, so they rank last
+    rather than by their random initialization.
+    """
+    vectors = self.model.track_embedding.embeddings.numpy().copy()
+    bias = self.model.track_bias.embeddings.numpy()[:, 0].copy()
+    untrained = self.prepared.item_train_counts == 0
+    if untrained.any() and (~untrained).any():
+      vectors[untrained] = 0.0
+      bias[untrained] = bias[~untrained].min()
+    return vectors, bias
+
+  def playlist_arrays(self):
+    """(vectors [P, d], bias [P]) of the training playlists (vocabulary order)."""
+    return (self.model.playlist_embedding.embeddings.numpy(),
+            self.model.playlist_bias.embeddings.numpy()[:, 0])
+
+  def _fold_in_negatives(self):
+    n = self.prepared.n_items
+    q = self.negative_probability
+    if n <= self.config.fold_in_negatives:
+      return np.arange(n), q
+    rng = np.random.default_rng([self.config.seed, 17])
+    index = rng.choice(n, size=self.config.fold_in_negatives, replace=True, p=q)
+    return index, np.full(len(index), 1.0 / len(index))
+
+  def _name_model(self, theta: np.ndarray):
+    """Token -> shrunk mean [p, b_p] of training playlists with the token, and idf weights."""
+    names = playlist_names(self.prepared)
+    if not names or not len(theta):
+      return [], np.zeros((0, theta.shape[1])), np.zeros(0)
+    playlist_names_arr = np.array([names.get(p, "") for p in self.playlist_ids], dtype=object)
+    tokens = name_tokens(tf.constant(playlist_names_arr.astype(str), tf.string)).to_list()
+    rows, toks = [], []
+    for row, row_tokens in enumerate(tokens):
+      for tok in set(t.decode("utf-8") for t in row_tokens):
+        rows.append(row)
+        toks.append(tok)
+    if not toks:
+      return [], np.zeros((0, theta.shape[1])), np.zeros(0)
+    codes, vocab = pd.factorize(pd.Series(toks))
+    df = np.bincount(codes, minlength=len(vocab)).astype(np.float64)
+    sums = np.zeros((len(vocab), theta.shape[1]))
+    np.add.at(sums, codes, theta[np.asarray(rows)])
+    alpha = self.config.name_shrinkage
+    mean = theta.mean(axis=0)
+    vectors = (sums + alpha * mean) / (df + alpha)[:, None]
+    idf = np.log((1.0 + len(theta)) / (1.0 + df)) + 1.0
+    keep = df >= self.config.name_min_count
+    return list(np.asarray(vocab)[keep]), vectors[keep], idf[keep]
+
+  def module(self, index_kind: Optional[str] = None) -> PlaylistContinuation:
+    """The fold-in / serving module over the current weights (cached for scoring)."""
+    if index_kind is None and self._module is not None:
+      return self._module
+    from tfrec_music.models.popularity import PopularityModel  # pylint: disable=g-import-not-at-top
+    vectors, bias = self.track_arrays()
+    p, b_p = self.playlist_arrays()
+    tokens, token_vectors, token_weights = self._name_model(np.concatenate([p, b_p[:, None]], 1))
+    neg_index, neg_weight = self._fold_in_negatives()
+    k = min(self.config.top_k, self.prepared.n_items)
+    fallback_ids, fallback_scores = PopularityModel.fit(self.prepared).top_k(k)
+    module = PlaylistContinuation(
+        self.prepared.item_ids, vectors, bias, neg_index, neg_weight, self.config.negatives,
+        self.config.l2, self.config.fold_in_steps, tokens, token_vectors, token_weights,
+        fallback_ids, fallback_scores, k, index_kind=index_kind,
+        max_seeds=self.config.max_seeds)
+    if index_kind is None:
+      self._module = module
+    return module
+
+  # ---------------------------------------------------------------- scoring
+  def theta(self, queries: PlaylistQueries) -> np.ndarray:
+    """[B, d + 1] playlist [vector, bias]: learned for trained playlists of a
+    `learned` query set, folded in (or from the name) otherwise; zeros for the
+    fallback rows (see `mode`)."""
+    theta, _ = self._theta_and_mode(queries)
+    return theta
+
+  def _theta_and_mode(self, queries: PlaylistQueries):
+    module = self.module()
+    out = module.query(tf.constant(pad_indices(queries.seeds)),
+                       tf.constant(np.asarray(queries.names).astype(str), tf.string))
+    theta, mode = out["theta"].numpy(), out["mode"].numpy()
+    if queries.learned:
+      rows = self.playlist_index.get_indexer(np.asarray(queries.playlist_ids).astype(str))
+      known = rows >= 0
+      p, b_p = self.playlist_arrays()
+      theta[known] = np.concatenate([p, b_p[:, None]], 1)[rows[known]]
+      mode[known] = 1
+    return theta, mode
+
+  def _learned_scorer(self, queries: PlaylistQueries) -> np.ndarray:
+    # Scores with the current training weights, without building the module.
+    p, b_p = self.playlist_arrays()
+    vectors, bias = self.track_arrays()
+    rows = self.playlist_index.get_indexer(np.asarray(queries.playlist_ids).astype(str))
+    return p[rows] @ vectors.T + bias + b_p[rows, None]
+
+  def scorer(self, queries: PlaylistQueries) -> np.ndarray:
+    """`PlaylistScorer`: [B, n_items] logits (popularity for fallback rows)."""
+    theta, mode = self._theta_and_mode(queries)
+    vectors, bias = self.track_arrays()
+    scores = theta[:, :-1] @ vectors.T + bias + theta[:, -1:]
+    fallback = mode == 0
+    if fallback.any():
+      scores[fallback] = np.log1p(self.prepared.item_train_counts.astype(np.float64))
+    return scores
+
+  def score_fn(self):
+    """Scorer factory: the playlist scorer for every split."""
+    return lambda split: self.scorer
+
+  # ---------------------------------------------------------------- evaluation
+  def binary_accuracy(self, queries: PlaylistQueries, seed: int = 0) -> Dict[str, float]:
+    """Binary accuracy, AUC and log loss on held-out positives plus k sampled negatives each."""
+    if not len(queries):
+      return {}
+    theta, _ = self._theta_and_mode(queries)
+    vectors, bias = self.track_arrays()
+    rng = np.random.default_rng([self.config.seed, seed, 29])
+    k = self.config.negatives
+    rows, items, labels = [], [], []
+    for row, target in enumerate(queries.targets):
+      negatives = rng.choice(self.prepared.n_items, size=k * len(target), p=self.negative_probability)
+      rows.append(np.full(len(target) * (1 + k), row))
+      items.append(np.concatenate([target, negatives]))
+      labels.append(np.concatenate([np.ones(len(target)), np.zeros(len(negatives))]))
+    rows, items, labels = map(np.concatenate, (rows, items, labels))
+    logits = np.einsum("nd,nd->n", theta[rows, :-1], vectors[items]) + bias[items] + theta[rows, -1]
+    result = binary_metrics(labels, 1.0 / (1.0 + np.exp(-logits)))
+    return {"binary_accuracy": result["accuracy"], "auc": result["auc"],
+            "log_loss": result["log_loss"]}
+
+  def evaluate(self, context) -> Dict[str, Dict[str, float]]:
+    """The K-seed protocol for the model, the baselines and (synthetic) the oracle."""
+    prepared = self.prepared
+    scorers = {"model": self.scorer}
+    scorers.update(playlist_baselines(prepared.items, prepared.item_train_counts))
+    oracle = getattr(context, "oracle", None)
+    if oracle is not None:
+      known = set(np.asarray(getattr(oracle, "playlist_ids", [])).astype(str))
+      users = set(prepared.train["user_id"].astype(str)) | set(
+          prepared.cold_user_test["user_id"].astype(str))
+      if users and users <= known:
+        item_ids = prepared.item_ids
+
+        def oracle_scorer(queries: PlaylistQueries) -> np.ndarray:
+          return oracle.scores(np.asarray(queries.playlist_ids).astype(str), item_ids)
+        scorers["oracle"] = oracle_scorer
+    metrics = {}
+    for name, scorer in scorers.items():
+      metrics[name] = evaluate_playlists(scorer, prepared, DEFAULT_KS, split="test")
+      logging.info("playlist_mf evaluated %s", name)
+    seen = seen_queries(prepared, "test")
+    unseen = unseen_tail_queries(held_out_playlists(prepared), 2, playlist_names(prepared))
+    for slice_name, queries in (("seen", seen), ("unseen", unseen)):
+      for key, value in self.binary_accuracy(queries).items():
+        metrics["model"][f"test/{slice_name}/{key}"] = value
+    return metrics
+
+  # ---------------------------------------------------------------- export
+  def save(self, directory: str) -> Dict[str, str]:
+    """Exact SavedModel, ScaNN variant and the track vectors (with bias) for external indices."""
+    from tfrec_music.export.retrieval import save_candidates  # pylint: disable=g-import-not-at-top
+    if self.config.top_k > self.prepared.n_items:
+      logging.warning("top_k=%d is larger than the catalogue (%d tracks): serving %d.",
+                      self.config.top_k, self.prepared.n_items, self.prepared.n_items)
+    save_continuation(self.module("exact"), directory)
+    save_continuation(self.module("scann"), io.join(directory, "scann"))
+    vectors, bias = self.track_arrays()
+    items = self.prepared.items
+    metadata = {c: items[c].fillna("").astype(str).to_numpy()
+                for c in ("title", "artist") if c in items.columns}
+    save_candidates(io.join(directory, "candidates"), self.prepared.item_ids,
+                    np.concatenate([vectors, bias[:, None]], axis=1), metadata)
+    return {
+        "serving_default": "seeds [B, L] track ids (padded with ''), name [B] ('' = none) "
+                           "-> item_ids [B, k], scores [B, k] (logits), fallback [B]",
+        "continue_seeds": "seeds [B, L] -> the same, without a name",
+        "scann/": "the same signatures over a ScaNN index (needs ScaNN ops)",
+        "candidates/": "item_ids.txt, embeddings.npy ([n, d + 1]: track vector, then bias), "
+                       "metadata.tsv"}
+
+
+def save_continuation(module: PlaylistContinuation, directory: str) -> None:
+  """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
+  options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+             if module.index_kind == "scann" else None)
+  tf.saved_model.save(module, directory, signatures=module.signatures(), options=options)
+
+
+def write_projector(log_dir: str, vectors: np.ndarray, items: pd.DataFrame) -> None:
+  """Track vectors in TensorBoard's embedding projector, labelled by title and artist."""
+  from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
+  io.makedirs(log_dir)
+  label_cols = [c for c in ("title", "artist") if c in items.columns]
+  lines: List[str] = ["item_id\t" + "\t".join(label_cols)] if label_cols else []
+  cells = [items["item_id"].astype(str).to_numpy()] + [
+      items[c].fillna("").astype(str).str.replace("\t", " ").to_numpy() for c in label_cols]
+  lines += ["\t".join(row) for row in zip(*cells)]
+  io.write_text(io.join(log_dir, "metadata.tsv"), "\n".join(lines) + "\n")
+  checkpoint = tf.train.Checkpoint(embedding=tf.Variable(vectors, name="track_vectors"))
+  checkpoint.save(io.join(log_dir, "embedding.ckpt"))
+  config = projector.ProjectorConfig()
+  embedding = config.embeddings.add()
+  embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+  embedding.metadata_path = "metadata.tsv"
+  projector.visualize_embeddings(log_dir, config)
