@@ -1,0 +1,804 @@
+"""Deep & Cross Network v2 ranking (`--model dcn`): predicted rating of a (user, track) pair.
+
+The recommender idea: a rating depends on crossings of features (this user's
+taste x this track's genre, artist x audio), which a plain MLP learns
+slowly. DCN v2 (Wang et al., WWW 2021) feeds the concatenated embeddings
+x0 of the user (id, country) and the track (id, album, artist, genre,
+parent genre, genre level, mood, normalized audio features) to cross layers
+`x_{l+1} = x0 * (W x_l + b) + x_l` (`tfrs.layers.dcn.Cross`, optionally
+low-rank: W = U V with `projection_dim`) and a deep network, stacked
+(cross -> deep) or in parallel (cross || deep), then one output unit.
+
+- `--labels explicit`: the output is the rating, trained with MSE
+  (`tfrs.tasks.Ranking`), evaluated with RMSE / MSE / MAE beside the global
+  mean, the biased baseline alpha + beta_u + beta_i and biased MF on the same
+  split.
+- `--labels implicit`: every interaction is a positive, `--negatives`
+  uniformly sampled tracks per positive are negatives; sigmoid
+  cross-entropy, evaluated with AUC and log loss.
+
+Split: a seeded 80/10/10 ratio split of the rating rows (`prepare_overrides`).
+Temporal leave-one-out would test on one (the last) rating per user and
+hold 5% of users out entirely; for rating prediction the question is "how
+well are held-out ratings of known users and tracks predicted", so the rows
+are split at random and no users are held out (`cold_user_share=0`). The
+k-core filter (default 5) still runs first, so every user and track has at
+least 5 ratings before the split and almost all test users and tracks have
+training ratings; the few that do not are scored through the OOV bucket
+(their count is reported as `test/all/unseen_user_rows` and
+`test/all/unseen_item_rows`).
+
+Serving (`saved_models/dcn/<version>/`): `serving_default` takes raw user
+and track features (strings and numbers; lookups inside) and returns the
+predicted rating (`probability` for implicit labels); `score_ids` takes only
+`user_id` and `item_id` and reads the track's features from the catalogue
+stored in the model. Unknown ids, empty strings and NaN numbers are defined
+inputs: OOV bucket, missing-value index, training mean.
+"""
+
+import argparse
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_music import io
+from tfrec_music.data.tables import AUDIO_FEATURES
+from tfrec_music.evaluation.rating import binary_metrics
+from tfrec_music.evaluation.rating import rating_metrics
+from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.rating_baselines import fit_rating_baselines
+from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.lookups import lookup_indices
+from tfrec_music.pipeline.lookups import string_lookup
+from tfrec_music.prepare.prepared import PreparedData
+
+ITEM_CATEGORICAL = ("album", "artist", "genre", "parent_genre", "genre_level", "mood")
+USER_CATEGORICAL = ("country",)
+RATING_TABLE_KEYS = ("test/all/rmse", "test/all/mse", "test/all/mae", "test/cold/rmse",
+                     "test/warm/rmse")
+BINARY_TABLE_KEYS = ("test/all/auc", "test/all/log_loss", "test/all/accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class DCNConfig:
+  """DCN hyperparameters.
+
+  Attributes:
+    labels: `explicit` (ratings, MSE) or `implicit` (interactions plus sampled
+      negatives, sigmoid cross-entropy).
+    embedding_dim: Embedding size of every categorical feature.
+    cross_layers: Number of cross layers (0 = deep network only).
+    projection_dim: Low-rank size of the cross layers' W = U V (0 = full rank).
+    deep_layers: Hidden layer sizes of the deep network (empty = cross only).
+    structure: `stacked` (cross -> deep) or `parallel` (cross || deep).
+    negatives: Sampled negatives per positive (implicit labels).
+    learning_rate: Adam learning rate.
+    batch_size: Training batch size.
+    epochs: Maximum epochs (early stopping on the validation loss).
+    early_stopping_patience: Epochs without validation gain before stopping.
+    l2: L2 weight on embeddings (per batch, on the rows used).
+    dropout: Dropout rate of the deep layers.
+    baseline_mf_dim: Factor size of the biased-MF baseline.
+    seed: Initialization, shuffling and negative-sampling seed.
+  """
+
+  labels: str = "explicit"
+  embedding_dim: int = 16
+  cross_layers: int = 2
+  projection_dim: int = 0
+  deep_layers: Tuple[int, ...] = (128, 64)
+  structure: str = "stacked"
+  negatives: int = 4
+  learning_rate: float = 0.002
+  batch_size: int = 1024
+  epochs: int = 12
+  early_stopping_patience: int = 2
+  l2: float = 1e-5
+  dropout: float = 0.0
+  baseline_mf_dim: int = 16
+  seed: int = 0
+
+  def __post_init__(self):
+    for name, allowed in (("labels", ("explicit", "implicit")),
+                          ("structure", ("stacked", "parallel"))):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"`{name}` should be one of {allowed}. "
+                         f"Received: `{name}` = {getattr(self, name)!r}.")
+    for name in ("embedding_dim", "batch_size", "epochs", "negatives", "baseline_mf_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
+    for name in ("cross_layers", "projection_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"`{name}` should be a non-negative integer. "
+                         f"Received: `{name}` = {value!r}.")
+    layers = tuple(int(n) for n in self.deep_layers)
+    if any(n <= 0 for n in layers):
+      raise ValueError(f"`deep_layers` should be positive sizes. Received: {self.deep_layers!r}.")
+    if not layers and self.cross_layers == 0:
+      raise ValueError("DCN needs cross layers or deep layers: `cross_layers` = 0 and "
+                       "`deep_layers` is empty.")
+    if not self.learning_rate > 0:
+      raise ValueError(f"`learning_rate` should be positive. Received: {self.learning_rate!r}.")
+    object.__setattr__(self, "deep_layers", layers)
+
+
+# --------------------------------------------------------------------------
+# Features.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingFeatureSpec:
+  """The raw features a DCN reads.
+
+  Attributes:
+    user_categorical: User columns besides `user_id` (e.g. `country`).
+    item_categorical: Track columns besides `item_id` (album, artist, ...).
+    numeric: Numeric track columns (audio features).
+  """
+
+  user_categorical: Tuple[str, ...] = ()
+  item_categorical: Tuple[str, ...] = ()
+  numeric: Tuple[str, ...] = ()
+
+  @classmethod
+  def from_tables(cls, items: Optional[pd.DataFrame],
+                  users: Optional[pd.DataFrame]) -> "RankingFeatureSpec":
+    """Whatever of the known columns the tables have."""
+    item_cols = set(items.columns) if items is not None else set()
+    user_cols = set(users.columns) if users is not None else set()
+    return cls(user_categorical=tuple(c for c in USER_CATEGORICAL if c in user_cols),
+               item_categorical=tuple(c for c in ITEM_CATEGORICAL if c in item_cols),
+               numeric=tuple(c for c in AUDIO_FEATURES if c in item_cols))
+
+  @property
+  def user_columns(self) -> Tuple[str, ...]:
+    """`user_id` and the user features."""
+    return ("user_id",) + self.user_categorical
+
+  @property
+  def item_columns(self) -> Tuple[str, ...]:
+    """`item_id`, the categorical and the numeric track features."""
+    return ("item_id",) + self.item_categorical + self.numeric
+
+  @property
+  def categorical(self) -> Tuple[str, ...]:
+    """Every string feature, in embedding order."""
+    return ("user_id",) + self.user_categorical + ("item_id",) + self.item_categorical
+
+  def as_dict(self) -> Dict[str, List[str]]:
+    """JSON-ready description."""
+    return {k: list(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _tokens(values) -> List[str]:
+  return sorted({str(v) for v in values if v is not None and str(v) not in ("", "nan")})
+
+
+def ranking_vocabularies(spec: RankingFeatureSpec, train: pd.DataFrame, items: pd.DataFrame,
+                         users: Optional[pd.DataFrame],
+                         base: Optional[Dict[str, List[str]]] = None) -> Dict[str, List[str]]:
+  """Vocabularies of every categorical feature, from training rows only.
+
+  `base` (the vocabularies of `prepare`) is reused where it has the feature.
+  """
+  vocabs = dict(base or {})
+  vocabs.setdefault("user_id", _tokens(train["user_id"].unique()))
+  vocabs.setdefault("item_id", _tokens(train["item_id"].unique()))
+  seen_items = items[items["item_id"].isin(set(vocabs["item_id"]))]
+  for column in spec.item_categorical:
+    if column not in vocabs:
+      vocabs[column] = _tokens(seen_items[column].unique())
+  if users is not None:
+    seen_users = users[users["user_id"].isin(set(vocabs["user_id"]))]
+    for column in spec.user_categorical:
+      if column not in vocabs:
+        vocabs[column] = _tokens(seen_users[column].unique())
+  return vocabs
+
+
+def numeric_statistics(spec: RankingFeatureSpec,
+                       train_items: pd.DataFrame) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean [F], std [F]) of the numeric features over training tracks (std 1 if flat)."""
+  if not spec.numeric:
+    return np.zeros(0, np.float32), np.ones(0, np.float32)
+  values = train_items[list(spec.numeric)].to_numpy(np.float64)
+  mean = np.nan_to_num(np.nanmean(values, axis=0)) if len(values) else np.zeros(len(spec.numeric))
+  std = np.nan_to_num(np.nanstd(values, axis=0)) if len(values) else np.ones(len(spec.numeric))
+  return mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def _string_column(frame: pd.DataFrame, column: str) -> np.ndarray:
+  values = frame[column]
+  if values.dtype.kind in "iu":
+    values = values.astype("Int64")
+  return values.astype(object).where(values.notna(), "").astype(str).to_numpy().astype(object)
+
+
+def raw_item_table(items: pd.DataFrame, spec: RankingFeatureSpec) -> Dict[str, np.ndarray]:
+  """Catalogue columns in the encoder's raw format (strings; float32 with NaN)."""
+  out = {"item_id": items["item_id"].astype(str).to_numpy().astype(object)}
+  for column in spec.item_categorical:
+    out[column] = _string_column(items, column)
+  for column in spec.numeric:
+    out[column] = items[column].to_numpy(np.float32)
+  return out
+
+
+def raw_user_table(user_ids: Sequence[str], users: Optional[pd.DataFrame],
+                   spec: RankingFeatureSpec) -> Dict[str, np.ndarray]:
+  """Raw user features of `user_ids` ("" where the users table has none)."""
+  ids = np.asarray(user_ids).astype(str)
+  out = {"user_id": ids.astype(object)}
+  if spec.user_categorical:
+    table = users.drop_duplicates("user_id").set_index("user_id")
+    for column in spec.user_categorical:
+      values = table[column].reindex(ids)
+      out[column] = values.astype(object).where(values.notna(), "").astype(str).to_numpy().astype(object)
+  return out
+
+
+class RankingEncoder(tf.keras.layers.Layer):
+  """Raw features -> lookup indices and normalized numbers.
+
+  Index conventions of `tfrec_music.pipeline.lookups`: "" -> 0 (missing),
+  unseen -> 1 (OOV), tokens from 2. Numeric NaN sits at the training mean.
+
+  Args:
+    spec: Features to encode.
+    vocabularies: Feature -> tokens (training split only).
+    numeric_mean: [F] training means.
+    numeric_std: [F] training standard deviations.
+  """
+
+  def __init__(self, spec: RankingFeatureSpec, vocabularies: Dict[str, List[str]],
+               numeric_mean: np.ndarray, numeric_std: np.ndarray, **kwargs):
+    super().__init__(**kwargs)
+    self.spec = spec
+    self.lookups = {c: string_lookup(vocabularies.get(c, []), f"{c}_lookup")
+                    for c in spec.categorical}
+    self.numeric_mean = tf.constant(np.asarray(numeric_mean, np.float32))
+    self.numeric_std = tf.constant(np.asarray(numeric_std, np.float32))
+
+  def vocab_sizes(self) -> Dict[str, int]:
+    """Lookup size (mask + OOV + tokens) of each categorical feature."""
+    return {c: int(layer.vocabulary_size()) for c, layer in self.lookups.items()}
+
+  def encode(self, raw: Dict[str, tf.Tensor], columns: Sequence[str]) -> Dict[str, tf.Tensor]:
+    """Encodes the named raw columns (numeric ones stacked into `numeric` [B, F])."""
+    out = {c: self.lookups[c](raw[c]) for c in columns if c in self.lookups}
+    numeric = [c for c in self.spec.numeric if c in columns]
+    if numeric:
+      values = tf.stack([tf.cast(raw[c], tf.float32) for c in numeric], axis=1)
+      values = tf.where(tf.math.is_nan(values), self.numeric_mean, values)
+      out["numeric"] = (values - self.numeric_mean) / self.numeric_std
+    return out
+
+  def call(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Encodes a batch of every raw feature: strings [B], numbers [B]."""
+    return self.encode(raw, self.spec.user_columns + self.spec.item_columns)
+
+
+def raw_signature(spec: RankingFeatureSpec) -> Dict[str, tf.TensorSpec]:
+  """TensorSpecs of the raw serving inputs."""
+  sig = {c: tf.TensorSpec([None], tf.string, name=c) for c in spec.categorical}
+  for c in spec.numeric:
+    sig[c] = tf.TensorSpec([None], tf.float32, name=c)
+  return sig
+
+
+# --------------------------------------------------------------------------
+# The network.
+# --------------------------------------------------------------------------
+
+
+class DCNRanker(tf.keras.Model):
+  """Encoded features -> one output per row ([B] rating or logit).
+
+  Args:
+    vocab_sizes: Categorical feature -> lookup size.
+    n_numeric: Number of numeric features F.
+    config: `DCNConfig`.
+    output_bias: Initial output bias (the training mean rating, so training
+      starts from the global-mean predictor).
+  """
+
+  def __init__(self, vocab_sizes: Dict[str, int], n_numeric: int, config: DCNConfig,
+               output_bias: float = 0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.feature_names = tuple(vocab_sizes)
+    self.n_numeric = n_numeric
+    self.structure = config.structure
+    self.l2 = config.l2
+    self.embeddings = {c: tf.keras.layers.Embedding(n, config.embedding_dim, name=f"{c}_embedding")
+                       for c, n in vocab_sizes.items()}
+    projection = config.projection_dim or None
+    self.cross = [tfrs.layers.dcn.Cross(projection_dim=projection,
+                                        kernel_initializer="glorot_uniform",
+                                        name=f"cross_{k}")
+                  for k in range(config.cross_layers)]
+    self.deep = [tf.keras.layers.Dense(n, activation="relu", name=f"deep_{k}")
+                 for k, n in enumerate(config.deep_layers)]
+    self.dropout = (tf.keras.layers.Dropout(config.dropout, seed=config.seed)
+                    if config.dropout > 0 else None)
+    self.out = tf.keras.layers.Dense(
+        1, name="output", bias_initializer=tf.keras.initializers.Constant(output_bias))
+
+  def _deep(self, x, training):
+    for layer in self.deep:
+      x = layer(x)
+      if self.dropout is not None:
+        x = self.dropout(x, training=training)
+    return x
+
+  def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Encoded features (ints [B], `numeric` [B, F]) -> [B] outputs."""
+    parts = [self.embeddings[c](features[c]) for c in self.feature_names]
+    if training and self.l2 > 0:
+      self.add_loss(self.l2 * tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts])
+                    / tf.cast(tf.shape(parts[0])[0], tf.float32))
+    if self.n_numeric:
+      parts.append(features["numeric"])
+    x0 = tf.concat(parts, axis=1)
+    x = x0
+    for layer in self.cross:
+      x = layer(x0, x)
+    if self.structure == "stacked":
+      x = self._deep(x, training)
+    else:
+      x = tf.concat([x, self._deep(x0, training)], axis=1) if self.deep else x
+    return tf.squeeze(self.out(x), axis=1)
+
+  def get_config(self):
+    """Rebuilt from the family config; SavedModels carry the weights."""
+    return {"name": self.name}
+
+
+class DCNModel(tfrs.Model):
+  """The training model: ranker plus the ranking task (MSE or sigmoid cross-entropy)."""
+
+  def __init__(self, ranker: DCNRanker, labels: str):
+    super().__init__()
+    self.ranker = ranker
+    self.labels = labels
+    if labels == "explicit":
+      self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError())
+    else:
+      self.task = tfrs.tasks.Ranking(
+          loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+
+  def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Loss of a batch of encoded features with a `label` [B]."""
+    features = {k: v for k, v in inputs.items() if k != "label"}
+    predictions = self.ranker(features, training=training)
+    loss = self.task(labels=inputs["label"], predictions=predictions, compute_metrics=False)
+    return loss + tf.add_n(self.ranker.losses) if self.ranker.losses else loss
+
+
+def build_ranker(encoder: RankingEncoder, config: DCNConfig, output_bias: float) -> DCNRanker:
+  """A `DCNRanker` sized for `encoder`'s vocabularies."""
+  tf.keras.utils.set_random_seed(config.seed)
+  return DCNRanker(encoder.vocab_sizes(), len(encoder.spec.numeric), config, output_bias,
+                   name="dcn_ranker")
+
+
+def optimizer(config: DCNConfig) -> tf.keras.optimizers.Optimizer:
+  """Adam at the configured rate."""
+  return tf.keras.optimizers.Adam(config.learning_rate)
+
+
+def check_finite(loss: float, epoch: int) -> None:
+  """Raises FloatingPointError with advice when training diverged."""
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f"DCN training loss became {loss} at epoch {epoch}. Lower the learning rate "
+        "(`--learning-rate`) or the number of cross layers.")
+
+
+# --------------------------------------------------------------------------
+# Serving.
+# --------------------------------------------------------------------------
+
+
+class DCNServingModule(tf.Module):
+  """Raw (user, track) features -> predicted rating (or click probability).
+
+  Args:
+    encoder: `RankingEncoder`.
+    ranker: Trained `DCNRanker`.
+    labels: `explicit` or `implicit`.
+    items: Raw catalogue features (`raw_item_table`), for `score_ids`.
+    users: Raw features of known users (`raw_user_table`), for `score_ids`.
+    rating_range: (low, high) clip of predicted ratings (explicit).
+  """
+
+  def __init__(self, encoder: RankingEncoder, ranker: DCNRanker, labels: str,
+               items: Dict[str, np.ndarray], users: Dict[str, np.ndarray],
+               rating_range: Tuple[float, float] = (-np.inf, np.inf)):
+    super().__init__()
+    self.encoder, self.ranker, self.labels = encoder, ranker, labels
+    self.spec = encoder.spec
+    self.low = tf.constant(float(rating_range[0]), tf.float32)
+    self.high = tf.constant(float(rating_range[1]), tf.float32)
+    self.item_table = _id_table(items["item_id"])
+    self.items = {c: tf.constant(_with_missing(v)) for c, v in items.items() if c != "item_id"}
+    self.user_table = _id_table(users["user_id"])
+    self.users = {c: tf.constant(_with_missing(v)) for c, v in users.items() if c != "user_id"}
+
+    @tf.function(input_signature=[raw_signature(self.spec)])
+    def serve(raw):
+      return self._predict(raw)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
+                                  tf.TensorSpec([None], tf.string, name="item_id")])
+    def score_ids(user_id, item_id):
+      return self._predict(self.features_from_ids(user_id, item_id))
+
+    self.serve = serve
+    self.score_ids = score_ids
+
+  def features_from_ids(self, user_id: tf.Tensor, item_id: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Raw features of (user, track) pairs from the stored tables (unknown: missing)."""
+    raw = {"user_id": user_id, "item_id": item_id}
+    for ids, table, stored in ((user_id, self.user_table, self.users),
+                               (item_id, self.item_table, self.items)):
+      if not stored:
+        continue
+      # The stored arrays end with a "missing" row, used for unknown ids.
+      missing = tf.cast(tf.shape(next(iter(stored.values())))[0] - 1, tf.int64)
+      rows = table.lookup(ids)
+      rows = tf.where(rows < 0, missing, rows)
+      for column, values in stored.items():
+        raw[column] = tf.gather(values, rows)
+    return raw
+
+  def _predict(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    out = self.ranker(self.encoder(raw))
+    if self.labels == "explicit":
+      return {"rating": tf.clip_by_value(out, self.low, self.high)}
+    return {"probability": tf.sigmoid(out), "logit": out}
+
+  def signatures(self) -> Dict[str, Callable]:
+    """`serving_default` (raw features) and `score_ids` (ids only)."""
+    return {"serving_default": self.serve, "score_ids": self.score_ids}
+
+
+def _id_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
+  ids = np.asarray(ids).astype(str).astype(object)
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
+                                          tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+
+
+def _with_missing(values: np.ndarray) -> np.ndarray:
+  """Appends the missing value ("" or NaN) as the last row."""
+  values = np.asarray(values)
+  if values.dtype.kind in "OUS":
+    return np.append(values.astype(str), "").astype(object)
+  return np.append(values.astype(np.float32), np.float32(np.nan))
+
+
+# --------------------------------------------------------------------------
+# The family.
+# --------------------------------------------------------------------------
+
+
+class DCNFamily(ModelFamily):
+  """DCN v2 rating (or click) prediction plugged into the training pipeline."""
+
+  name = "dcn"
+  config_class = DCNConfig
+  table_keys = RATING_TABLE_KEYS
+  # Random 80/10/10 split of rating rows, no held-out users (see the module doc).
+  prepare_overrides = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}
+
+  @classmethod
+  def presets(cls) -> Dict[str, Dict[str, Any]]:
+    """`tiny` trains in seconds for tests; `default` is the measured setting."""
+    return {"tiny": {"epochs": 4, "batch_size": 256, "embedding_dim": 8,
+                     "deep_layers": (32,), "baseline_mf_dim": 4},
+            "default": {}}
+
+  @classmethod
+  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+    """DCN flags; each `dest` is a `DCNConfig` field."""
+    group.add_argument("--labels", choices=("explicit", "implicit"), default=None,
+                       help="explicit: ratings with MSE; implicit: plays plus sampled "
+                            "negatives with sigmoid cross-entropy.")
+    group.add_argument("--cross-layers", dest="cross_layers", type=int, default=None,
+                       help="Number of cross layers.")
+    group.add_argument("--projection-dim", dest="projection_dim", type=int, default=None,
+                       help="Low-rank size of the cross layers (0: full rank).")
+    group.add_argument("--deep-layers", dest="deep_layers", type=_int_list, default=None,
+                       help="Deep network sizes, comma-separated, e.g. 128,64 ('' for none).")
+    group.add_argument("--structure", choices=("stacked", "parallel"), default=None,
+                       help="Cross network then deep network, or both side by side.")
+    group.add_argument("--negatives", type=int, default=None,
+                       help="Sampled negatives per positive (implicit labels).")
+
+  def __init__(self, config: DCNConfig, prepared: PreparedData):
+    super().__init__(config, prepared)
+    if config.labels == "explicit" and "rating" not in prepared.train.columns:
+      raise ValueError("`--labels explicit` needs a `rating` column in the interactions; "
+                       "this data has none. Use `--labels implicit`.")
+    items, users = prepared.items, prepared.users
+    self.spec = RankingFeatureSpec.from_tables(items, users)
+    self.vocabs = ranking_vocabularies(self.spec, prepared.train, items, users,
+                                       prepared.vocabularies)
+    train_items = items[items["item_id"].isin(set(self.vocabs["item_id"]))]
+    mean, std = numeric_statistics(self.spec, train_items)
+    self.encoder = RankingEncoder(self.spec, self.vocabs, mean, std, name="ranking_encoder")
+    if config.labels == "explicit":
+      ratings = prepared.train["rating"].to_numpy(np.float64)
+      self.rating_range = (float(ratings.min()), float(ratings.max()))
+      bias = float(ratings.mean())
+    else:
+      self.rating_range = (0.0, 1.0)
+      bias = 0.0
+    self.ranker = build_ranker(self.encoder, config, bias)
+    self.model = DCNModel(self.ranker, config.labels)
+    self.model.compile(optimizer=optimizer(config))
+    self.raw_items = raw_item_table(items, self.spec)
+    self.encoded_items = self._encode(self.raw_items, self.spec.item_columns)
+    self.fit_summary: Dict[str, Any] = {}
+    self._baselines = None
+
+  # ----------------------------------------------------------------- encoding
+  def _encode(self, raw: Dict[str, np.ndarray], columns: Sequence[str],
+              batch_size: int = 8192) -> Dict[str, np.ndarray]:
+    n = len(raw[columns[0]])
+    parts: Dict[str, List[np.ndarray]] = {}
+    for start in range(0, max(n, 1), batch_size):
+      batch = {c: tf.constant(raw[c][start:start + batch_size]) for c in columns}
+      for k, v in self.encoder.encode(batch, columns).items():
+        parts.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+  def pair_features(self, user_ids: Sequence[str], item_index: np.ndarray) -> Dict[str, np.ndarray]:
+    """Encoded features of (user, catalogue item) pairs."""
+    raw_users = raw_user_table(user_ids, self.prepared.users, self.spec)
+    features = {"user_id": lookup_indices(raw_users["user_id"], self.vocabs["user_id"])}
+    for column in self.spec.user_categorical:
+      features[column] = lookup_indices(raw_users[column], self.vocabs[column])
+    for key, values in self.encoded_items.items():
+      features[key] = values[item_index]
+    return features
+
+  def _rows(self, frame: pd.DataFrame) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+    return (self.pair_features(frame["user_id"].to_numpy(),
+                               self.prepared.item_index(frame["item_id"])),
+            self.prepared.item_index(frame["item_id"]))
+
+  def _implicit_rows(self, frame: pd.DataFrame, seed: int) -> Dict[str, np.ndarray]:
+    """Positives of `frame` plus `negatives` sampled tracks per positive (label 0)."""
+    rng = np.random.default_rng(seed)
+    n_items = self.prepared.n_items
+    users = frame["user_id"].to_numpy().astype(str)
+    pos = self.prepared.item_index(frame["item_id"])
+    k = self.config.negatives
+    neg_users = np.repeat(users, k)
+    neg = rng.integers(0, n_items, size=len(neg_users))
+    # Resample negatives that hit one of the user's known tracks (a few passes).
+    known = set(zip(self.prepared.train["user_id"].astype(str),
+                    self.prepared.item_index(self.prepared.train["item_id"])))
+    known |= set(zip(users, pos))
+    for _ in range(3):
+      hit = np.fromiter(((u, i) in known for u, i in zip(neg_users, neg)), bool, len(neg))
+      if not hit.any():
+        break
+      neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+    all_users = np.concatenate([users, neg_users])
+    all_items = np.concatenate([pos, neg])
+    features = self.pair_features(all_users, all_items)
+    features["label"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
+    return features
+
+  def training_features(self, epoch: int = 0) -> Dict[str, np.ndarray]:
+    """Encoded training rows with labels (fresh negatives every epoch)."""
+    if self.config.labels == "explicit":
+      features, _ = self._rows(self.prepared.train)
+      features["label"] = self.prepared.train["rating"].to_numpy(np.float32)
+      return features
+    return self._implicit_rows(self.prepared.train, self.config.seed * 1000 + epoch)
+
+  # ----------------------------------------------------------------- training
+  def fit(self, job_dir: str) -> Dict[str, Any]:
+    """Trains with early stopping on the validation loss, keeping the best weights."""
+    config = self.config
+    n_train = len(self.prepared.train)
+    if n_train == 0:
+      raise ValueError("No training rows after preparation: give more data or lower `--kcore`.")
+    valid = self._valid_features()
+    log_dir = io.join(job_dir, "logs", "dcn")
+    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
+    best = (np.inf, None, 0)
+    history = []
+    start = time.perf_counter()
+    examples = 0
+    dataset = None
+    for epoch in range(config.epochs):
+      if dataset is None or config.labels == "implicit":
+        features = self.training_features(epoch)
+        dataset = make_dataset(features, config.batch_size, shuffle=True,
+                               seed=config.seed + epoch)
+      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                              callbacks=[tensorboard])
+      examples += len(features["label"])
+      loss = float(result.history["loss"][-1])
+      check_finite(loss, epoch + 1)
+      valid_loss = self._valid_loss(valid)
+      history.append({"epoch": epoch + 1, "loss": loss, "valid_loss": valid_loss})
+      logging.info("dcn epoch %d: loss %.4f, valid loss %.4f", epoch + 1, loss, valid_loss)
+      if valid_loss < best[0]:
+        best = (valid_loss, self.model.get_weights(), epoch + 1)
+      elif epoch + 1 - best[2] >= config.early_stopping_patience:
+        break
+    seconds = time.perf_counter() - start
+    if best[1] is not None:
+      self.model.set_weights(best[1])
+    self.fit_summary = {"best_epoch": best[2], "best_valid_loss": best[0],
+                        "epochs_run": len(history), "history": history,
+                        "examples_per_second": examples / max(seconds, 1e-9),
+                        "features": self.spec.as_dict()}
+    return self.fit_summary
+
+  def _valid_features(self) -> Optional[Dict[str, np.ndarray]]:
+    valid = self.prepared.valid
+    if len(valid) == 0:
+      return None
+    if self.config.labels == "explicit":
+      features, _ = self._rows(valid)
+      features["label"] = valid["rating"].to_numpy(np.float32)
+      return features
+    return self._implicit_rows(valid, self.config.seed + 10_007)
+
+  def _valid_loss(self, valid: Optional[Dict[str, np.ndarray]]) -> float:
+    if valid is None:
+      return float("nan")
+    out = self.predict_encoded(valid)
+    label = valid["label"]
+    if self.config.labels == "explicit":
+      return float(np.mean((out - label) ** 2))
+    return binary_metrics(label, 1.0 / (1.0 + np.exp(-out)))["log_loss"]
+
+  def predict_encoded(self, features: Dict[str, np.ndarray], batch_size: int = 16384) -> np.ndarray:
+    """[N] model outputs (clipped ratings, or logits) of encoded rows."""
+    keys = [k for k in features if k != "label"]
+    n = len(features[keys[0]])
+    outs = []
+    for start in range(0, n, batch_size):
+      batch = {k: tf.constant(features[k][start:start + batch_size]) for k in keys}
+      outs.append(self.ranker(batch).numpy())
+    out = np.concatenate(outs) if outs else np.zeros(0, np.float32)
+    if self.config.labels == "explicit":
+      out = np.clip(out, *self.rating_range)
+    return out.astype(np.float64)
+
+  def predict(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> np.ndarray:
+    """[N] predicted ratings (explicit) or probabilities (implicit) of pairs.
+
+    Items outside the catalogue are not supported here (use the export's
+    `serving_default`, which takes raw features).
+    """
+    index = self.prepared.item_index(item_ids)
+    if (index < 0).any():
+      raise ValueError(f"{int((index < 0).sum())} item ids are not in the catalogue.")
+    out = self.predict_encoded(self.pair_features(user_ids, index))
+    return out if self.config.labels == "explicit" else 1.0 / (1.0 + np.exp(-out))
+
+  # ----------------------------------------------------------------- evaluation
+  def score_fn(self):
+    """Scorer factory for the full-ranking protocol: every catalogue track scored."""
+    n_items = self.prepared.n_items
+
+    def _scorer(split):
+      del split
+
+      def _score(user_ids):
+        users = np.repeat(np.asarray(user_ids).astype(str), n_items)
+        items = np.tile(np.arange(n_items), len(user_ids))
+        return self.predict_encoded(self.pair_features(users, items)).reshape(-1, n_items)
+      return _score
+    return _scorer
+
+  def baselines(self):
+    """The three rating baselines fitted on the same training split (cached)."""
+    if self._baselines is None:
+      self._baselines = fit_rating_baselines(self.prepared.train, self.prepared.valid,
+                                             mf_dim=self.config.baseline_mf_dim,
+                                             seed=self.config.seed)
+    return self._baselines
+
+  def evaluate(self, context) -> Dict[str, Dict[str, float]]:
+    """Explicit: RMSE / MSE / MAE of the model, global mean, biased baseline and
+    biased MF on valid and test, overall and by cold / warm tracks.
+    Implicit: AUC, log loss and accuracy on held-out positives plus sampled
+    negatives."""
+    del context
+    if self.config.labels == "implicit":
+      return {"model": self._evaluate_implicit()}
+    fits = self.baselines()
+    scorers = {
+        "model": lambda frame: self.predict_encoded(self._rows(frame)[0]),
+        "global_mean": lambda frame: fits.global_mean.predict(frame["user_id"], frame["item_id"]),
+        "biased": lambda frame: np.clip(
+            fits.biased.predict(frame["user_id"], frame["item_id"]), *self.rating_range),
+        "biased_mf": lambda frame: np.clip(
+            fits.biased_mf.predict(frame["user_id"], frame["item_id"]), *self.rating_range),
+    }
+    out = {name: {} for name in scorers}
+    for split in ("valid", "test"):
+      frame = getattr(self.prepared, split)
+      if len(frame) == 0:
+        continue
+      warm = self.prepared.warm_items[self.prepared.item_index(frame["item_id"])]
+      truth = frame["rating"].to_numpy(np.float64)
+      for name, scorer in scorers.items():
+        pred = scorer(frame)
+        out[name].update(_rating_keys(split, truth, pred, warm))
+      unseen_users = ~frame["user_id"].astype(str).isin(set(self.vocabs["user_id"]))
+      unseen_items = ~frame["item_id"].astype(str).isin(set(self.vocabs["item_id"]))
+      out["model"][f"{split}/all/unseen_user_rows"] = int(unseen_users.sum())
+      out["model"][f"{split}/all/unseen_item_rows"] = int(unseen_items.sum())
+    out["biased_mf"]["chosen_reg"] = fits.chosen["biased_mf/reg"]
+    out["biased"]["chosen_reg"] = fits.chosen["biased/reg"]
+    return out
+
+  def _evaluate_implicit(self) -> Dict[str, float]:
+    metrics = {}
+    for offset, split in enumerate(("valid", "test")):
+      frame = getattr(self.prepared, split)
+      if len(frame) == 0:
+        continue
+      features = self._implicit_rows(frame, self.config.seed + 20_011 + offset)
+      prob = 1.0 / (1.0 + np.exp(-self.predict_encoded(features)))
+      for key, value in binary_metrics(features["label"], prob).items():
+        metrics[f"{split}/all/{key}"] = value
+    return metrics
+
+  # ----------------------------------------------------------------- export
+  def serving_module(self) -> DCNServingModule:
+    """The serving module (raw features in, lookups inside)."""
+    known = np.asarray(self.vocabs["user_id"])
+    return DCNServingModule(self.encoder, self.ranker, self.config.labels, self.raw_items,
+                            raw_user_table(known, self.prepared.users, self.spec),
+                            self.rating_range)
+
+  def save(self, directory: str) -> Dict[str, str]:
+    """SavedModel with `serving_default` (raw features) and `score_ids` (ids only)."""
+    module = self.serving_module()
+    tf.saved_model.save(module, directory, signatures=module.signatures())
+    output = ("rating [B] (clipped to the training range)" if self.config.labels == "explicit"
+              else "probability [B], logit [B]")
+    inputs = ", ".join(f"{c} [B]" for c in raw_signature(self.spec))
+    return {"serving_default": f"{inputs} -> {output}",
+            "score_ids": f"user_id [B], item_id [B] -> {output} (track features from the "
+                         "stored catalogue; unknown ids use the OOV bucket)"}
+
+
+def _rating_keys(split: str, truth: np.ndarray, pred: np.ndarray,
+                 warm: np.ndarray) -> Dict[str, float]:
+  out = {}
+  for slice_name, mask in (("all", np.ones(len(truth), bool)), ("cold", ~warm), ("warm", warm)):
+    if mask.any():
+      for key, value in rating_metrics(truth[mask], pred[mask]).items():
+        out[f"{split}/{slice_name}/{key}"] = value
+  return out
+
+
+def _int_list(text: str) -> List[int]:
+  try:
+    return [int(v) for v in text.split(",") if v.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers like 128,64. Received: {text!r}.") from e
