@@ -17,6 +17,7 @@ from tfrec_music.data.report import DataReport
 from tfrec_music.data.tables import parse_column_mapping
 from tfrec_music.evaluation.protocol import format_metrics_table
 from tfrec_music.export.saved_model import write_json
+from tfrec_music.hypertune import report_objective
 from tfrec_music.models.family import EvalContext
 from tfrec_music.models.family import RETRIEVAL_TABLE_KEYS
 from tfrec_music.models.registry import get_family
@@ -83,12 +84,12 @@ def _set_seeds(seed: int) -> None:
   tf.random.set_seed(seed)
 
 
-def run(config: RunConfig) -> RunResult:
-  """Runs the whole pipeline for one model and returns metrics and the export path.
+def load_and_prepare(config: RunConfig):
+  """The shared front half of a run (also used by tuning): load, then prepare.
 
-  Writes to `config.job_dir`: `data_report.json`, `config.json`,
-  `metrics.json` (and the synthetic `data_card.json`). Exports to
-  `<export_dir>/<model>/<version>/` with `metrics.json` and `model_card.json`.
+  Returns:
+    (family class, model config, loaded data, prepared data, data report,
+    timings dict). Writes `data_card.json` to the job dir for synthetic data.
   """
   family_cls = get_family(config.model)
   model_config = family_cls.make_config(config.preset, dict(config.hparams))
@@ -114,7 +115,18 @@ def run(config: RunConfig) -> RunResult:
   logging.info("Loaded in %.1fs, prepared in %.1fs: %d train / %d valid / %d test rows, "
                "%d items", load_seconds, prepare_seconds, len(prepared.train),
                len(prepared.valid), len(prepared.test), prepared.n_items)
+  timings = {"load_seconds": load_seconds, "prepare_seconds": prepare_seconds}
+  return family_cls, model_config, loaded, prepared, report, timings
 
+
+def run(config: RunConfig) -> RunResult:
+  """Runs the whole pipeline for one model and returns metrics and the export path.
+
+  Writes to `config.job_dir`: `data_report.json`, `config.json`,
+  `metrics.json` (and the synthetic `data_card.json`). Exports to
+  `<export_dir>/<model>/<version>/` with `metrics.json` and `model_card.json`.
+  """
+  family_cls, model_config, loaded, prepared, report, timings = load_and_prepare(config)
   family = family_cls(model_config, prepared)
   start = time.perf_counter()
   fit_summary = family.fit(config.job_dir)
@@ -123,9 +135,10 @@ def run(config: RunConfig) -> RunResult:
   start = time.perf_counter()
   metrics = family.evaluate(EvalContext(oracle=loaded.oracle, loaded=loaded))
   eval_seconds = time.perf_counter() - start
+  objective = family_cls.objective[0]
+  report_objective(objective, metrics["model"].get(objective))
 
-  timings = {"load_seconds": load_seconds, "prepare_seconds": prepare_seconds,
-             "fit_seconds": fit_seconds, "eval_seconds": eval_seconds}
+  timings.update({"fit_seconds": fit_seconds, "eval_seconds": eval_seconds})
   report.record("timings", **{k: round(v, 3) for k, v in timings.items()})
   report.write(io.join(config.job_dir, "data_report.json"))
   resolved = {"run": dataclasses.asdict(config),

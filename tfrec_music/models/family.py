@@ -8,7 +8,7 @@ A new model implements these four methods and reuses everything else.
 import abc
 import argparse
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,6 +45,8 @@ class ModelFamily(abc.ABC):
   table_keys: Sequence[str] = RETRIEVAL_TABLE_KEYS
   # `PrepareConfig` fields this family needs changed (e.g. a ratio split).
   prepare_overrides: Mapping[str, Any] = {}
+  # The validation metric tuning optimizes, and its direction ("max" or "min").
+  objective: Tuple[str, str] = ("valid/all/hr@10", "max")
 
   def __init__(self, config: Any, prepared: PreparedData):
     self.config = config
@@ -101,6 +103,27 @@ class ModelFamily(abc.ABC):
       metrics["oracle"] = evaluate_scorer(
           fixed_scorer(context.oracle.score_fn(self.prepared.item_ids)), self.prepared)
     return metrics
+
+  @classmethod
+  def search_space(cls, hp: Any) -> Dict[str, Any]:
+    """Declares the tuning search space on `hp` (a `keras_tuner.HyperParameters`).
+
+    Returns:
+      Config overrides built from `hp`'s current values.
+
+    Raises:
+      NotImplementedError: the family has nothing to tune.
+    """
+    raise NotImplementedError(f"Model `{cls.name}` has no tuning search space.")
+
+  def validation_metrics(self) -> Dict[str, float]:
+    """Validation-split metrics only (what tuning and early stopping may look at).
+
+    The default is the full-ranking protocol on the `valid` split; families
+    whose objective is not a retrieval metric override it.
+    """
+    from tfrec_music.evaluation.protocol import evaluate_scorer  # pylint: disable=g-import-not-at-top
+    return evaluate_scorer(self.score_fn(), self.prepared, splits=("valid",), cold_users=False)
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:

@@ -47,14 +47,18 @@ class CandidateTower(tf.keras.Model):
     layer_sizes: Hidden layer sizes of the MLP over the concatenated features.
     feature_dim: Size of each content feature's embedding.
     normalize: L2-normalize the output (scores become cosines / temperature).
+    id_keep: Optional [item_vocab_size] bool: False for track ids the tower
+      treats as unknown (OOV), so those tracks are placed by their content
+      alone (rarely played tracks, whose id embeddings are mostly noise).
   """
 
   def __init__(self, spec: ItemFeatureSpec, lookup_sizes: Dict[str, int],
                text_vocab_sizes: Dict[str, int], item_embedding: tf.keras.layers.Embedding,
                embedding_dim: int, layer_sizes: Sequence[int], feature_dim: int = 32,
-               normalize: bool = True, **kwargs):
+               normalize: bool = True, id_keep: Optional[np.ndarray] = None, **kwargs):
     super().__init__(**kwargs)
     self.spec = spec
+    self.id_keep = (tf.constant(np.asarray(id_keep, bool)) if id_keep is not None else None)
     self.item_embedding = item_embedding
     self.normalize = normalize
     self.categorical = {c: tf.keras.layers.Embedding(lookup_sizes[c], feature_dim, name=f"{c}_embedding")
@@ -71,7 +75,10 @@ class CandidateTower(tf.keras.Model):
 
   def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     """Encoded item features [B, ...] -> track embeddings [B, d]."""
-    parts = [self.item_embedding(features["item_id"])]
+    ids = features["item_id"]
+    if self.id_keep is not None:
+      ids = tf.where(tf.gather(self.id_keep, ids), ids, tf.ones_like(ids))
+    parts = [self.item_embedding(ids)]
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     if self.tags is not None:

@@ -68,6 +68,9 @@ class TwoTowerConfig:
     item_id_dropout: Share of training candidates whose track id is replaced
       by OOV, so the track tower learns to place tracks from content alone
       (cold start). Only active when content features are on.
+    item_id_min_count: With content features, tracks with fewer training
+      plays than this are placed by content alone: their id maps to OOV in
+      the track tower (training and serving alike). 0 keeps every id.
     early_stopping_patience: Epochs without validation HR@10 gain before stopping.
     validation_users: Validation users scored per epoch (0 = all).
     top_k: Results per request in the export.
@@ -91,6 +94,7 @@ class TwoTowerConfig:
   history_content: bool = False
   user_id_dropout: float = 0.2
   item_id_dropout: float = 0.3
+  item_id_min_count: int = 0
   early_stopping_patience: int = 2
   validation_users: int = 2000
   top_k: int = 100
@@ -211,6 +215,16 @@ class TwoTowerFamily(ModelFamily):
                      "validation_users": 0},
             "default": {}}
 
+  @classmethod
+  def search_space(cls, hp) -> Dict[str, Any]:
+    """Embedding and layer sizes, learning rate and optimizer, temperature and negatives."""
+    return {"embedding_dim": hp.Choice("embedding_dim", [32, 64, 128]),
+            "layer_sizes": (hp.Choice("layer_size", [64, 128, 256]),),
+            "learning_rate": hp.Float("learning_rate", 1e-3, 1e-2, sampling="log"),
+            "optimizer": hp.Choice("optimizer", ["adam", "adagrad"]),
+            "temperature": hp.Float("temperature", 0.02, 0.2, sampling="log"),
+            "mixed_negatives": hp.Choice("mixed_negatives", [0, 256, 1024])}
+
   def __init__(self, config: TwoTowerConfig, prepared: PreparedData):
     super().__init__(config, prepared)
     self.use_content = config.features == "all"
@@ -232,7 +246,7 @@ class TwoTowerFamily(ModelFamily):
     self.candidate_tower = CandidateTower(
         self.spec, self.item_encoder.lookup_sizes(), self.item_encoder.text_vocab_sizes(),
         item_embedding, config.embedding_dim, config.layer_sizes, config.feature_dim,
-        normalize=config.normalize, name="candidate_tower")
+        normalize=config.normalize, id_keep=self._id_keep(), name="candidate_tower")
     self.query_tower = QueryTower(
         len(vocabs["user_id"]) + 2,
         {c: len(vocabs[c]) + 2 for c in self.user_features}, item_embedding,
@@ -254,6 +268,16 @@ class TwoTowerFamily(ModelFamily):
     if any(self.ignored_columns.values()):
       logging.info("two_tower ignores columns it has no encoder for: %s", self.ignored_columns)
     self.fit_summary: Dict[str, Any] = {}
+
+  def _id_keep(self) -> Optional[np.ndarray]:
+    """[item vocab + 2] bool of the track ids the track tower embeds (see `item_id_min_count`)."""
+    if not self.use_content or self.config.item_id_min_count <= 0:
+      return None
+    vocab = self.prepared.vocabularies["item_id"]
+    counts = self.prepared.item_train_counts[self.prepared.item_index(vocab)]
+    keep = np.ones(len(vocab) + 2, dtype=bool)
+    keep[2:] = counts >= self.config.item_id_min_count
+    return keep
 
   def _history_content(self) -> Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]:
     """Track lookup index -> artist/album/genre index maps for history pooling."""

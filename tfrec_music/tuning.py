@@ -1,0 +1,214 @@
+"""Keras Tuner search over the model families the trainer uses.
+
+keras-tuner 1.4.8 type-checks Keras 3 models in its default `Tuner.run_trial`,
+and our models are tf-keras (Keras 2) models. So `FamilyTuner` derives from
+Keras Tuner's `BaseTuner` and overrides `run_trial`: it builds the family's
+config from the trial's hyperparameters, fits the family on the prepared data
+(prepared once per process), and returns the family's validation objective.
+Test metrics are never computed during a search.
+
+Everything else is Keras Tuner's own machinery: the oracles (random,
+Bayesian, Hyperband), the project folder that lets an interrupted search
+resume without redoing finished trials, and the chief/worker mode driven by
+`KERASTUNER_TUNER_ID`, `KERASTUNER_ORACLE_IP` and `KERASTUNER_ORACLE_PORT`.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from typing import Any, Dict, Mapping, Optional, Type
+
+import numpy as np
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import keras_tuner as kt
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp_api
+
+from tfrec_music import io
+from tfrec_music.export.saved_model import write_json
+from tfrec_music.hypertune import objective_tag
+from tfrec_music.models.family import ModelFamily
+from tfrec_music.prepare.prepared import PreparedData
+
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+class FamilySpace(kt.HyperModel):
+  """Declares a family's search space to the oracle (it never builds a model itself)."""
+
+  def __init__(self, family_cls: Type[ModelFamily]):
+    super().__init__(name=family_cls.name)
+    self.family_cls = family_cls
+
+  def build(self, hp):
+    """Declares the space; `FamilyTuner.run_trial` builds the real model."""
+    self.family_cls.search_space(hp)
+    return None
+
+  def declare_hyperparameters(self, hp):
+    """Registers every hyperparameter so the oracle (chief included) knows the space."""
+    self.family_cls.search_space(hp)
+
+
+def is_chief_oracle() -> bool:
+  """True in the process that serves the oracle in distributed tuning."""
+  return ("KERASTUNER_ORACLE_IP" in os.environ
+          and os.environ.get("KERASTUNER_TUNER_ID") == "chief")
+
+
+class FamilyTuner(kt.engine.base_tuner.BaseTuner):
+  """Runs each trial as `family_cls(config, prepared).fit(...)` and scores it on validation.
+
+  Args:
+    oracle: A Keras Tuner oracle.
+    family_cls: The model family to tune.
+    prepared: Prepared data shared by every trial (None on the oracle chief).
+    preset: Model preset the trials start from.
+    fixed: Config overrides every trial keeps (flags not under search).
+    seed: Seed of every trial's initialization and shuffling.
+    directory: Tuning folder (the job dir); trials and state live here.
+    project_name: Sub-folder of this search.
+    overwrite: Start afresh instead of resuming.
+  """
+
+  def __init__(self, oracle, family_cls: Type[ModelFamily], prepared: Optional[PreparedData],
+               preset: str, fixed: Mapping[str, Any], seed: int, directory: str,
+               project_name: str, overwrite: bool = False):
+    self.family_cls = family_cls
+    self.prepared = prepared
+    self.preset = preset
+    self.fixed = dict(fixed)
+    self.seed = seed
+    super().__init__(oracle=oracle, hypermodel=FamilySpace(family_cls), directory=directory,
+                     project_name=project_name, overwrite=overwrite)
+
+  def trial_overrides(self, hp) -> Dict[str, Any]:
+    """Config overrides of one trial: fixed flags, then the searched values."""
+    overrides = {**self.fixed, **self.family_cls.search_space(hp)}
+    if "tuner/epochs" in hp.values:  # Hyperband's budget
+      overrides["epochs"] = int(hp.values["tuner/epochs"])
+    return overrides
+
+  def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
+    """Builds, fits and scores one configuration; returns `{objective: value}`."""
+    del args, kwargs
+    hp = trial.hyperparameters
+    overrides = self.trial_overrides(hp)
+    config = self.family_cls.make_config(self.preset, overrides)
+    if "seed" in {f.name for f in dataclasses.fields(config)}:
+      config = dataclasses.replace(config, seed=self.seed)
+    random.seed(self.seed)
+    np.random.seed(self.seed)
+    tf.keras.utils.set_random_seed(self.seed)
+    trial_dir = self.get_trial_dir(trial.trial_id)
+    start = time.perf_counter()
+    family = self.family_cls(config, self.prepared)
+    family.fit(trial_dir)
+    metrics = family.validation_metrics()
+    seconds = time.perf_counter() - start
+    metric, _ = self.family_cls.objective
+    if metric not in metrics:
+      raise kt.errors.FailedTrialError(
+          f"Model `{self.family_cls.name}` did not report its objective `{metric}`; "
+          f"it reported {sorted(metrics)}.")
+    value = float(metrics[metric])
+    _log_hparams(io.join(self.project_dir, "logs", trial.trial_id), hp.values, metric, value,
+                 seconds)
+    write_json(io.join(trial_dir, "result.json"),
+               {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+                "hparams": _jsonable(overrides),
+                "validation": metrics, "seconds": seconds})
+    logging.info("Trial %s: %s = %.4f in %.0fs (%s)", trial.trial_id, metric, value, seconds,
+                 json.dumps(_jsonable(hp.values)))
+    return {objective_tag(metric): value}
+
+  def on_trial_end(self, trial):
+    """Logs why a trial failed (Keras Tuner only stores the traceback)."""
+    if trial.status in ("FAILED", "INVALID") and getattr(trial, "message", None):
+      logging.error("Trial %s failed:\n%s", trial.trial_id, trial.message)
+    super().on_trial_end(trial)
+
+  def best_overrides(self) -> Dict[str, Any]:
+    """Config overrides of the best finished trial."""
+    best = self.oracle.get_best_trials(1)
+    if not best:
+      raise RuntimeError("No trial finished, so there is no best configuration. "
+                         "Check the trial errors above.")
+    return self.trial_overrides(best[0].hyperparameters)
+
+
+def _jsonable(values: Mapping[str, Any]) -> Dict[str, Any]:
+  out = {}
+  for k, v in values.items():
+    if isinstance(v, tuple):
+      v = list(v)
+    elif isinstance(v, np.generic):
+      v = v.item()
+    out[k] = v
+  return out
+
+
+def _log_hparams(log_dir: str, values: Mapping[str, Any], metric: str, value: float,
+                 seconds: float) -> None:
+  """One run of TensorBoard's HParams dashboard: the trial's values and its objective."""
+  hparams = {k: (v if isinstance(v, (bool, int, float, str)) else str(v))
+             for k, v in values.items()}
+  with tf.summary.create_file_writer(log_dir).as_default():
+    hp_api.hparams(hparams)
+    tf.summary.scalar(objective_tag(metric), value, step=1)
+    tf.summary.scalar("trial_seconds", seconds, step=1)
+
+
+def tunable_models() -> list:
+  """Names of the registered families that declare a search space."""
+  from tfrec_music.models.registry import FAMILIES  # pylint: disable=g-import-not-at-top
+  from tfrec_music.models.registry import get_family  # pylint: disable=g-import-not-at-top
+  names = []
+  for name in FAMILIES:
+    try:
+      get_family(name).search_space(kt.HyperParameters())
+    except (NotImplementedError, ImportError):
+      continue
+    names.append(name)
+  return names
+
+
+def make_oracle(tuner: str, family_cls: Type[ModelFamily], max_trials: int, seed: int,
+                max_epochs: int = 12):
+  """The Keras Tuner oracle of `--tuner` with the family's objective.
+
+  Raises:
+    ValueError: unknown tuner name.
+  """
+  metric, direction = family_cls.objective
+  objective = kt.Objective(objective_tag(metric), direction=direction)
+  if tuner == "random":
+    return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
+  if tuner == "bayesian":
+    return kt.oracles.BayesianOptimizationOracle(objective=objective, max_trials=max_trials,
+                                                 seed=seed)
+  if tuner == "hyperband":
+    return kt.oracles.HyperbandOracle(objective=objective, max_epochs=max_epochs, factor=3,
+                                      hyperband_iterations=1, seed=seed)
+  raise ValueError(f"`--tuner` should be one of {TUNERS}. Received: `--tuner` = {tuner!r}.")
+
+
+def write_best(path: str, family_cls: Type[ModelFamily], tuner: FamilyTuner,
+               extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """Writes the best configuration as JSON that `trainer.task --hparams FILE` reads."""
+  best = tuner.oracle.get_best_trials(1)[0]
+  metric, direction = family_cls.objective
+  finished = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+  payload = {"model": family_cls.name,
+             "hparams": _jsonable(tuner.best_overrides()),
+             "objective": {"metric": metric, "direction": direction,
+                           "value": float(best.score)},
+             "trial_id": best.trial_id,
+             "trials_completed": len(finished),
+             **dict(extra or {})}
+  write_json(path, payload)
+  return payload
