@@ -203,3 +203,29 @@ def test_cli_parser_has_the_dcn_flags():
   hparams = resolve_hparams(args)
   assert hparams["structure"] == "parallel" and hparams["labels"] == "implicit"
   assert DCNFamily.make_config("tiny", hparams).deep_layers == (16, 8)
+
+
+def test_search_space_declares_cross_projection_deep_and_learning_rate():
+  import keras_tuner as kt
+  hp = kt.HyperParameters()
+  DCNFamily.search_space(hp)
+  assert {"cross_layers", "projection_dim", "deep_depth", "deep_width",
+          "learning_rate"} <= set(hp.values)
+  seen_deep = set()
+  for depth in (0, 1, 2):
+    for width in (32, 128):
+      hp.values.update({"deep_depth": depth, "deep_width": width, "projection_dim": 8})
+      config = DCNFamily.make_config("tiny", DCNFamily.search_space(hp))
+      assert len(config.deep_layers) == depth and config.projection_dim == 8
+      seen_deep.add(config.deep_layers)
+  assert (128, 64) in seen_deep and () in seen_deep
+
+
+def test_validation_metrics_read_the_validation_split_only(trained):
+  family, _, _ = trained
+  metrics = family.validation_metrics()
+  assert metrics and all(k.startswith("valid/") for k in metrics)
+  key, direction = DCNFamily.objective
+  assert direction == "min"
+  assert metrics[key] == pytest.approx(family.evaluate(None)["model"][key])
+  assert metrics["valid/all/count"] == len(family.prepared.valid)

@@ -501,6 +501,28 @@ class DCNFamily(ModelFamily):
   table_keys = RATING_TABLE_KEYS
   # Random 80/10/10 split of rating rows, no held-out users (see the module doc).
   prepare_overrides = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}
+  # Tuning minimizes the validation RMSE (explicit labels; see `validation_metrics`).
+  objective = ("valid/all/rmse", "min")
+
+  @classmethod
+  def search_space(cls, hp) -> Dict[str, Any]:
+    """Cross layers, low-rank projection, deep layer sizes, embedding size, learning rate.
+
+    Args:
+      hp: A `keras_tuner.HyperParameters`.
+
+    Returns:
+      `DCNConfig` overrides from `hp`'s current values.
+    """
+    depth = hp.Int("deep_depth", 0, 2)
+    width = hp.Choice("deep_width", [32, 64, 128])
+    # Deep layers halve in width: (width,), (width, width // 2); none = cross only.
+    deep = tuple(max(8, width // (2 ** k)) for k in range(depth))
+    return {"cross_layers": hp.Int("cross_layers", 1, 3),
+            "projection_dim": hp.Choice("projection_dim", [0, 8, 32]),
+            "deep_layers": deep,
+            "embedding_dim": hp.Choice("embedding_dim", [8, 16, 32]),
+            "learning_rate": hp.Float("learning_rate", 5e-4, 1e-2, sampling="log")}
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:
@@ -753,6 +775,23 @@ class DCNFamily(ModelFamily):
     out["biased_mf"]["chosen_reg"] = fits.chosen["biased_mf/reg"]
     out["biased"]["chosen_reg"] = fits.chosen["biased/reg"]
     return out
+
+  def validation_metrics(self) -> Dict[str, float]:
+    """Validation-split metrics only: RMSE / MSE / MAE (explicit) or AUC / log loss (implicit).
+
+    No test row is read, so tuning and model selection cannot peek at the test split.
+    """
+    valid = self.prepared.valid
+    if len(valid) == 0:
+      raise ValueError("The validation split is empty: tuning needs validation ratings. "
+                       "Give more data or change the split ratios.")
+    if self.config.labels == "implicit":
+      features = self._implicit_rows(valid, self.config.seed + 20_011)
+      prob = 1.0 / (1.0 + np.exp(-self.predict_encoded(features)))
+      return {f"valid/all/{k}": v for k, v in binary_metrics(features["label"], prob).items()}
+    warm = self.prepared.warm_items[self.prepared.item_index(valid["item_id"])]
+    return _rating_keys("valid", valid["rating"].to_numpy(np.float64),
+                        self.predict_encoded(self._rows(valid)[0]), warm)
 
   def _evaluate_implicit(self) -> Dict[str, float]:
     metrics = {}
