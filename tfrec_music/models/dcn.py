@@ -52,8 +52,9 @@ import tensorflow_recommenders as tfrs
 from tfrec_music import io
 from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.rating import binary_metrics
-from tfrec_music.evaluation.rating import rating_metrics
 from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.rating_baselines import baseline_scorers
+from tfrec_music.models.rating_baselines import evaluate_rating_scorers
 from tfrec_music.models.rating_baselines import fit_rating_baselines
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.pipeline.lookups import lookup_indices
@@ -750,24 +751,11 @@ class DCNFamily(ModelFamily):
     if self.config.labels == "implicit":
       return {"model": self._evaluate_implicit()}
     fits = self.baselines()
-    scorers = {
-        "model": lambda frame: self.predict_encoded(self._rows(frame)[0]),
-        "global_mean": lambda frame: fits.global_mean.predict(frame["user_id"], frame["item_id"]),
-        "biased": lambda frame: np.clip(
-            fits.biased.predict(frame["user_id"], frame["item_id"]), *self.rating_range),
-        "biased_mf": lambda frame: np.clip(
-            fits.biased_mf.predict(frame["user_id"], frame["item_id"]), *self.rating_range),
-    }
-    out = {name: {} for name in scorers}
+    scorers = {"model": lambda frame: self.predict_encoded(self._rows(frame)[0]),
+               **baseline_scorers(fits, self.rating_range)}
+    out = evaluate_rating_scorers(self.prepared, scorers)
     for split in ("valid", "test"):
       frame = getattr(self.prepared, split)
-      if len(frame) == 0:
-        continue
-      warm = self.prepared.warm_items[self.prepared.item_index(frame["item_id"])]
-      truth = frame["rating"].to_numpy(np.float64)
-      for name, scorer in scorers.items():
-        pred = scorer(frame)
-        out[name].update(_rating_keys(split, truth, pred, warm))
       unseen_users = ~frame["user_id"].astype(str).isin(set(self.vocabs["user_id"]))
       unseen_items = ~frame["item_id"].astype(str).isin(set(self.vocabs["item_id"]))
       out["model"][f"{split}/all/unseen_user_rows"] = int(unseen_users.sum())
@@ -789,9 +777,9 @@ class DCNFamily(ModelFamily):
       features = self._implicit_rows(valid, self.config.seed + 20_011)
       prob = 1.0 / (1.0 + np.exp(-self.predict_encoded(features)))
       return {f"valid/all/{k}": v for k, v in binary_metrics(features["label"], prob).items()}
-    warm = self.prepared.warm_items[self.prepared.item_index(valid["item_id"])]
-    return _rating_keys("valid", valid["rating"].to_numpy(np.float64),
-                        self.predict_encoded(self._rows(valid)[0]), warm)
+    return evaluate_rating_scorers(
+        self.prepared, {"model": lambda frame: self.predict_encoded(self._rows(frame)[0])},
+        splits=("valid",))["model"]
 
   def _evaluate_implicit(self) -> Dict[str, float]:
     metrics = {}
@@ -823,16 +811,6 @@ class DCNFamily(ModelFamily):
     return {"serving_default": f"{inputs} -> {output}",
             "score_ids": f"user_id [B], item_id [B] -> {output} (track features from the "
                          "stored catalogue; unknown ids use the OOV bucket)"}
-
-
-def _rating_keys(split: str, truth: np.ndarray, pred: np.ndarray,
-                 warm: np.ndarray) -> Dict[str, float]:
-  out = {}
-  for slice_name, mask in (("all", np.ones(len(truth), bool)), ("cold", ~warm), ("warm", warm)):
-    if mask.any():
-      for key, value in rating_metrics(truth[mask], pred[mask]).items():
-        out[f"{split}/{slice_name}/{key}"] = value
-  return out
 
 
 def _int_list(text: str) -> List[int]:
