@@ -39,12 +39,14 @@ __all__ = [
     "challenge_metrics",
     "evaluate_playlist_scorer",
     "evaluate_playlists",
+    "evaluate_validation",
     "k_seed_queries",
     "held_out_playlists",
     "playlist_names",
     "rank_with_exclusions",
     "seen_queries",
     "unseen_tail_queries",
+    "validation_queries",
 ]
 
 N_RECOMMENDATIONS = 500
@@ -271,6 +273,37 @@ def seen_queries(prepared, split: str = "test") -> PlaylistQueries:
   return PlaylistQueries([train[p] for p in pids], [targets[p] for p in pids],
                          np.asarray([names.get(p, "") for p in pids], dtype=object),
                          np.asarray(pids, dtype=object), learned=True)
+
+
+def validation_queries(prepared, ks: Sequence[int] = (1, 5, 10)) -> Dict[str, PlaylistQueries]:
+  """Validation-split questions only (for early stopping and tuning).
+
+  Every target is a validation track of a training playlist, so no test
+  track and no held-out playlist is looked at:
+
+  - `seen`: training tracks as seeds, the model's own playlist vector.
+  - `seen_refit`: the same seeds, the vector solved from them (fold-in).
+  - `k<K>`: the first K training tracks as seeds (fold-in), the validation
+    track as target: the K-seed question asked of validation data.
+  """
+  learned = seen_queries(prepared, "valid")
+  out = {"seen": learned, "seen_refit": dataclasses.replace(learned, learned=False)}
+  for k in ks:
+    rows = [i for i, s in enumerate(learned.seeds) if len(s) >= k]
+    out[f"k{k}"] = PlaylistQueries([learned.seeds[i][:k] for i in rows],
+                                   [learned.targets[i] for i in rows],
+                                   learned.names[rows], learned.playlist_ids[rows])
+  return out
+
+
+def evaluate_validation(scorer: PlaylistScorer, prepared, ks: Sequence[int] = (1, 5, 10),
+                        n_recommendations: int = N_RECOMMENDATIONS) -> Dict[str, float]:
+  """Metrics of `validation_queries`: keys `valid/<slice>/<metric>`."""
+  out = {}
+  for slice_name, queries in validation_queries(prepared, ks).items():
+    result = evaluate_playlist_scorer(scorer, queries, prepared.n_items, n_recommendations)
+    out.update({f"valid/{slice_name}/{m}": v for m, v in result.items()})
+  return out
 
 
 def unseen_tail_queries(playlists: Mapping[str, np.ndarray], n_targets: int = 2,

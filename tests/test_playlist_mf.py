@@ -1,0 +1,218 @@
+"""Playlist MF: training, fold-in, evaluation beside baselines, export round trip."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfrec_music  # noqa: F401
+import tensorflow as tf
+
+from conftest import run_python
+from tfrec_music.data import synthetic
+from tfrec_music.data.registry import LoadedData
+from tfrec_music.evaluation.playlist import held_out_playlists
+from tfrec_music.evaluation.playlist import playlist_names
+from tfrec_music.evaluation.playlist import rank_with_exclusions
+from tfrec_music.export.retrieval import load_candidates
+from tfrec_music.models.family import EvalContext
+from tfrec_music.models.playlist_mf import PlaylistMFConfig
+from tfrec_music.models.playlist_mf import PlaylistMFFamily
+from tfrec_music.models.playlist_mf import pad_indices
+from tfrec_music.models.popularity import PopularityModel
+from tfrec_music.prepare import PrepareConfig
+from tfrec_music.prepare import prepare
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  # The tiny catalogue with more playlists (300 themed playlists of 10-30 tracks).
+  catalog = synthetic.generate("tiny", n_playlists=300, playlist_max_tracks=30)
+  loaded = LoadedData(tables=catalog.tables, oracle=catalog.oracle, playlists=catalog.playlists)
+  config = PlaylistMFFamily.make_config("tiny", {})
+  tables = PlaylistMFFamily.select_tables(loaded, config)
+  prepared = prepare(tables, PrepareConfig(cold_user_share=0.2))
+  family = PlaylistMFFamily(config, prepared)
+  job = tmp_path_factory.mktemp("job")
+  family.fit(str(job))
+  metrics = family.evaluate(EvalContext(oracle=catalog.oracle, loaded=loaded))
+  export = tmp_path_factory.mktemp("export") / "1"
+  signatures = family.save(str(export))
+  return family, prepared, metrics, str(job), str(export), signatures
+
+
+def test_select_tables_makes_playlists_the_users_ordered_by_position(trained):
+  _, prepared, _, _, _, _ = trained
+  assert prepared.users is not None and "name" in prepared.users.columns
+  assert prepared.train["user_id"].str.startswith("p").all()
+  # Held-out playlists come back whole, in `pos` order (timestamp := pos).
+  held = held_out_playlists(prepared)
+  assert len(held) >= 40
+  frame = prepared.cold_user_history
+  first = frame["user_id"].iloc[0]
+  rows = frame[frame["user_id"] == first].sort_values("timestamp")
+  assert held[first][:len(rows)].tolist() == prepared.item_index(rows["item_id"]).tolist()
+
+
+def test_beats_popularity_and_reports_binary_accuracy(trained):
+  _, _, metrics, _, _, _ = trained
+  model, popular = metrics["model"], metrics["popularity"]
+  for key in ("test/k0/r_precision", "test/k5/r_precision", "test/k10/r_precision",
+              "test/seen/r_precision", "test/unseen/r_precision"):
+    assert model[key] > 1.5 * popular[key], key
+  assert model["test/k5/clicks"] < popular["test/k5/clicks"]
+  # Held-out positives against k sampled negatives: far better than chance.
+  assert model["test/seen/binary_accuracy"] > 0.7
+  assert model["test/unseen/binary_accuracy"] > 0.7
+  assert set(metrics) == {"model", "popularity", "same_artist", "same_album", "oracle"}
+  assert metrics["oracle"]["test/k5/r_precision"] > model["test/k5/r_precision"]
+
+
+def test_early_stopping_keeps_best_weights(trained):
+  family, _, _, _, _, _ = trained
+  summary = family.fit_summary
+  best = max(h["valid_ndcg"] for h in summary["history"])
+  assert summary["best_valid_ndcg"] == best
+  assert summary["history"][summary["best_epoch"] - 1]["valid_ndcg"] == best
+
+
+def test_validation_metrics_are_validation_only_and_hold_the_objective(trained):
+  family, _, _, _, _, _ = trained
+  valid = family.validation_metrics()
+  assert PlaylistMFFamily.objective == ("valid/seen_refit/r_precision", "max")
+  assert PlaylistMFFamily.objective[0] in valid
+  assert all(k.startswith("valid/") for k in valid)
+  assert valid["valid/k5/playlists"] > 0
+
+
+def test_fold_in_solves_the_training_objective(trained):
+  family, prepared, _, _, _, _ = trained
+  held = held_out_playlists(prepared)
+  seeds = [t[:5] for t in list(held.values())[:8]]
+  module = family.module()
+  theta = module.fold_in(tf.constant(pad_indices(seeds))).numpy()
+  # Gradient of f(p, b) = 1/(1+k) [mean_seeds BCE(1, s) + k sum_j q_j BCE(0, s_j)]
+  #                       + l2 |p|^2, in numpy: zero at the solution.
+  vectors, bias = family.track_arrays()
+  x = np.concatenate([vectors, np.ones((len(vectors), 1))], 1).astype(np.float64)
+  k = family.config.negatives
+  q = family.negative_probability          # the whole catalogue (n <= fold_in_negatives)
+  l2 = family.fold_in_l2()
+  sigmoid = lambda z: 1 / (1 + np.exp(-z))
+  for row, seed in enumerate(seeds):
+    s = x @ theta[row] + bias
+    grad = (x[seed].T @ (sigmoid(s[seed]) - 1) / len(seed) + k * x.T @ (q * sigmoid(s))) / (1 + k)
+    grad[:-1] += 2 * l2 * theta[row, :-1]
+    assert np.abs(grad).max() < 1e-3, np.abs(grad).max()
+  # No seeds: a zero vector (the name or the popularity fallback decides).
+  empty = module.fold_in(tf.constant([[-1, -1]], tf.int64)).numpy()
+  assert not empty.any()
+
+
+def test_fold_in_of_an_unseen_playlist_ranks_its_own_tracks_high(trained):
+  family, prepared, _, _, _, _ = trained
+  held = held_out_playlists(prepared)
+  names = playlist_names(prepared)
+  pid, tracks = next((p, t) for p, t in held.items() if len(t) >= 12)
+  assert pid not in set(family.playlist_ids)       # never trained on
+  from tfrec_music.evaluation.playlist import PlaylistQueries
+  queries = PlaylistQueries([tracks[:10]], [tracks[10:]], np.asarray([names.get(pid, "")]),
+                            np.asarray([pid]))
+  ranked = rank_with_exclusions(family.scorer(queries), queries.seeds, prepared.n_items)[0]
+  position = np.flatnonzero(np.isin(ranked, tracks[10:]))
+  popular = np.argsort(-prepared.item_train_counts, kind="stable")
+  popular = popular[~np.isin(popular, tracks[:10])]
+  # Its remaining tracks sit higher in the folded-in ranking than by popularity.
+  assert np.median(position) < np.median(np.flatnonzero(np.isin(popular, tracks[10:])))
+
+
+def test_export_layout_candidates_and_projector(trained):
+  family, prepared, _, job, export, signatures = trained
+  for sub in ("saved_model.pb", "scann/saved_model.pb", "candidates/embeddings.npy",
+              "candidates/metadata.tsv"):
+    assert os.path.exists(os.path.join(export, sub)), sub
+  ids, vectors = load_candidates(os.path.join(export, "candidates"))
+  track_vectors, bias = family.track_arrays()
+  assert ids.tolist() == prepared.item_ids.tolist()
+  np.testing.assert_allclose(vectors, np.concatenate([track_vectors, bias[:, None]], 1),
+                             rtol=1e-6)
+  lines = open(os.path.join(job, "logs", "projector", "metadata.tsv")).read().splitlines()
+  assert lines[0] == "item_id\ttitle\tartist" and len(lines) == prepared.n_items + 1
+  assert "serving_default" in signatures
+
+
+def test_round_trip_exact_and_scann_in_fresh_process(trained):
+  family, prepared, _, _, export, _ = trained
+  held = held_out_playlists(prepared)
+  names = playlist_names(prepared)
+  pids = list(held)[:12]
+  seeds = [prepared.item_ids[held[p][:5]].tolist() for p in pids]
+  seeds[1] = seeds[1][:2] + ["", "", ""]            # padding
+  seeds[2] = seeds[2][:4] + ["not-a-track"]         # unknown ids are ignored
+  k = family.config.top_k
+  # Expected in memory: fold-in of the known seeds, seeds excluded, top k.
+  seed_index = [prepared.item_index([s for s in row if s in set(prepared.item_ids)])
+                for row in seeds]
+  out = family.module().query(tf.constant(pad_indices(seed_index)),
+                              tf.constant([""] * len(seeds)))
+  theta = out["theta"].numpy()
+  vectors, bias = family.track_arrays()
+  scores = theta[:, :-1] @ vectors.T + bias + theta[:, -1:]
+  expected = prepared.item_ids[rank_with_exclusions(scores, seed_index, k)].tolist()
+  name = names[pids[0]]
+  popular = PopularityModel.fit(prepared).top_k(k)[0].tolist()
+  result = json.loads(run_python(f"""
+import json, numpy as np, tfrec_music, tensorflow as tf
+from scann.scann_ops.py import scann_ops  # registers ScaNN's ops for the scann/ variant
+exact = tf.saved_model.load({export!r})
+approx = tf.saved_model.load({export!r} + '/scann')
+seeds = tf.constant({json.dumps(seeds)})
+blank = tf.constant([''] * {len(seeds)})
+e = exact.signatures['serving_default'](seeds=seeds, name=blank)
+a = approx.signatures['serving_default'](seeds=seeds, name=blank)
+c = exact.signatures['continue_seeds'](seeds=seeds)
+named = exact.signatures['serving_default'](seeds=tf.constant([['']]), name=tf.constant([{name!r}]))
+nothing = exact.signatures['serving_default'](seeds=tf.constant([['nope']]), name=tf.constant(['zzqx']))
+ids = lambda r: r['item_ids'].numpy().astype(str).tolist()
+print(json.dumps({{"exact": ids(e), "scann": ids(a), "cont": ids(c),
+                  "fallback": e['fallback'].numpy().tolist(),
+                  "named": ids(named)[0], "named_fallback": bool(named['fallback'].numpy()[0]),
+                  "nothing": ids(nothing)[0], "nothing_fallback": bool(nothing['fallback'].numpy()[0])}}))
+""").strip().splitlines()[-1])
+  assert result["exact"] == expected                 # same top-k as in memory
+  assert result["cont"] == expected
+  assert not any(result["fallback"])
+  recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(result["exact"], result["scann"])])
+  assert recall >= 0.9
+  for row, seed in enumerate(seeds):                 # seeds never come back
+    assert not set(seed) & set(result["exact"][row])
+    assert not set(seed) & set(result["scann"][row])
+  # A name-only playlist is served from its name, not from popularity.
+  assert not result["named_fallback"] and result["named"] != popular
+  # Neither known seeds nor a known name token: the popularity fallback.
+  assert result["nothing_fallback"] and result["nothing"] == popular
+
+
+def test_bad_config_messages():
+  with pytest.raises(ValueError, match="`negative_sampling` should be one of"):
+    PlaylistMFConfig(negative_sampling="hard")
+  with pytest.raises(ValueError, match="`negatives` should be a positive integer"):
+    PlaylistMFConfig(negatives=0)
+  with pytest.raises(ValueError, match="`item_features` should be a list"):
+    PlaylistMFConfig(item_features=("genre",))
+  with pytest.raises(ValueError, match="Unknown hyperparameter"):
+    PlaylistMFFamily.make_config("tiny", {"dimension": 3})
+  config = PlaylistMFFamily.make_config("tiny", {"item_features": ["artist"]})
+  assert dataclasses.asdict(config)["item_features"] == ("artist",)
+
+
+def test_search_space_declares_the_tuned_knobs():
+  import keras_tuner as kt
+  hp = kt.HyperParameters()
+  overrides = PlaylistMFFamily.search_space(hp)
+  assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(overrides)
+  config = PlaylistMFFamily.make_config("tiny", overrides)
+  assert config.embedding_dim == overrides["embedding_dim"]
+  assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(hp.values)
