@@ -13,6 +13,7 @@ import sys
 from typing import List, Optional
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+from tfrec_music.data.registry import NAMED_LOADERS
 from tfrec_music.models.registry import FAMILY_NAMES
 
 
@@ -49,7 +50,8 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
                  help="Model family: " + ", ".join(FAMILY_NAMES) + ".")
   p.add_argument("--data", default="synthetic",
                  help="Data source: synthetic (embedded catalogue), csv or parquet "
-                      "(canonical folder in --data-dir), lastfm-loved, or tfds:<name>.")
+                      "(canonical folder in --data-dir), one of the named loaders ("
+                      + ", ".join(NAMED_LOADERS) + "), or tfds:<name>.")
   p.add_argument("--data-dir", default=os.environ.get("AIP_TRAINING_DATA_URI"),
                  help="Folder of the source files (local, gs:// or any tf.io.gfile path).")
   p.add_argument("--columns", default="",
