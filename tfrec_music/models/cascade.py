@@ -1,0 +1,423 @@
+"""Retrieve then rank (`--model two_tower_dcn`): two-tower top-C re-ranked by a DCN.
+
+The recommender idea: a two-tower model is cheap enough to score the whole
+catalogue but sees a (user, track) pair only through one dot product; a
+Deep & Cross Network sees the pair's features crossed (user x genre, user x
+artist, ...) but is too costly to score every track. So the two-tower model
+proposes its top `candidates` (default 100) tracks and the DCN re-orders
+them; the top `top_k` (default 10) are served.
+
+The re-ranker is trained for this job (`--labels implicit`): every training
+interaction is a positive; its negatives are `hard_negatives` tracks drawn
+from the retrieval model's own top candidates for that user (tracks the
+user did not play: the mistakes the re-ranker must fix) and
+`random_negatives` uniform tracks (so it still knows the rest of the
+catalogue). The final score of a candidate is
+
+  dcn_logit + blend * retrieval_score / temperature
+
+where the retrieval term keeps what the two-tower model knows that the
+ranker does not (the user's recent history); `blend` is chosen from
+`blend_weights` by validation HR@10 (never the test split).
+
+Export (`saved_models/two_tower_dcn/<version>/`), one SavedModel:
+`serving_default(user_id)` (stored history of known users; unknown users get
+the popularity fallback) and `recommend(user_id, history, <user features>,
+exclude)` (all raw) -> `item_ids` [B, top_k], `scores` [B, top_k],
+`fallback` [B]. Evaluation: the cascade, the two-tower retrieval alone, the
+popularity baseline and (synthetic data) the oracle, through the same
+full-ranking protocol on the same users.
+"""
+
+import dataclasses
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+from tfrec_music import io
+from tfrec_music.models.dcn import DCNConfig
+from tfrec_music.models.dcn import DCNFamily
+from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.prepare.prepared import PreparedData
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeConfig:
+  """Retrieve-then-rank hyperparameters.
+
+  Attributes:
+    candidates: Tracks the two-tower model proposes per user (C).
+    top_k: Tracks served after re-ranking.
+    hard_negatives: Negatives per positive drawn from the user's top
+      `candidates` retrieved tracks (excluding the user's training tracks).
+    random_negatives: Uniform negatives per positive.
+    blend_weights: Candidate weights of the retrieval score in the final
+      score; the one with the best validation HR@10 is used.
+    embedding_dim: DCN embedding size.
+    cross_layers: DCN cross layers.
+    projection_dim: DCN low-rank size (0 = full rank).
+    deep_layers: DCN deep layer sizes.
+    learning_rate: DCN Adam learning rate.
+    batch_size: DCN batch size.
+    epochs: DCN maximum epochs (early stopping on validation log loss).
+    retrieval_preset: Two-tower preset (set from `--preset`).
+    retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
+    seed: Seed of both models and the negative sampling.
+  """
+
+  candidates: int = 100
+  top_k: int = 10
+  hard_negatives: int = 4
+  random_negatives: int = 4
+  blend_weights: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+  embedding_dim: int = 16
+  cross_layers: int = 2
+  projection_dim: int = 0
+  deep_layers: Tuple[int, ...] = (64, 32)
+  learning_rate: float = 0.002
+  batch_size: int = 1024
+  epochs: int = 6
+  retrieval_preset: str = "default"
+  retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("candidates", "top_k", "batch_size", "epochs"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
+    for name in ("hard_negatives", "random_negatives"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"`{name}` should be a non-negative integer. "
+                         f"Received: `{name}` = {value!r}.")
+    if self.hard_negatives + self.random_negatives == 0:
+      raise ValueError("The re-ranker needs negatives: `hard_negatives` and `random_negatives` "
+                       "are both 0.")
+    if self.top_k > self.candidates:
+      raise ValueError(f"`top_k` ({self.top_k}) should not exceed `candidates` "
+                       f"({self.candidates}): the re-ranker orders the candidates only.")
+    weights = tuple(float(w) for w in self.blend_weights)
+    if not weights or any(not np.isfinite(w) or w < 0 for w in weights):
+      raise ValueError(f"`blend_weights` should be non-negative numbers. "
+                       f"Received: {self.blend_weights!r}.")
+    object.__setattr__(self, "blend_weights", weights)
+    object.__setattr__(self, "deep_layers", tuple(int(n) for n in self.deep_layers))
+    overrides = self.retrieval_overrides
+    if isinstance(overrides, dict):
+      overrides = tuple(sorted(overrides.items()))
+    object.__setattr__(self, "retrieval_overrides",
+                       tuple((str(k), tuple(v) if isinstance(v, list) else v)
+                             for k, v in overrides))
+
+  def ranker_config(self) -> DCNConfig:
+    """The DCN re-ranker's config (implicit labels)."""
+    return DCNConfig(labels="implicit", embedding_dim=self.embedding_dim,
+                     cross_layers=self.cross_layers, projection_dim=self.projection_dim,
+                     deep_layers=self.deep_layers, learning_rate=self.learning_rate,
+                     batch_size=self.batch_size, epochs=self.epochs,
+                     negatives=max(1, self.hard_negatives + self.random_negatives),
+                     seed=self.seed)
+
+
+class HardNegativeDCN(DCNFamily):
+  """The DCN family with negatives drawn from retrieval candidates plus uniform ones.
+
+  Args:
+    config: Implicit-label `DCNConfig`.
+    prepared: Prepared data.
+    candidates_of: user id -> [C] catalogue indices of the user's retrieved
+      tracks (training tracks already excluded).
+    hard: Hard negatives per positive.
+    uniform: Uniform negatives per positive.
+  """
+
+  def __init__(self, config: DCNConfig, prepared: PreparedData,
+               candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int):
+    super().__init__(config, prepared)
+    self.candidates_of = candidates_of
+    self.hard, self.uniform = hard, uniform
+
+  def _implicit_rows(self, frame: pd.DataFrame, seed: int) -> Dict[str, np.ndarray]:
+    """Positives of `frame`, `hard` retrieved and `uniform` random negatives each (label 0)."""
+    rng = np.random.default_rng(seed)
+    users = frame["user_id"].to_numpy().astype(str)
+    pos = self.prepared.item_index(frame["item_id"])
+    parts_users, parts_items = [], []
+    if self.hard:
+      pools = self.candidates_of(users)  # [N, C]
+      pick = rng.integers(0, pools.shape[1], size=(len(users), self.hard))
+      parts_users.append(np.repeat(users, self.hard))
+      parts_items.append(np.take_along_axis(pools, pick, axis=1).reshape(-1))
+    if self.uniform:
+      parts_users.append(np.repeat(users, self.uniform))
+      parts_items.append(rng.integers(0, self.prepared.n_items, size=len(users) * self.uniform))
+    neg_users, neg = np.concatenate(parts_users), np.concatenate(parts_items)
+    # A negative that is one of the user's own tracks is no negative: drop it.
+    known = set(zip(self.prepared.train["user_id"].astype(str),
+                    self.prepared.item_index(self.prepared.train["item_id"])))
+    known |= set(zip(users, pos))
+    keep = np.fromiter(((u, i) not in known for u, i in zip(neg_users, neg)), bool, len(neg))
+    neg_users, neg = neg_users[keep], neg[keep]
+    features = self.pair_features(np.concatenate([users, neg_users]), np.concatenate([pos, neg]))
+    features["label"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
+    return features
+
+
+class CascadeFamily(ModelFamily):
+  """Two-tower retrieval re-ranked by a hard-negative DCN, plugged into the pipeline."""
+
+  name = "two_tower_dcn"
+  config_class = CascadeConfig
+
+  @classmethod
+  def presets(cls) -> Dict[str, Dict[str, Any]]:
+    """`tiny` trains in seconds for tests; `default` is the measured setting."""
+    return {"tiny": {"candidates": 50, "epochs": 3, "batch_size": 256, "embedding_dim": 8,
+                     "deep_layers": (32,), "retrieval_preset": "tiny"},
+            "default": {}}
+
+  @classmethod
+  def make_config(cls, preset: str, overrides: Dict[str, Any]) -> CascadeConfig:
+    """The preset's config; the two-tower part follows the same preset name."""
+    overrides = dict(overrides)
+    base = cls.presets().get(preset, cls.presets()["default"])
+    overrides.setdefault("retrieval_preset", base.get("retrieval_preset", preset
+                                                      if preset in ("tiny", "default")
+                                                      else "default"))
+    return super().make_config(preset, overrides)
+
+  def __init__(self, config: CascadeConfig, prepared: PreparedData):
+    super().__init__(config, prepared)
+    retrieval_config = TwoTowerFamily.make_config(
+        config.retrieval_preset,
+        {**dict(config.retrieval_overrides), "top_k": config.candidates, "seed": config.seed})
+    self.retrieval = TwoTowerFamily(retrieval_config, prepared)
+    self.temperature = float(retrieval_config.temperature)
+    self.ranker: Optional[HardNegativeDCN] = None
+    self.blend = config.blend_weights[0]
+    self.fit_summary: Dict[str, Any] = {}
+    self._exclusions: Dict[str, Dict[str, np.ndarray]] = {}
+
+  # ------------------------------------------------------------- candidates
+  def _history_of(self, split: str) -> pd.DataFrame:
+    prepared = self.prepared
+    if split == "valid":
+      return prepared.train
+    if split == "test":
+      return pd.concat([prepared.train, prepared.valid])
+    if split == "cold_user":
+      return prepared.cold_user_history
+    raise ValueError("`split` should be one of ('valid', 'test', 'cold_user'). "
+                     f"Received: `split` = {split!r}.")
+
+  def exclusions(self, split: str) -> Dict[str, np.ndarray]:
+    """user id -> catalogue indices of the tracks the user had before `split`."""
+    if split not in self._exclusions:
+      history = self._history_of(split)
+      index = self.prepared.item_index(history["item_id"])
+      frame = pd.DataFrame({"u": history["user_id"].astype(str).to_numpy(), "i": index})
+      self._exclusions[split] = {u: g.to_numpy() for u, g in frame.groupby("u")["i"]}
+    return self._exclusions[split]
+
+  def retrieve(self, user_ids: Sequence[str], split: str, n: Optional[int] = None
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """([B, n] catalogue indices, [B, n] retrieval scores) of each user's top tracks.
+
+    Tracks the user had before `split` are excluded, as in serving.
+    """
+    scores = self.retrieval.scorer(split)(np.asarray(user_ids)).astype(np.float64)
+    return self._top_candidates(user_ids, scores, split, n)
+
+  def _top_candidates(self, user_ids: Sequence[str], scores: np.ndarray, split: str,
+                      n: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    n = min(n or self.config.candidates, self.prepared.n_items)
+    scores = scores.copy()
+    excluded = self.exclusions(split)
+    for row, user in enumerate(np.asarray(user_ids).astype(str)):
+      seen = excluded.get(user)
+      if seen is not None and len(seen):
+        scores[row, seen] = -np.inf
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return top, np.take_along_axis(top_scores, order, axis=1)
+
+  def _training_candidates(self) -> Callable[[np.ndarray], np.ndarray]:
+    """user id -> [C] retrieved tracks with the training history (for hard negatives)."""
+    users = np.unique(self.prepared.train["user_id"].astype(str).to_numpy())
+    pools = np.zeros((len(users), min(self.config.candidates, self.prepared.n_items)), np.int64)
+    for start in range(0, len(users), 512):
+      pools[start:start + 512] = self.retrieve(users[start:start + 512], "valid")[0]
+    where = pd.Index(users)
+
+    def _of(user_ids: np.ndarray) -> np.ndarray:
+      rows = where.get_indexer(np.asarray(user_ids).astype(str))
+      # Users without training rows (none in practice) draw from row 0.
+      return pools[np.maximum(rows, 0)]
+    return _of
+
+  # ----------------------------------------------------------------- training
+  def fit(self, job_dir: str) -> Dict[str, Any]:
+    """Fits the two-tower model, then the hard-negative DCN, then picks the blend."""
+    retrieval_summary = self.retrieval.fit(io.join(job_dir, "retrieval"))
+    config = self.config
+    self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
+                                  self._training_candidates(), config.hard_negatives,
+                                  config.random_negatives)
+    ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
+    valid_hr = self._choose_blend()
+    logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s)", self.blend,
+                 valid_hr)
+    self.fit_summary = {"retrieval": retrieval_summary, "ranker": ranker_summary,
+                        "blend": self.blend, "valid_hr@10_by_blend": valid_hr}
+    return self.fit_summary
+
+  def _candidate_logits(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """[B, C] re-ranker logits of each user's candidates."""
+    b, c = candidates.shape
+    features = self.ranker.pair_features(np.repeat(np.asarray(user_ids).astype(str), c),
+                                         candidates.reshape(-1))
+    return self.ranker.predict_encoded(features).reshape(b, c)
+
+  def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float) -> np.ndarray:
+    return logits + blend * retrieval_scores / self.temperature
+
+  def _choose_blend(self) -> Dict[str, float]:
+    """Validation HR@10 of each blend weight; keeps the best (first on ties)."""
+    valid = self.prepared.valid
+    if len(valid) == 0:
+      return {}
+    users = valid["user_id"].astype(str).to_numpy()
+    targets = self.prepared.item_index(valid["item_id"])
+    candidates, scores = self.retrieve(users, "valid")
+    logits = self._candidate_logits(users, candidates)
+    k = min(10, candidates.shape[1])
+    result = {}
+    for weight in self.config.blend_weights:
+      final = self._final(logits, scores, weight)
+      top = np.take_along_axis(candidates, np.argsort(-final, axis=1, kind="stable")[:, :k],
+                               axis=1)
+      result[str(weight)] = float(np.mean((top == targets[:, None]).any(axis=1)))
+    self.blend = float(max(self.config.blend_weights, key=lambda w: result[str(w)]))
+    return result
+
+  # ----------------------------------------------------------------- scoring
+  def scorer(self, split: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """Full-catalogue scores: re-ranked candidates first, the rest in retrieval order."""
+
+    def _score(user_ids):
+      user_ids = np.asarray(user_ids).astype(str)
+      all_scores = self.retrieval.scorer(split)(user_ids).astype(np.float64)
+      candidates, scores = self._top_candidates(user_ids, all_scores, split)
+      final = self._final(self._candidate_logits(user_ids, candidates), scores, self.blend)
+      # Non-candidates keep their retrieval order, strictly below every candidate.
+      out = all_scores - (np.abs(all_scores).max() + 1.0) * 2.0
+      floor = out.max(axis=1, keepdims=True)
+      final = final - final.min(axis=1, keepdims=True) + floor + 1.0
+      np.put_along_axis(out, candidates, final, axis=1)
+      return out
+    return _score
+
+  def score_fn(self):
+    """Scorer factory (split -> scorer)."""
+    return self.scorer
+
+  def evaluate(self, context) -> Dict[str, Dict[str, float]]:
+    """The cascade, retrieval alone, popularity and the oracle on the same users and splits."""
+    metrics = super().evaluate(context)
+    from tfrec_music.evaluation.protocol import evaluate_scorer  # pylint: disable=g-import-not-at-top
+    metrics["two_tower"] = evaluate_scorer(self.retrieval.score_fn(), self.prepared)
+    metrics["model"]["blend"] = self.blend
+    return {"model": metrics.pop("model"), "two_tower": metrics.pop("two_tower"), **metrics}
+
+  # ----------------------------------------------------------------- export
+  def serving_module(self) -> "CascadeServingModule":
+    """The serving module (raw user features in, ranked track ids out)."""
+    from tfrec_music.export import retrieval as retrieval_export  # pylint: disable=g-import-not-at-top
+    from tfrec_music.models.popularity import PopularityModel  # pylint: disable=g-import-not-at-top
+    r = self.retrieval
+    c = min(self.config.candidates, self.prepared.n_items)
+    popular_ids, popular_scores = PopularityModel.fit(self.prepared).top_k(c)
+    known = np.asarray(self.prepared.vocabularies["user_id"])
+    stored = r.raw_query_features(known, "test")
+    stored.pop("user_id")
+    stage_one = retrieval_export.RetrievalServingModule(
+        r.query_model(), r.query_signature(), r.item_embeddings(), self.prepared.item_ids,
+        "exact", known, stored, popular_ids, popular_scores, c)
+    return CascadeServingModule(stage_one, self.ranker.serving_module(), r.query_signature(),
+                                self.blend, self.temperature, self.config.top_k)
+
+  def save(self, directory: str) -> Dict[str, str]:
+    """One SavedModel: retrieval, candidate features and the re-ranker inside."""
+    module = self.serving_module()
+    tf.saved_model.save(module, directory, signatures=module.signatures())
+    k = module.k
+    return {"serving_default": f"user_id [B] -> item_ids [B, {k}], scores [B, {k}], "
+                               "fallback [B] (stored history of known users; popularity "
+                               "for unknown users)",
+            "recommend": "user_id [B], history [B, H] (padded with ''), "
+                         + "".join(f"{c} [B], " for c in self.retrieval.user_features)
+                         + f"exclude [B, E] -> item_ids [B, {k}], scores, fallback"}
+
+
+class CascadeServingModule(tf.Module):
+  """Raw user features -> two-tower top-C -> DCN re-rank -> top-k ids and scores.
+
+  Args:
+    retrieval: `RetrievalServingModule` returning the top C candidates.
+    ranker: `DCNServingModule` (implicit labels) with the catalogue's features.
+    query_signature: Raw query inputs besides `user_id` (history, country...).
+    blend: Weight of the retrieval score in the final score.
+    temperature: The two-tower softmax temperature (retrieval logit scale).
+    k: Results served.
+  """
+
+  def __init__(self, retrieval, ranker, query_signature: Dict[str, tf.TensorSpec],
+               blend: float, temperature: float, k: int):
+    super().__init__()
+    self.retrieval, self.ranker = retrieval, ranker
+    self.k = int(min(k, retrieval.k))
+    self.weight = tf.constant(float(blend) / float(temperature), tf.float32)
+    self.user_columns = [c for c in ranker.spec.user_categorical if c in query_signature]
+    recommend_spec = dict(query_signature)
+    recommend_spec["user_id"] = tf.TensorSpec([None], tf.string, name="user_id")
+    recommend_spec["exclude"] = tf.TensorSpec([None, None], tf.string, name="exclude")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
+    def serve(user_id):
+      return self._rerank(user_id, self.retrieval.serve(user_id), {})
+
+    @tf.function(input_signature=[recommend_spec])
+    def recommend(inputs):
+      given = {c: inputs[c] for c in self.user_columns}
+      return self._rerank(inputs["user_id"], self.retrieval.recommend(inputs), given)
+
+    self.serve, self.recommend = serve, recommend
+
+  def _rerank(self, user_id, stage_one, given):
+    ids, scores, fallback = stage_one["item_ids"], stage_one["scores"], stage_one["fallback"]
+    batch, c = tf.shape(ids)[0], tf.shape(ids)[1]
+    users = tf.reshape(tf.tile(user_id[:, tf.newaxis], [1, c]), [-1])
+    raw = self.ranker.features_from_ids(users, tf.reshape(ids, [-1]))
+    for column, values in given.items():
+      raw[column] = tf.reshape(tf.tile(values[:, tf.newaxis], [1, c]), [-1])
+    logits = tf.reshape(self.ranker._predict(raw)["logit"], [batch, c])  # pylint: disable=protected-access
+    final = logits + self.weight * scores
+    # Fallback users (no history, unknown id) keep the popularity order.
+    position = -tf.cast(tf.range(c), tf.float32)[tf.newaxis, :]
+    final = tf.where(fallback[:, tf.newaxis], position + tf.zeros_like(final), final)
+    top_scores, top = tf.math.top_k(final, k=self.k)
+    return {"item_ids": tf.gather(ids, top, batch_dims=1), "scores": top_scores,
+            "fallback": fallback}
+
+  def signatures(self) -> Dict[str, Callable]:
+    """`serving_default` (user id) and `recommend` (raw features)."""
+    return {"serving_default": self.serve, "recommend": self.recommend}
