@@ -263,7 +263,12 @@ def _vocabulary(token_lists: Sequence[Sequence[str]], min_count: int,
                 max_words: int) -> List[str]:
   counts = pd.Series([t for tokens in token_lists for t in tokens], dtype=object).value_counts()
   counts = counts[counts >= min_count]
-  return counts.index[:max_words].tolist() if max_words else counts.index.tolist()
+  words = counts.index[:max_words].tolist() if max_words else counts.index.tolist()
+  if not words:
+    raise ValueError("The catalogue text has no token that occurs at least `min_count` = "
+                     f"{min_count} times after stop-word removal; no word vectors can be "
+                     "learned. Use `track_vectors=two_tower` or `column`, or a GloVe file.")
+  return words
 
 
 def learn_colistening_word_vectors(token_lists: Sequence[Sequence[str]],
@@ -289,10 +294,6 @@ def learn_colistening_word_vectors(token_lists: Sequence[Sequence[str]],
     seed: Seed of the randomized SVD.
   """
   words = _vocabulary(token_lists, min_count, max_words)
-  if not words:
-    raise ValueError("The catalogue text has no token that occurs at least `min_count` = "
-                     f"{min_count} times after stop-word removal; no word vectors can be "
-                     "learned. Use `track_vectors=two_tower` or `column`, or a GloVe file.")
   word_index = {w: i for i, w in enumerate(words)}
   item_tokens = [np.asarray([word_index[t] for t in tokens if t in word_index], np.int64)
                  for tokens in token_lists]
@@ -313,10 +314,6 @@ def learn_cooccurrence_word_vectors(token_lists: Sequence[Sequence[str]], dim: i
                                     seed: int = 0) -> WordVectors:
   """Word vectors from the text alone: PPMI(word, word in the same track) by SVD."""
   words = _vocabulary(token_lists, min_count, max_words)
-  if not words:
-    raise ValueError("The catalogue text has no token that occurs at least `min_count` = "
-                     f"{min_count} times after stop-word removal; no word vectors can be "
-                     "learned. Use `track_vectors=two_tower` or `column`, or a GloVe file.")
   word_index = {w: i for i, w in enumerate(words)}
   rows, cols = [], []
   for tokens in token_lists:
