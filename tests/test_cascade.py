@@ -1,0 +1,185 @@
+"""Retrieve then rank: config checks, hard negatives, evaluation beside retrieval, export round trip."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tfrec_music  # noqa: F401
+import tensorflow as tf
+
+from conftest import run_python
+from tfrec_music.data import synthetic
+from tfrec_music.models.cascade import CascadeConfig
+from tfrec_music.models.cascade import CascadeFamily
+from tfrec_music.models.family import EvalContext
+from tfrec_music.prepare import PrepareConfig
+from tfrec_music.prepare import prepare
+
+
+@pytest.fixture(scope="module")
+def catalog():
+  return synthetic.generate("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(catalog, tmp_path_factory):
+  prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
+  family = CascadeFamily(CascadeFamily.make_config("tiny", {}), prepared)
+  family.fit(str(tmp_path_factory.mktemp("job")))
+  export = str(tmp_path_factory.mktemp("export") / "1")
+  signatures = family.save(export)
+  return family, export, signatures
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"top_k": 20, "candidates": 10}, "`top_k`"),
+    ({"hard_negatives": 0, "random_negatives": 0}, "needs negatives"),
+    ({"blend_weights": (0.5, -1.0)}, "`blend_weights`"),
+    ({"candidates": 0}, "`candidates`"),
+])
+def test_config_rejects_bad_values(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    CascadeConfig(**overrides)
+
+
+def test_presets_follow_the_retrieval_preset():
+  assert CascadeFamily.make_config("tiny", {}).retrieval_preset == "tiny"
+  assert CascadeFamily.make_config("default", {}).retrieval_preset == "default"
+  config = CascadeFamily.make_config("tiny", {"retrieval_overrides": {"epochs": 1}})
+  assert config.retrieval_overrides == (("epochs", 1),)
+  assert config.ranker_config().labels == "implicit"
+
+
+def test_hard_negatives_come_from_retrieved_tracks_the_user_never_had(trained):
+  family, _, _ = trained
+  ranker = family.ranker
+  prepared = family.prepared
+  frame = prepared.train.head(200)
+  n_pos = len(frame)
+  encoded_item = ranker.encoded_items["item_id"]  # catalogue row -> item lookup index
+  seen = set(zip(ranker.pair_features(prepared.train["user_id"].to_numpy(),
+                                      np.zeros(len(prepared.train), np.int64))["user_id"],
+                 encoded_item[prepared.item_index(prepared.train["item_id"])]))
+
+  def negatives(hard, uniform):
+    ranker.hard, ranker.uniform = hard, uniform
+    try:
+      rows = ranker._implicit_rows(frame, seed=3)  # pylint: disable=protected-access
+    finally:
+      ranker.hard, ranker.uniform = family.config.hard_negatives, family.config.random_negatives
+    labels = rows["label"]
+    assert labels[:n_pos].tolist() == [1.0] * n_pos and not labels[n_pos:].any()
+    return rows["user_id"][n_pos:], rows["item_id"][n_pos:]
+
+  # Only hard negatives: every one is among the user's retrieved candidates and
+  # none is a track the user had in training.
+  users, items = negatives(8, 0)
+  assert len(items) > 0 and not any((u, i) in seen for u, i in zip(users, items))
+  by_user = dict(zip(ranker.pair_features(frame["user_id"].to_numpy(),
+                                          np.zeros(n_pos, np.int64))["user_id"],
+                     frame["user_id"].astype(str)))
+  raw_users = np.array([by_user[u] for u in users])
+  pools = encoded_item[family._training_candidates()(raw_users)]  # pylint: disable=protected-access
+  assert (pools == items[:, None]).any(axis=1).all()
+  # Only uniform negatives: most fall outside the 50 retrieved of 220 tracks.
+  users, items = negatives(0, 8)
+  pools = encoded_item[family._training_candidates()(np.array([by_user[u] for u in users]))]  # pylint: disable=protected-access
+  assert (pools == items[:, None]).any(axis=1).mean() < 0.5
+  assert not any((u, i) in seen for u, i in zip(users, items))
+
+
+def test_cascade_reorders_only_the_retrieved_candidates(trained):
+  family, _, _ = trained
+  users = family.prepared.test["user_id"].astype(str).to_numpy()[:40]
+  scores = family.scorer("test")(users)
+  candidates, _ = family.retrieve(users, "test")
+  excluded = family.exclusions("test")
+  for row, user in enumerate(users):
+    s = scores[row].copy()
+    s[excluded.get(user, [])] = -np.inf
+    top10 = np.argsort(-s, kind="stable")[:10]
+    assert set(top10) <= set(candidates[row])
+
+
+def test_evaluation_reports_cascade_and_retrieval_on_the_same_users(trained, catalog):
+  family, _, _ = trained
+  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  assert list(metrics)[:2] == ["model", "two_tower"]
+  assert {"popularity", "oracle"} <= set(metrics)
+  for key in ("test/all/count", "valid/all/count", "test/cold_user/count"):
+    assert metrics["model"][key] == metrics["two_tower"][key]
+  hr = family.fit_summary["valid_hr@10_by_blend"]
+  assert family.blend == max(family.config.blend_weights, key=lambda w: hr[str(w)])
+  # The blend was chosen by validation HR@10: the reported validation HR@10 of
+  # the cascade is that choice's (same candidates, same ranking rule).
+  assert metrics["model"]["valid/all/hr@10"] == pytest.approx(hr[str(family.blend)])
+  assert metrics["model"]["test/all/hr@10"] > metrics["popularity"]["test/all/hr@10"]
+
+
+def test_export_round_trip_in_fresh_process(trained):
+  family, export, signatures = trained
+  assert set(signatures) == {"serving_default", "recommend"}
+  known = [str(u) for u in family.prepared.test["user_id"].astype(str).unique()[:8]]
+  users = known + ["nobody"]
+  module = tf.saved_model.load(export)
+  expected = module.signatures["serving_default"](user_id=tf.constant(users))
+  out = run_python(f"""
+import json, tfrec_music, tensorflow as tf
+m = tf.saved_model.load({export!r})
+r = m.signatures["serving_default"](user_id=tf.constant({users!r}))
+print(json.dumps({{"ids": r["item_ids"].numpy().astype(str).tolist(),
+                  "scores": r["scores"].numpy().tolist(),
+                  "fallback": r["fallback"].numpy().tolist()}}))
+""")
+  got = json.loads(out.strip().splitlines()[-1])
+  assert got["ids"] == expected["item_ids"].numpy().astype(str).tolist()
+  np.testing.assert_allclose(got["scores"], expected["scores"].numpy(), rtol=1e-6)
+  assert got["fallback"] == [False] * len(known) + [True]
+  k = family.config.top_k
+  assert np.array(got["ids"]).shape == (len(users), k)
+  assert all(np.all(np.diff(s) <= 1e-6) for s in got["scores"])
+  # The unknown user gets the popularity fallback, in popularity order.
+  popular = family.prepared.item_ids[np.argsort(-family.prepared.item_train_counts,
+                                                kind="stable")[:k]]
+  assert got["ids"][-1] == [str(i) for i in popular]
+
+
+def test_served_top_k_is_the_python_cascade_on_the_served_candidates(trained):
+  family, export, _ = trained
+  module = tf.saved_model.load(export)
+  user = str(family.prepared.test["user_id"].iloc[0])
+  history = family.retrieval.raw_query_features([user], "test")["history"]
+  inputs = {"user_id": tf.constant([user]), "history": tf.constant(history.astype(str)),
+            "exclude": tf.constant(history.astype(str))}
+  for column in family.retrieval.user_features:
+    inputs[column] = tf.constant(family.retrieval.raw_query_features([user], "test")[column]
+                                 .astype(str))
+  served = module.signatures["recommend"](**inputs)
+  by_id = module.signatures["serving_default"](user_id=tf.constant([user]))
+  np.testing.assert_array_equal(served["item_ids"].numpy(), by_id["item_ids"].numpy())
+  # Recompute the final score of the served tracks in Python: DCN logit + blend * retrieval.
+  ids = served["item_ids"].numpy().astype(str)[0]
+  index = family.prepared.item_index(ids)
+  logits = family._candidate_logits(np.array([user]), index[None, :])[0]  # pylint: disable=protected-access
+  query = family.retrieval.query_embeddings([user], "test")
+  retrieval = (query @ family.retrieval.item_embeddings()[index].T)[0]
+  want = family._final(logits, retrieval, family.blend)  # pylint: disable=protected-access
+  np.testing.assert_allclose(served["scores"].numpy()[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_trains_and_exports_the_cascade(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--model", "two_tower_dcn", "--preset", "tiny",
+       "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export")],
+      capture_output=True, text=True, cwd=REPO, timeout=400,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "two_tower_dcn" in proc.stdout and "two_tower " in proc.stdout
+  metrics = json.load(open(tmp_path / "export" / "two_tower_dcn" / "1" / "metrics.json"))
+  assert metrics["model"]["test/all/hr@10"] > 0 and "two_tower" in metrics
