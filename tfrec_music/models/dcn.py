@@ -819,3 +819,185 @@ def _int_list(text: str) -> List[int]:
   except ValueError as e:
     raise argparse.ArgumentTypeError(
         f"expected comma-separated integers like 128,64. Received: {text!r}.") from e
+
+
+# --------------------------------------------------------------------------
+# Streaming training from Parquet shards (data larger than memory).
+# --------------------------------------------------------------------------
+
+
+def split_buckets(user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+  """[N] bucket 0-99 of each (user, item) pair, stable across runs and shard layouts.
+
+  Streaming cannot shuffle the whole data set to split it, so the 80/10/10
+  ratio split is a hash: buckets 0-79 train, 80-89 valid, 90-99 test.
+  """
+  keys = (pd.Series(np.asarray(user_ids).astype(str)) + "\t"
+          + pd.Series(np.asarray(item_ids).astype(str)))
+  return (pd.util.hash_array(keys.to_numpy(object)) % np.uint64(100)).astype(np.int64)
+
+
+def _shard_batches(paths: Sequence[str], columns: Sequence[str], rows: int):
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  for path in paths:
+    # Local files are memory-mapped by Arrow; gs:// and other gfile paths are
+    # read through a GFile handle (Parquet needs random access, which it has).
+    source = path if "://" not in path else tf.io.gfile.GFile(path, "rb")
+    for batch in pq.ParquetFile(source).iter_batches(batch_size=rows, columns=list(columns)):
+      yield batch.to_pandas()
+
+
+def _split_mask(frame: pd.DataFrame, split: str) -> np.ndarray:
+  bucket = split_buckets(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
+  low, high = {"train": (0, 80), "valid": (80, 90), "test": (90, 100)}[split]
+  return (bucket >= low) & (bucket < high)
+
+
+def stream_train(data_dir: str, config: DCNConfig, job_dir: Optional[str] = None,
+                 read_rows: int = 65_536) -> Dict[str, Any]:
+  """Trains an explicit-rating DCN from canonical Parquet shards, one batch in memory at a time.
+
+  Reads `items.parquet`, optional `users.parquet` and the interaction shards
+  `interactions-*.parquet` of `data_dir` (as `synthetic.write_large` or
+  `yahoo_music.convert_yahoo_music` write them). Memory holds the catalogue,
+  the vocabularies (users and tracks seen in training: one pass over the
+  shards, two id columns at a time) and one read batch, never the ratings:
+  each epoch re-reads the shards through `tf.data`. The split is the hashed
+  80/10/10 split of `split_buckets`. No k-core filter runs (it needs every
+  row at once); unseen users and tracks of the valid/test rows use the OOV
+  bucket.
+
+  Args:
+    data_dir: Folder of the canonical Parquet shards.
+    config: `DCNConfig` (explicit labels).
+    job_dir: TensorBoard logs (optional).
+    read_rows: Rows read from a shard at a time.
+
+  Returns:
+    Summary: `rows` by split, `examples_per_second` (training), per-epoch
+    losses, and `valid/all/rmse`, `test/all/rmse` of the last epoch.
+
+  Raises:
+    DataValidationError: no interaction shards, or no `rating` column.
+  """
+  from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
+  from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
+  from tfrec_music.evaluation.rating import rating_metrics  # pylint: disable=g-import-not-at-top
+  if config.labels != "explicit":
+    raise ValueError("`stream_train` trains explicit ratings; `labels` should be 'explicit'. "
+                     f"Received: `labels` = {config.labels!r}.")
+  names = canonical.list_dir(data_dir)
+  shards = [io.join(data_dir, n) for n in names
+            if n.startswith("interactions") and n.endswith(".parquet")]
+  if not shards:
+    raise DataValidationError(
+        f"no interactions-*.parquet shards in the folder. Found: {names[:20]}.",
+        file=io.join(data_dir, "interactions-00000.parquet"),
+        fix="write the shards with `python -m tfrec_music.data.synthetic --out DIR` or "
+            "`python -m tfrec_music.data.loaders.yahoo_music --out DIR`.")
+  items = canonical.read_parquet_file(io.join(data_dir, "items.parquet"))
+  users = (canonical.read_parquet_file(io.join(data_dir, "users.parquet"))
+           if "users.parquet" in names else None)
+  items = items.drop(columns=[c for c in items.columns if c.startswith("_")])
+  items["item_id"] = items["item_id"].astype(str)
+  # Pass 1: training ids and the rating mean, two id columns at a time.
+  user_set, item_set, total, count = set(), set(), 0.0, 0
+  rows = {"train": 0, "valid": 0, "test": 0}
+  for frame in _shard_batches(shards, ("user_id", "item_id", "rating"), read_rows):
+    train = _split_mask(frame, "train")
+    bucket_valid = _split_mask(frame, "valid")
+    rows["train"] += int(train.sum())
+    rows["valid"] += int(bucket_valid.sum())
+    rows["test"] += int((~train & ~bucket_valid).sum())
+    user_set.update(frame["user_id"].astype(str)[train])
+    item_set.update(frame["item_id"].astype(str)[train])
+    total += float(frame["rating"].to_numpy(np.float64)[train].sum())
+    count += int(train.sum())
+  if count == 0:
+    raise DataValidationError("no training rows in the shards.", file=shards[0],
+                              fix="check that the shards hold interactions with ratings.")
+  spec = RankingFeatureSpec.from_tables(items, users)
+  vocabs = {"user_id": sorted(user_set), "item_id": sorted(item_set)}
+  del user_set, item_set
+  vocabs = ranking_vocabularies(spec, pd.DataFrame({"user_id": [], "item_id": []}), items,
+                                users, vocabs)
+  train_items = items[items["item_id"].isin(set(vocabs["item_id"]))]
+  mean, std = numeric_statistics(spec, train_items)
+  encoder = RankingEncoder(spec, vocabs, mean, std, name="ranking_encoder")
+  ranker = build_ranker(encoder, config, total / count)
+  model = DCNModel(ranker, "explicit")
+  model.compile(optimizer=optimizer(config))
+  item_rows = pd.Index(items["item_id"])
+  raw_items = raw_item_table(items, spec)
+  encoded_items = {}
+  for start in range(0, len(items), 8192):
+    batch = {c: tf.constant(raw_items[c][start:start + 8192]) for c in spec.item_columns}
+    for k, v in encoder.encode(batch, spec.item_columns).items():
+      encoded_items.setdefault(k, []).append(v.numpy())
+  encoded_items = {k: np.concatenate(v) for k, v in encoded_items.items()}
+  user_table = users.drop_duplicates("user_id").set_index("user_id") if users is not None else None
+
+  def encode(frame: pd.DataFrame) -> Dict[str, np.ndarray]:
+    user_ids = frame["user_id"].astype(str).to_numpy()
+    out = {"user_id": lookup_indices(user_ids, vocabs["user_id"])}
+    for column in spec.user_categorical:
+      values = user_table[column].reindex(user_ids).fillna("").astype(str).to_numpy()
+      out[column] = lookup_indices(values, vocabs[column])
+    row = item_rows.get_indexer(frame["item_id"].astype(str))
+    known = row >= 0
+    for key, values in encoded_items.items():
+      # Tracks missing from items.parquet read as "missing" features.
+      out[key] = np.where(known.reshape((-1,) + (1,) * (values.ndim - 1)),
+                          values[np.maximum(row, 0)], 0).astype(values.dtype)
+    out["label"] = frame["rating"].to_numpy(np.float32)
+    return out
+
+  probe = encode(pd.DataFrame({"user_id": ["x"], "item_id": ["x"], "rating": [0.0]}))
+  signature = {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
+               for k, v in probe.items()}
+
+  def batches(split: str, epoch: int):
+    order = np.random.default_rng(config.seed + epoch).permutation(len(shards))
+    paths = [shards[i] for i in order] if split == "train" else shards
+    for frame in _shard_batches(paths, ("user_id", "item_id", "rating"), read_rows):
+      frame = frame[_split_mask(frame, split)]
+      if len(frame):
+        yield encode(frame)
+
+  def dataset(split: str, epoch: int) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_generator(lambda: batches(split, epoch),
+                                        output_signature=signature).unbatch()
+    if split == "train":
+      ds = ds.shuffle(16 * config.batch_size, seed=config.seed + epoch)
+    return ds.batch(config.batch_size).prefetch(2)
+
+  def split_rmse(split: str) -> float:
+    truth, pred = [], []
+    for batch in dataset(split, 0):
+      label = batch.pop("label")
+      truth.append(label.numpy())
+      pred.append(ranker(batch).numpy())
+    if not truth:
+      return float("nan")
+    low, high = 1.0, 5.0
+    return rating_metrics(np.concatenate(truth), np.clip(np.concatenate(pred), low, high))["rmse"]
+
+  callbacks = ([tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", "dcn_stream"))]
+               if job_dir else [])
+  history, seconds = [], 0.0
+  for epoch in range(config.epochs):
+    start = time.perf_counter()
+    result = model.fit(dataset("train", epoch), epochs=epoch + 1, initial_epoch=epoch,
+                       verbose=0, callbacks=callbacks)
+    seconds += time.perf_counter() - start
+    loss = float(result.history["loss"][-1])
+    check_finite(loss, epoch + 1)
+    history.append({"epoch": epoch + 1, "loss": loss, "valid_rmse": split_rmse("valid")})
+    logging.info("dcn stream epoch %d: loss %.4f, valid RMSE %.4f", epoch + 1, loss,
+                 history[-1]["valid_rmse"])
+  return {"rows": rows, "users": len(vocabs["user_id"]), "items": len(items),
+          "examples_per_second": rows["train"] * len(history) / max(seconds, 1e-9),
+          "train_seconds": seconds, "history": history,
+          "valid/all/rmse": history[-1]["valid_rmse"] if history else float("nan"),
+          "test/all/rmse": split_rmse("test")}
+

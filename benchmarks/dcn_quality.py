@@ -1,0 +1,111 @@
+"""DCN rating quality and retrieve-then-rank gain on the synthetic catalogue, over seeds.
+
+For each seed (split, initialization, shuffling; the catalogue is generated
+with `--data-seed`):
+
+- `dcn`: DCN test RMSE beside the global mean, the biased baseline
+  (alpha + beta_u + beta_i) and biased MF, on the same 80/10/10 rating split;
+  `ratio/dcn_vs_biased` < 0.97 is the issue's "at least 3% lower".
+- `cascade` (with `--cascade`): the two_tower_dcn cascade's test HR@10 beside
+  the two-tower retrieval alone on the same users; `ratio/cascade_vs_retrieval`
+  >= 1.05 is the issue's "at least 5% above".
+
+  python -m benchmarks.dcn_quality --seeds 0 1 2 [--preset default] [--cascade] [--set k=v]
+"""
+
+import argparse
+import json
+import statistics
+import time
+from typing import Dict, List
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+
+from tfrec_music.data import synthetic
+from tfrec_music.models.cascade import CascadeFamily
+from tfrec_music.models.dcn import DCNFamily
+from tfrec_music.models.family import EvalContext
+from tfrec_music.prepare import PrepareConfig
+from tfrec_music.prepare import prepare
+
+
+def _parse_sets(items: List[str]) -> Dict[str, object]:
+  out = {}
+  for item in items:
+    name, value = item.split("=", 1)
+    try:
+      out[name] = json.loads(value)
+    except json.JSONDecodeError:
+      out[name] = value
+  return out
+
+
+def dcn_row(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+  """Test RMSE of the DCN and the three baselines for one seed."""
+  prepared = prepare(catalog.tables, PrepareConfig(**{**DCNFamily.prepare_overrides,
+                                                      "seed": seed}))
+  family = DCNFamily(DCNFamily.make_config(preset, {**overrides, "seed": seed}), prepared)
+  start = time.perf_counter()
+  family.fit(f"/tmp/dcn_quality/dcn-{seed}")
+  row = {"dcn/fit_seconds": time.perf_counter() - start,
+         "dcn/examples_per_second": family.fit_summary["examples_per_second"]}
+  metrics = family.evaluate(EvalContext())
+  for name, values in metrics.items():
+    row[f"{name}/test/all/rmse"] = values["test/all/rmse"]
+    row[f"{name}/valid/all/rmse"] = values["valid/all/rmse"]
+  row["ratio/dcn_vs_biased"] = row["model/test/all/rmse"] / row["biased/test/all/rmse"]
+  row["ratio/dcn_vs_biased_mf"] = row["model/test/all/rmse"] / row["biased_mf/test/all/rmse"]
+  return row
+
+
+def cascade_row(catalog, preset: str, seed: int) -> Dict[str, float]:
+  """Test HR@10 of the cascade and of retrieval alone (same users) for one seed."""
+  prepared = prepare(catalog.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
+                                                      "seed": seed}))
+  family = CascadeFamily(CascadeFamily.make_config(preset, {"seed": seed}), prepared)
+  start = time.perf_counter()
+  family.fit(f"/tmp/dcn_quality/cascade-{seed}")
+  row = {"cascade/fit_seconds": time.perf_counter() - start, "cascade/blend": family.blend}
+  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  for name in ("model", "two_tower", "popularity", "oracle"):
+    for key in ("test/all/hr@10", "valid/all/hr@10"):
+      if key in metrics.get(name, {}):
+        row[f"{name}/{key}"] = metrics[name][key]
+  row["ratio/cascade_vs_retrieval"] = (row["model/test/all/hr@10"]
+                                       / max(row["two_tower/test/all/hr@10"], 1e-12))
+  return row
+
+
+def main() -> None:
+  """Runs the seeds and prints per-seed figures and their median / min / max."""
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--preset", default="default")
+  parser.add_argument("--data-seed", type=int, default=0)
+  parser.add_argument("--cascade", action="store_true", help="Also run the cascade.")
+  parser.add_argument("--no-dcn", action="store_true", help="Skip the rating DCN.")
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="DCN config override (rating DCN only).")
+  parser.add_argument("--json", default=None, help="Also write all rows to this file.")
+  args = parser.parse_args()
+  overrides = _parse_sets(args.set)
+  catalog = synthetic.generate(args.preset, seed=args.data_seed)
+  rows = []
+  for seed in args.seeds:
+    row = {} if args.no_dcn else dcn_row(catalog, args.preset, seed, overrides)
+    if args.cascade:
+      row.update(cascade_row(catalog, args.preset, seed))
+    rows.append(row)
+    print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
+  print(f"\n{len(rows)} seeds, preset {args.preset}, overrides {overrides}")
+  for key in sorted(rows[0]):
+    values = [r[key] for r in rows]
+    print(f"{key:40s} median {statistics.median(values):9.4f}  min {min(values):9.4f}  "
+          f"max {max(values):9.4f}")
+  if args.json:
+    with open(args.json, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()
