@@ -21,23 +21,13 @@ from typing import Dict, List
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
+from benchmarks.two_tower_quality import _parse_sets
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeFamily
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.family import EvalContext
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
-
-
-def _parse_sets(items: List[str]) -> Dict[str, object]:
-  out = {}
-  for item in items:
-    name, value = item.split("=", 1)
-    try:
-      out[name] = json.loads(value)
-    except json.JSONDecodeError:
-      out[name] = value
-  return out
 
 
 def dcn_row(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
