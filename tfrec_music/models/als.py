@@ -78,7 +78,7 @@ CENTERS = ("biases", "mean", "none")
 # Explicit feedback: a random ratio split of the rating rows, no held-out users
 # (the question is how well held-out ratings of known users are predicted).
 EXPLICIT_PREPARE = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}
-DEFAULT_REGS = {"implicit": (0.1, 1.0, 10.0), "explicit": (3.0, 10.0, 30.0)}
+DEFAULT_REGS = {"implicit": (10.0, 30.0), "explicit": (3.0, 10.0, 30.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +89,7 @@ class ALSConfig:
     feedback: `implicit` (play counts -> confidence) or `explicit` (ratings).
     ranks: Candidate factor sizes; more than one (or several `regs`) runs
       k-fold cross-validation over the grid.
-    regs: Candidate lambdas (None: (0.1, 1, 10) implicit, (3, 10, 30) explicit).
+    regs: Candidate lambdas (None: (10, 30) implicit, (3, 10, 30) explicit).
     alpha: Implicit confidence slope, c = 1 + alpha * f(weight).
     weight: Implicit weight transform f: `raw` or `log1p`.
     weight_column: Interaction column of play counts (implicit; 1 per row
@@ -118,9 +118,9 @@ class ALSConfig:
   """
 
   feedback: str = "implicit"
-  ranks: Tuple[int, ...] = (32, 64)
+  ranks: Tuple[int, ...] = (32, 48, 64)
   regs: Optional[Tuple[float, ...]] = None
-  alpha: float = 10.0
+  alpha: float = 3.0
   weight: str = "log1p"
   weight_column: str = "weight"
   reg_scaled: bool = False
