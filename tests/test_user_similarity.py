@@ -22,6 +22,7 @@ from tfrec_music.models.family import EvalContext
 from tfrec_music.models.track_vectors import TrackVectors
 from tfrec_music.models.user_similarity import SimilarityIndex
 from tfrec_music.models.user_similarity import UserSimilarityFamily
+from tfrec_music.models.user_similarity import recent_rows
 from tfrec_music.models.user_similarity import taste_centroids
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -70,6 +71,16 @@ def test_centroids_by_hand():
   # a: mean((2, 0), (0, 2)) = (1, 1); b: t2 has no vector -> (2, 0); c: nothing -> left out.
   assert ids.tolist() == ["a", "b"] and counts.tolist() == [2, 1]
   np.testing.assert_allclose(centroids, [[1, 1], [2, 0]])
+
+
+def test_recent_rows_by_hand():
+  frame = pd.DataFrame({"user_id": ["a"] * 4 + ["b"],
+                        "item_id": ["t1", "t2", "t3", "t4", "t5"],
+                        "timestamp": [4, 1, 3, 2, 9]})
+  # a's half by time: t3 (3), t1 (4); b keeps its only row.
+  assert sorted(recent_rows(frame, 0.5)["item_id"]) == ["t1", "t3", "t5"]
+  assert len(recent_rows(frame, 1.0)) == 5
+  assert sorted(recent_rows(frame, 0.01)["item_id"]) == ["t1", "t5"]  # at least one each
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

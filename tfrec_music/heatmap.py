@@ -130,12 +130,11 @@ def similarity_heatmap(matrix: np.ndarray, labels: Sequence[str], path: str,
 
 
 def _write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` through `tf.io.gfile` (local, `gs://`), creating the folder."""
   import os  # pylint: disable=g-import-not-at-top
-  if "://" not in path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-      f.write(data)
-    return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  folder = os.path.dirname(path)
+  if folder:
+    tf.io.gfile.makedirs(folder)
   with tf.io.gfile.GFile(path, "wb") as f:
     f.write(data)
