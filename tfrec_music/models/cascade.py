@@ -144,6 +144,13 @@ class HardNegativeDCN(DCNFamily):
     self.candidates_of = candidates_of
     self.hard, self.uniform = hard, uniform
 
+  def _pair_codes(self, user_ids, item_index: np.ndarray) -> np.ndarray:
+    """[N] int64 code of each (user, catalogue item) pair (users outside training share -1)."""
+    if not hasattr(self, "_user_codes"):
+      self._user_codes = pd.Index(np.unique(self.prepared.train["user_id"].astype(str)))
+    users = self._user_codes.get_indexer(np.asarray(user_ids).astype(str)).astype(np.int64)
+    return (users + 1) * (self.prepared.n_items + 1) + np.asarray(item_index, np.int64)
+
   def _implicit_rows(self, frame: pd.DataFrame, seed: int) -> Dict[str, np.ndarray]:
     """Positives of `frame`, `hard` retrieved and `uniform` random negatives each (label 0)."""
     rng = np.random.default_rng(seed)
@@ -160,10 +167,10 @@ class HardNegativeDCN(DCNFamily):
       parts_items.append(rng.integers(0, self.prepared.n_items, size=len(users) * self.uniform))
     neg_users, neg = np.concatenate(parts_users), np.concatenate(parts_items)
     # A negative that is one of the user's own tracks is no negative: drop it.
-    known = set(zip(self.prepared.train["user_id"].astype(str),
-                    self.prepared.item_index(self.prepared.train["item_id"])))
-    known |= set(zip(users, pos))
-    keep = np.fromiter(((u, i) not in known for u, i in zip(neg_users, neg)), bool, len(neg))
+    train = self.prepared.train
+    known = np.concatenate([self._pair_codes(train["user_id"], self.prepared.item_index(
+        train["item_id"])), self._pair_codes(users, pos)])
+    keep = ~np.isin(self._pair_codes(neg_users, neg), known)
     neg_users, neg = neg_users[keep], neg[keep]
     features = self.pair_features(np.concatenate([users, neg_users]), np.concatenate([pos, neg]))
     features["label"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)

@@ -56,7 +56,6 @@ from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rating_baselines import baseline_scorers
 from tfrec_music.models.rating_baselines import evaluate_rating_scorers
 from tfrec_music.models.rating_baselines import fit_rating_baselines
-from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.pipeline.lookups import string_lookup
 from tfrec_music.prepare.prepared import PreparedData
@@ -386,6 +385,27 @@ class DCNModel(tfrs.Model):
     return loss + tf.add_n(self.ranker.losses) if self.ranker.losses else loss
 
 
+def shuffled_batches(features: Dict[str, np.ndarray], batch_size: int,
+                     seed: int) -> tf.data.Dataset:
+  """Batches of `features` in a seeded random order, sliced from the arrays on demand.
+
+  Unlike `from_tensor_slices` with a full shuffle buffer, no copy of the rows
+  is made: memory stays at the arrays themselves, which matters when
+  implicit labels draw millions of fresh negatives every epoch.
+  """
+  n = len(next(iter(features.values())))
+  order = np.random.default_rng(seed).permutation(n)
+  signature = {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
+               for k, v in features.items()}
+
+  def _batches():
+    for start in range(0, n, batch_size):
+      rows = np.sort(order[start:start + batch_size])
+      yield {k: v[rows] for k, v in features.items()}
+
+  return tf.data.Dataset.from_generator(_batches, output_signature=signature).prefetch(2)
+
+
 def build_ranker(encoder: RankingEncoder, config: DCNConfig, output_bias: float) -> DCNRanker:
   """A `DCNRanker` sized for `encoder`'s vocabularies."""
   tf.keras.utils.set_random_seed(config.seed)
@@ -648,12 +668,12 @@ class DCNFamily(ModelFamily):
     history = []
     start = time.perf_counter()
     examples = 0
-    dataset = None
+    features = None
     for epoch in range(config.epochs):
-      if dataset is None or config.labels == "implicit":
+      if features is None or config.labels == "implicit":
+        features = None  # free the last epoch's rows before drawing new negatives
         features = self.training_features(epoch)
-        dataset = make_dataset(features, config.batch_size, shuffle=True,
-                               seed=config.seed + epoch)
+      dataset = shuffled_batches(features, config.batch_size, seed=config.seed + epoch)
       result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                               callbacks=[tensorboard])
       examples += len(features["label"])
