@@ -92,9 +92,10 @@ def test_fold_in_solves_the_training_objective(trained):
   held = held_out_playlists(prepared)
   seeds = [t[:5] for t in list(held.values())[:8]]
   module = family.module()
-  theta = module.fold_in(tf.constant(pad_indices(seeds))).numpy()
+  prior = np.random.default_rng(0).normal(0, 0.3, size=(len(seeds), module.dim + 1))
+  theta = module.fold_in(tf.constant(pad_indices(seeds)), tf.constant(prior, tf.float32)).numpy()
   # Gradient of f(p, b) = 1/(1+k) [mean_seeds BCE(1, s) + k sum_j q_j BCE(0, s_j)]
-  #                       + l2 |p|^2, in numpy: zero at the solution.
+  #                       + l2 |p - prior|^2, in numpy: zero at the solution.
   vectors, bias = family.track_arrays()
   x = np.concatenate([vectors, np.ones((len(vectors), 1))], 1).astype(np.float64)
   k = family.config.negatives
@@ -104,7 +105,7 @@ def test_fold_in_solves_the_training_objective(trained):
   for row, seed in enumerate(seeds):
     s = x @ theta[row] + bias
     grad = (x[seed].T @ (sigmoid(s[seed]) - 1) / len(seed) + k * x.T @ (q * sigmoid(s))) / (1 + k)
-    grad[:-1] += 2 * l2 * theta[row, :-1]
+    grad[:-1] += 2 * l2 * (theta[row, :-1] - prior[row, :-1])
     assert np.abs(grad).max() < 1e-3, np.abs(grad).max()
   # No seeds: a zero vector (the name or the popularity fallback decides).
   empty = module.fold_in(tf.constant([[-1, -1]], tf.int64)).numpy()

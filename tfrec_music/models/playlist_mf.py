@@ -8,7 +8,9 @@ the chance that the track belongs in the playlist is
 trained with binary cross-entropy on the playlists' tracks (label 1) and
 `negatives` sampled tracks per positive (label 0), drawn uniformly or by
 popularity (training count ** `popularity_exponent`), with an L2 penalty on
-the vectors of each example.
+the vectors of each example. A track's vector and bias are its own plus
+those of its artist and album (`item_features`), so tracks seen in few
+playlists borrow strength from their artist's other tracks.
 
 Playlists never seen in training are *folded in*: with the track side frozen,
 the playlist's vector and bias are the minimizer of the same per-playlist
@@ -20,7 +22,10 @@ sampled negatives,
 solved by a few batched Newton steps in TensorFlow (the same function in the
 library and in the exported model). The expectation over q runs over the
 whole catalogue up to `fold_in_negatives` tracks, and over a fixed weighted
-sample of that size beyond.
+sample of that size beyond. The fold-in has its own L2 weight (`fold_in_l2`):
+a handful of seeds needs a stronger pull than training's many examples, and
+the weight is chosen on validation tracks. With `name_prior`, the pull is
+toward the name's vector instead of zero.
 
 Name-only playlists (K = 0) use the playlist name: every name token (lower
 case, split on anything but letters and digits) gets the mean [vector, bias]
@@ -86,7 +91,9 @@ class PlaylistMFConfig:
       plain biased MF.
     fold_in_l2: L2 weight of the fold-in objective (None: `l2`). Few seeds
       fit a playlist vector less reliably than training does, so the fold-in
-      may need a stronger pull toward zero.
+      needs a stronger pull toward zero. 0.1 maximized the validation
+      objective (`valid/seen_refit/r_precision`) on the default synthetic
+      playlists among 0.001 .. 1.0.
     learning_rate: Adam learning rate.
     epochs: Most training epochs (early stopping may stop sooner).
     batch_size: Positives per batch (each with `negatives` negatives).
@@ -98,6 +105,8 @@ class PlaylistMFConfig:
       of this size beyond.
     name_min_count: Training playlists a name token needs to be kept.
     name_shrinkage: Pseudo-playlists pulling rare tokens to the mean playlist.
+    name_prior: With seeds and a known name token, fold the seeds in around
+      the name's vector (the L2 pull's centre) instead of around zero.
     max_seeds: Seeds the ScaNN export can exclude (it fetches `top_k +
       max_seeds` results); the exact export excludes every seed.
     top_k: Results per request in the export (clamped to the catalogue).
@@ -110,7 +119,7 @@ class PlaylistMFConfig:
   popularity_exponent: float = 0.75
   l2: float = 1e-4
   item_features: Tuple[str, ...] = ("artist", "album")
-  fold_in_l2: Optional[float] = None
+  fold_in_l2: Optional[float] = 0.1
   learning_rate: float = 0.01
   epochs: int = 40
   batch_size: int = 1024
@@ -120,6 +129,7 @@ class PlaylistMFConfig:
   fold_in_negatives: int = 4096
   name_min_count: int = 2
   name_shrinkage: float = 2.0
+  name_prior: bool = False
   max_seeds: int = 250
   top_k: int = 100
   seed: int = 0
@@ -298,6 +308,7 @@ class PlaylistContinuation(tf.Module):
     k: Results per request (clamped to the catalogue).
     index_kind: `"exact"` or `"scann"` (None: scoring only, no serving index).
     max_seeds: Seeds the ScaNN variant can exclude.
+    name_prior: Fold seeds in around the name's vector instead of zero.
   """
 
   def __init__(self, item_ids: np.ndarray, track_vectors: np.ndarray, track_bias: np.ndarray,
@@ -305,8 +316,10 @@ class PlaylistContinuation(tf.Module):
                l2: float, fold_in_steps: int, tokens: Sequence[str],
                token_vectors: np.ndarray, token_weights: np.ndarray,
                fallback_ids: np.ndarray, fallback_scores: np.ndarray, k: int,
-               index_kind: Optional[str] = None, max_seeds: int = 250):
+               index_kind: Optional[str] = None, max_seeds: int = 250,
+               name_prior: bool = False):
     super().__init__()
+    self.name_prior = bool(name_prior)
     n, d = track_vectors.shape
     self.n_items, self.dim = int(n), int(d)
     self.k = max(1, min(int(k), self.n_items))
@@ -381,10 +394,17 @@ class PlaylistContinuation(tf.Module):
     self.query = query
 
   # ---------------------------------------------------------------- fold-in
-  def fold_in(self, seed_index: tf.Tensor) -> tf.Tensor:
+  def fold_in(self, seed_index: tf.Tensor, prior: Optional[tf.Tensor] = None) -> tf.Tensor:
     """Solves theta = [p, b_p] [B, d + 1] from seed indices [B, L] (-1 = padding).
 
-    Rows without seeds come back as zeros.
+    Args:
+      seed_index: [B, L] catalogue indices, -1 for padding.
+      prior: [B, d + 1] centre of the L2 pull (default zeros): the penalty is
+        l2 |p - prior_p|^2, so a playlist's name vector can serve as the
+        prior its few seeds update.
+
+    Returns:
+      [B, d + 1]; rows without seeds come back as zeros.
     """
     mask = tf.cast(seed_index >= 0, tf.float32)
     count = tf.reduce_sum(mask, axis=1, keepdims=True)
@@ -394,13 +414,17 @@ class PlaylistContinuation(tf.Module):
     w_pos = mask / tf.maximum(count, 1.0) * self.positive_share
     x_neg, b_neg, w_neg = self.negative_tracks, self.negative_bias, self.negative_weight
     theta = tf.zeros([tf.shape(seed_index)[0], self.dim + 1])
+    if prior is None:
+      prior = theta
+    # Newton starts at zero, where every sigmoid is 1/2 and the Hessian well
+    # conditioned; a start at a far prior saturates them and overshoots.
     ridge = tf.linalg.diag(self.ridge)
     for _ in range(self.fold_in_steps):
       s_pos = tf.einsum("bld,bd->bl", x_pos, theta) + b_pos
       s_neg = tf.matmul(theta, x_neg, transpose_b=True) + b_neg
       sig_pos, sig_neg = tf.sigmoid(s_pos), tf.sigmoid(s_neg)
       grad = (tf.einsum("bl,bld->bd", w_pos * (sig_pos - 1.0), x_pos)
-              + tf.matmul(w_neg * sig_neg, x_neg) + self.ridge * theta)
+              + tf.matmul(w_neg * sig_neg, x_neg) + self.ridge * (theta - prior))
       h_pos = tf.einsum("bl,bld,ble->bde", w_pos * sig_pos * (1.0 - sig_pos), x_pos, x_pos)
       h_neg = tf.einsum("bm,md,me->bde", w_neg * sig_neg * (1.0 - sig_neg), x_neg, x_neg)
       step = tf.linalg.solve(h_pos + h_neg + ridge, grad[:, :, tf.newaxis])[:, :, 0]
@@ -423,8 +447,9 @@ class PlaylistContinuation(tf.Module):
   def _query(self, seed_index, names):
     """theta [B, d + 1] and mode [B] (0 fallback, 1 seeds, 2 name) of each playlist."""
     has_seeds = tf.reduce_any(seed_index >= 0, axis=1)
-    theta_seeds = self.fold_in(seed_index)
     theta_name, has_name = self.name_theta(names)
+    prior = theta_name * tf.cast(has_name, tf.float32)[:, tf.newaxis] if self.name_prior else None
+    theta_seeds = self.fold_in(seed_index, prior)
     theta = tf.where(has_seeds[:, tf.newaxis], theta_seeds, theta_name)
     mode = tf.where(has_seeds, 1, tf.where(has_name, 2, 0))
     return {"theta": theta, "mode": mode}
@@ -712,7 +737,7 @@ class PlaylistMFFamily(ModelFamily):
         self.prepared.item_ids, vectors, bias, neg_index, neg_weight, self.config.negatives,
         self.fold_in_l2(), self.config.fold_in_steps, tokens, token_vectors, token_weights,
         fallback_ids, fallback_scores, k, index_kind=index_kind,
-        max_seeds=self.config.max_seeds)
+        max_seeds=self.config.max_seeds, name_prior=self.config.name_prior)
     if index_kind is None:
       self._module = module
     return module

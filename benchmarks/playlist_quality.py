@@ -1,0 +1,86 @@
+"""The playlist model's "done when" numbers on the synthetic playlists.
+
+Trains `playlist_mf` through the CLI (`python -m trainer.task --model
+playlist_mf --preset default --no-export`) for each seed, reads the job's
+`metrics.json` and prints, per seed and on average:
+
+- R-precision at K = 5 and K = 10 of the model and of the best of the
+  same-artist and same-album baselines, and their ratio (target >= 2);
+- R-precision of folded-in unseen playlists over that of playlists seen in
+  training (target >= 0.8);
+- the oracle's R-precision at the same K (the generator's own scores: the
+  ceiling, so a ratio above oracle / baseline is out of reach).
+
+  python -m benchmarks.playlist_quality                    # seed 0
+  python -m benchmarks.playlist_quality --seeds 0 1 2 --set fold_in_l2=0.03
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+KS = (5, 10)
+
+
+def summarize(metrics: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+  """The done-when ratios of one run's `metrics.json`."""
+  model = metrics["model"]
+  out = {}
+  for k in KS:
+    key = f"test/k{k}/r_precision"
+    baseline = max(metrics[b][key] for b in ("same_artist", "same_album") if b in metrics)
+    out[f"k{k}_model"] = model[key]
+    out[f"k{k}_best_group_baseline"] = baseline
+    out[f"k{k}_ratio"] = model[key] / baseline if baseline else float("inf")
+    if "oracle" in metrics:
+      out[f"k{k}_oracle"] = metrics["oracle"][key]
+      out[f"k{k}_oracle_ratio_ceiling"] = metrics["oracle"][key] / baseline if baseline else float("inf")
+  out["seen_r_precision"] = model["test/seen/r_precision"]
+  out["unseen_r_precision"] = model["test/unseen/r_precision"]
+  out["unseen_over_seen"] = out["unseen_r_precision"] / out["seen_r_precision"]
+  return out
+
+
+def run_seed(seed: int, preset: str, extra: List[str], job_root: str) -> Dict[str, float]:
+  """Runs the CLI once and returns `summarize` of its metrics."""
+  job = os.path.join(job_root, f"seed{seed}")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  cmd = [sys.executable, "-m", "trainer.task", "--model", "playlist_mf", "--preset", preset,
+         "--seed", str(seed), "--job-dir", job, "--no-export"] + extra
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+  with open(os.path.join(job, "metrics.json")) as f:
+    return summarize(json.load(f))
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+  """Runs every seed and prints per-seed and mean numbers as JSON."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+  parser.add_argument("--preset", default="default")
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="Passed to trainer.task --set.")
+  parser.add_argument("--job-dir", default=None, help="Keep the runs here (default: temp).")
+  args = parser.parse_args(argv)
+  extra = [a for item in args.set for a in ("--set", item)]
+  job_root = args.job_dir or tempfile.mkdtemp(prefix="playlist_quality_")
+  runs = {seed: run_seed(seed, args.preset, extra, job_root) for seed in args.seeds}
+  keys = list(next(iter(runs.values())))
+  mean = {k: sum(r[k] for r in runs.values()) / len(runs) for k in keys}
+  result = {"runs": {str(s): {k: round(v, 4) for k, v in r.items()} for s, r in runs.items()},
+            "mean": {k: round(v, 4) for k, v in mean.items()},
+            "targets": {"k5_ratio": ">= 2", "k10_ratio": ">= 2", "unseen_over_seen": ">= 0.8"},
+            "met": {"k5_ratio": mean["k5_ratio"] >= 2, "k10_ratio": mean["k10_ratio"] >= 2,
+                    "unseen_over_seen": mean["unseen_over_seen"] >= 0.8},
+            "job_dir": job_root}
+  print(json.dumps(result, indent=2))
+  return result
+
+
+if __name__ == "__main__":
+  main()
