@@ -46,6 +46,8 @@ class RunConfig:
     cold_user_share: Share of users held out as cold users.
     hparams: Model hyperparameter overrides.
     export: Whether to export the model.
+    distribution: `tf.distribute` strategy name (`tfrec_music.distribute`).
+    checkpoint_every: Checkpoint every N training steps (0: every epoch).
   """
 
   model: str = "two_tower"
@@ -62,6 +64,8 @@ class RunConfig:
   cold_user_share: float = 0.05
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   export: bool = True
+  distribution: str = "auto"
+  checkpoint_every: int = 0
 
 
 @dataclasses.dataclass
@@ -125,9 +129,22 @@ def run(config: RunConfig) -> RunResult:
   Writes to `config.job_dir`: `data_report.json`, `config.json`,
   `metrics.json` (and the synthetic `data_card.json`). Exports to
   `<export_dir>/<model>/<version>/` with `metrics.json` and `model_card.json`.
+
+  With several workers (`TF_CONFIG`), every worker trains and exports (Keras
+  needs all of them to), but only the chief writes to `job_dir` and
+  `export_dir`; the others write to per-task scratch folders beside them.
   """
+  from tfrec_music import distribute  # pylint: disable=g-import-not-at-top
+  strategy = distribute.make_strategy(config.distribution)
+  backup_dir = io.join(config.job_dir, "backup")  # the chief's: every worker restores from it
+  if not distribute.is_chief():
+    config = dataclasses.replace(config, job_dir=distribute.scratch_dir(config.job_dir),
+                                 export_dir=distribute.scratch_dir(config.export_dir))
   family_cls, model_config, loaded, prepared, report, timings = load_and_prepare(config)
-  family = family_cls(model_config, prepared)
+  with strategy.scope():
+    family = family_cls(model_config, prepared)
+  family.checkpoint_every = config.checkpoint_every
+  family.backup_dir = backup_dir
   start = time.perf_counter()
   fit_summary = family.fit(config.job_dir)
   fit_seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 from tfrec_music.data.registry import NAMED_LOADERS
+from tfrec_music.distribute import DISTRIBUTIONS
 from tfrec_music.models.registry import FAMILY_NAMES
 
 
@@ -29,7 +30,8 @@ _MODEL_PARSER = argparse.ArgumentParser(add_help=False)
 _MODEL_PARSER.add_argument("--model", default="two_tower")
 
 MODEL_FLAGS = ("epochs", "features", "embedding_dim", "layer_sizes", "learning_rate",
-               "optimizer", "batch_size", "temperature", "mixed_negatives", "top_k")
+               "optimizer", "batch_size", "temperature", "mixed_negatives", "cross_replica_negatives",
+               "top_k")
 
 
 def _int_list(text: str):
@@ -75,6 +77,12 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   p.add_argument("--export-dir", default=os.environ.get("AIP_MODEL_DIR", "saved_models"),
                  help="Export root; the model goes to <export-dir>/<model>/<version>/.")
   p.add_argument("--no-export", action="store_true", help="Train and evaluate only.")
+  p.add_argument("--distribution", choices=DISTRIBUTIONS, default="auto",
+                 help="tf.distribute strategy; auto reads TF_CONFIG / CLUSTER_SPEC, TPU_NAME "
+                      "and the visible GPUs.")
+  p.add_argument("--checkpoint-every", type=int, default=0,
+                 help="Checkpoint every N training steps (0: every epoch); a killed job "
+                      "rerun with the same command resumes from the last checkpoint.")
   model = p.add_argument_group("model hyperparameters (unset: the preset's value)")
   model.add_argument("--features", choices=("ids", "all"), default=None,
                      help="two_tower: content features off (ids) or on (all).")
@@ -88,6 +96,10 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   model.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
   model.add_argument("--mixed-negatives", type=int, default=None,
                      help="Extra uniform negatives per batch (two_tower).")
+  model.add_argument("--cross-replica-negatives", action="store_const", const=True,
+                     default=None,
+                     help="two_tower with several replicas: in-batch negatives from every "
+                          "replica's batch (all-gathered), not only the replica's own.")
   model.add_argument("--top-k", type=int, default=None, help="Results per request in the export.")
   p.add_argument("--hparams", default=None,
                  help="JSON file of hyperparameters (as written by python -m tuning.tune); "
@@ -143,7 +155,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       seed=args.seed, job_dir=args.job_dir or training.default_job_dir(args.model),
       export_dir=args.export_dir, columns=args.columns, unknown_items=args.unknown_items,
       kcore=args.kcore, warm_share=args.warm_share, cold_user_share=args.cold_user_share,
-      hparams=resolve_hparams(args), export=not args.no_export)
+      hparams=resolve_hparams(args), export=not args.no_export,
+      distribution=args.distribution, checkpoint_every=args.checkpoint_every)
   try:
     result = training.run(config)
   except (DataValidationError, ValueError, FileNotFoundError) as e:

@@ -47,6 +47,11 @@ class ModelFamily(abc.ABC):
   prepare_overrides: Mapping[str, Any] = {}
   # The validation metric tuning optimizes, and its direction ("max" or "min").
   objective: Tuple[str, str] = ("valid/all/hr@10", "max")
+  # Keras families checkpoint every this many steps (0: every epoch); set by the run.
+  checkpoint_every: int = 0
+  # Where Keras families keep their resumable backup (None: `<job_dir>/backup`); one
+  # folder shared by all workers of a multi-worker run.
+  backup_dir: Optional[str] = None
 
   def __init__(self, config: Any, prepared: PreparedData):
     self.config = config

@@ -23,6 +23,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_music import io
 from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.features import ItemEncoder
@@ -61,6 +62,10 @@ class TwoTowerConfig:
     logq_correction: Subtract log sampling probability from logits.
     remove_accidental_hits: Mask in-batch negatives equal to the positive.
     mixed_negatives: Extra uniformly sampled negatives per batch.
+    cross_replica_negatives: With several replicas, score each query against
+      the candidates of every replica's batch (all-gathered) instead of its
+      own replica's only: more negatives per query, as on one device with the
+      global batch, at the cost of an all-gather per step.
     history_content: Also pool the history's artists, albums and genres
       through the track tower's embeddings (only with content features).
     user_id_dropout: Share of training rows whose user id is replaced by OOV,
@@ -91,6 +96,7 @@ class TwoTowerConfig:
   logq_correction: bool = True
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
+  cross_replica_negatives: bool = False
   history_content: bool = False
   user_id_dropout: float = 0.2
   item_id_dropout: float = 0.3
@@ -146,9 +152,11 @@ class TwoTowerModel(tfrs.Model):
       prob = config.batch_size * prob + config.mixed_negatives / self.n_items
       prob = prob / prob.sum()
     self.log_q = tf.constant(np.maximum(prob, 1e-12), tf.float32)
+    # Summed per replica and divided by the global batch in `compute_loss`, so
+    # the gradients summed across replicas are the global-batch mean.
     self.task = tfrs.tasks.Retrieval(
         loss=tf.keras.losses.CategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
+            from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
         temperature=config.temperature,
         remove_accidental_hits=config.remove_accidental_hits)
 
@@ -174,10 +182,25 @@ class TwoTowerModel(tfrs.Model):
       drop = tf.random.uniform(tf.shape(ids)) < self.item_id_dropout
       candidate_inputs["item_id"] = tf.where(drop, tf.ones_like(ids), ids)
     candidates = self.candidate_tower(candidate_inputs, training=training)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if training and self.config.cross_replica_negatives and replicas > 1:
+      candidates, candidates_index = _gather_candidates(candidates, candidates_index)
     probability = (tf.gather(self.log_q, candidates_index)
                    if self.config.logq_correction else None)
-    return self.task(queries, candidates, candidate_sampling_probability=probability,
+    loss = self.task(queries, candidates, candidate_sampling_probability=probability,
                      candidate_ids=candidates_index, compute_metrics=False)
+    global_batch = tf.cast(tf.shape(queries)[0] * replicas, loss.dtype)
+    return loss / global_batch
+
+
+def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
+  """All replicas' candidates, this replica's first (its positives stay on the diagonal)."""
+  context = tf.distribute.get_replica_context()
+  n_local = tf.shape(candidates)[0]
+  shift = -tf.cast(context.replica_id_in_sync_group, tf.int32) * n_local
+  gathered = tf.roll(context.all_gather(candidates, axis=0), shift, axis=0)
+  gathered_index = tf.roll(context.all_gather(candidates_index, axis=0), shift, axis=0)
+  return gathered, gathered_index
 
 
 class QueryEncoder(tf.keras.layers.Layer):
@@ -315,45 +338,40 @@ class TwoTowerFamily(ModelFamily):
     return features
 
   def fit(self, job_dir: str) -> Dict[str, Any]:
-    """Trains with early stopping on validation HR@10, keeping the best weights."""
+    """Trains with early stopping on validation HR@10, keeping the best weights.
+
+    The per-replica batch is `batch_size`; the dataset's (global) batch is
+    `batch_size` x replicas. Checkpoints go to `<job_dir>/backup` every
+    `self.checkpoint_every` steps (every epoch when 0), and a rerun of a
+    killed job resumes from the last one (see `tfrec_music.fit_loop`).
+    """
     config = self.config
     n_train = len(self.prepared.train)
     if config.batch_size > n_train:
       raise ValueError(f"`batch_size` = {config.batch_size} is larger than the {n_train} "
                        "training interactions. Use a smaller `--set batch_size=...`.")
-    dataset = make_dataset(self.training_features(), config.batch_size, shuffle=True,
-                           seed=config.seed)
+    replicas = self.model.distribute_strategy.num_replicas_in_sync
+    dataset = make_dataset(self.training_features(), config.batch_size * replicas, shuffle=True,
+                           seed=config.seed,
+                           drop_remainder=config.cross_replica_negatives and replicas > 1)
     log_dir = io.join(job_dir, "logs", "two_tower")
-    writer = tf.summary.create_file_writer(io.join(log_dir, "validation"))
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
-    rng = np.random.default_rng(config.seed)
-    best = (-1.0, None, 0)
-    history = []
-    for epoch in range(config.epochs):
-      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                              callbacks=[tensorboard])
-      loss = float(result.history["loss"][-1])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"Training loss became {loss} at epoch {epoch + 1}. Lower the learning rate "
-            "(`--set learning_rate=...`) or raise the temperature.")
+
+    def validate(epoch: int) -> float:
       self._item_embeddings = None
-      hr = self._validation_hr(rng)
-      history.append({"epoch": epoch + 1, "loss": loss, "valid_hr@10": hr})
-      logging.info("two_tower epoch %d: loss %.4f, valid HR@10 %.4f", epoch + 1, loss, hr)
-      with writer.as_default():
-        tf.summary.scalar("valid_hr@10", hr, step=epoch + 1)
-      if hr > best[0]:
-        best = (hr, self.model.get_weights(), epoch + 1)
-      elif epoch + 1 - best[2] >= config.early_stopping_patience:
-        logging.info("Early stopping: no validation gain for %d epochs.",
-                     config.early_stopping_patience)
-        break
-    self.model.set_weights(best[1])
+      return self._validation_hr(np.random.default_rng([config.seed, epoch]))
+
+    summary = fit_with_validation(
+        self.model, dataset, epochs=config.epochs, validate=validate,
+        patience=config.early_stopping_patience, job_dir=job_dir, name="two_tower",
+        checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        callbacks=[tensorboard],
+        nan_advice="Lower the learning rate (`--set learning_rate=...`) or raise the "
+                   "temperature.")
     self._item_embeddings = None
-    self.fit_summary = {"best_epoch": best[2], "best_valid_hr@10": best[0],
-                        "epochs_run": len(history), "history": history,
-                        "ignored_columns": self.ignored_columns}
+    summary["ignored_columns"] = self.ignored_columns
+    summary["replicas"] = replicas
+    self.fit_summary = summary
     self._write_projector(job_dir)
     return self.fit_summary
 

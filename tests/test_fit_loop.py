@@ -1,0 +1,57 @@
+"""The shared Keras fit loop: NaN guard keeps the last good checkpoint; early stopping state."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import tfrec_music  # noqa: F401
+import tensorflow as tf
+
+from tfrec_music.fit_loop import fit_with_validation
+
+
+def _model():
+  tf.keras.utils.set_random_seed(0)
+  model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(3,))])
+  model.compile(optimizer=tf.keras.optimizers.SGD(0.01), loss="mse")
+  return model
+
+
+def _dataset(nan_batch=None, batches=10):
+  x = np.random.default_rng(0).normal(size=(batches * 4, 3)).astype(np.float32)
+  if nan_batch is not None:
+    x[nan_batch * 4] = np.nan
+  y = x.sum(axis=1, keepdims=True)
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+
+
+def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  model = _model()
+  with pytest.raises(FloatingPointError, match=r"at epoch 1, step 7\..*learning rate"):
+    fit_with_validation(model, _dataset(nan_batch=6), epochs=3, validate=lambda e: 0.0,
+                        patience=5, job_dir=str(tmp_path), name="toy", checkpoint_every=2,
+                        nan_advice="Lower the learning rate.")
+  # The step-6 checkpoint (before the bad step 7) is still there, with finite weights.
+  index = glob.glob(str(tmp_path / "backup" / "toy" / "**" / "*.index"), recursive=True)
+  assert index, os.listdir(tmp_path)
+  reader = tf.train.load_checkpoint(os.path.dirname(index[0]))
+  values = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "kernel" in k and "optimizer" not in k.lower()]
+  assert values and all(np.isfinite(v).all() for v in values)
+
+
+def test_early_stopping_keeps_the_best_weights_and_cleans_up(tmp_path):
+  model = _model()
+  seen = []
+
+  def validate(epoch):  # best at epoch 2, then worse: stops after `patience` epochs
+    seen.append(model.get_weights()[0].copy())
+    return {1: 0.1, 2: 0.5}.get(epoch, 0.2)
+
+  summary = fit_with_validation(model, _dataset(), epochs=10, validate=validate, patience=2,
+                                job_dir=str(tmp_path), name="toy")
+  assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4
+  np.testing.assert_array_equal(model.get_weights()[0], seen[1])
+  assert not (tmp_path / "backup").exists()  # a finished run leaves no backup

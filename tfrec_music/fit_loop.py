@@ -1,0 +1,220 @@
+"""Keras training with validation early stopping, step checkpoints and resume.
+
+The recommender idea: a ranking metric on held-out users (validation HR@10,
+RMSE, ...) decides when to stop and which weights to keep, not the training
+loss. This loop runs one `model.fit` over all epochs with three callbacks:
+
+- `NaNGuard` stops at the first non-finite batch loss with a clear message,
+  before that step can be checkpointed, so the last good checkpoint stays.
+- `tf.keras.callbacks.BackupAndRestore` saves weights, optimizer state and
+  the epoch/step counters every `checkpoint_every` steps (or every epoch) in
+  `<job_dir>/backup`; a killed job rerun with the same command resumes there
+  (mid-epoch included) instead of starting afresh.
+- `ValidationStopping` scores the validation split after each epoch, keeps
+  the best weights and stops after `patience` epochs without gain. Its state
+  (history, best epoch, best weights) is saved beside the backup, so a resumed
+  run keeps the best weights seen before the kill.
+
+A run that finishes deletes its backup; only an interrupted run leaves one.
+"""
+
+import io as io_lib
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+from tfrec_music import io
+
+__all__ = ["NaNGuard", "ValidationStopping", "fit_with_validation"]
+
+
+class NaNGuard(tf.keras.callbacks.Callback):
+  """Raises `FloatingPointError` at the first non-finite batch loss.
+
+  Raising (instead of `stop_training`) skips `on_train_end`, so
+  `BackupAndRestore` keeps the last checkpoint written before the bad step.
+
+  Args:
+    advice: What to change, appended to the message.
+  """
+
+  def __init__(self, advice: str):
+    super().__init__()
+    self.advice = advice
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not np.isfinite(float(loss)):
+      raise FloatingPointError(
+          f"Training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}. "
+          f"{self.advice} The last good checkpoint is kept in the job dir's backup folder.")
+
+
+class ValidationStopping(tf.keras.callbacks.Callback):
+  """Early stopping on a validation metric (higher is better) that keeps the best weights.
+
+  Args:
+    validate: epoch (1-based) -> validation metric of the current weights.
+    patience: Epochs without gain before stopping.
+    state_dir: Folder for the resumable state (None: not saved).
+    name: Metric name for logs and TensorBoard.
+    writer: Summary writer for the per-epoch metric (optional).
+    on_epoch: Called with (epoch, loss, metric) after each validation.
+  """
+
+  def __init__(self, validate: Callable[[int], float], patience: int,
+               state_dir: Optional[str], name: str = "valid_hr@10",
+               writer=None, on_epoch: Optional[Callable[[int, float, float], None]] = None):
+    super().__init__()
+    self.validate = validate
+    self.patience = patience
+    self.state_dir = state_dir
+    self.name = name
+    self.writer = writer
+    self.on_epoch = on_epoch
+    self.history: List[Dict[str, float]] = []
+    self.best_value = -np.inf
+    self.best_epoch = 0
+    self.best_weights: Optional[List[np.ndarray]] = None
+    self.resumed_from_epoch = 0
+    self.start_step = 0
+
+  def _paths(self):
+    return (io.join(self.state_dir, "validation_state.json"),
+            io.join(self.state_dir, "best_weights.npz"))
+
+  def on_train_begin(self, logs=None):
+    # BackupAndRestore (earlier in the callback list) has restored the counters by now.
+    self.start_step = int(self.model.optimizer.iterations.numpy())
+    if self.start_step:
+      logging.info("Resuming from the checkpoint at step %d.", self.start_step)
+    if not self.state_dir:
+      return
+    state_path, weights_path = self._paths()
+    if not (tf.io.gfile.exists(state_path) and tf.io.gfile.exists(weights_path)):
+      return
+    with tf.io.gfile.GFile(state_path) as f:
+      state = json.load(f)
+    with tf.io.gfile.GFile(weights_path, "rb") as f:
+      arrays = np.load(io_lib.BytesIO(f.read()), allow_pickle=False)
+      self.best_weights = [arrays[f"w{i}"] for i in range(len(arrays.files))]
+    self.history = state["history"]
+    self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+    self.resumed_from_epoch = len(self.history)
+    logging.info("Resuming: %d epochs validated before, best %s %.4f at epoch %d.",
+                 len(self.history), self.name, self.best_value, self.best_epoch)
+
+  def _save_state(self):
+    if not self.state_dir:
+      return
+    tf.io.gfile.makedirs(self.state_dir)
+    state_path, weights_path = self._paths()
+    if self.best_weights is not None:
+      buffer = io_lib.BytesIO()
+      np.savez(buffer, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+      with tf.io.gfile.GFile(weights_path + ".tmp", "wb") as f:
+        f.write(buffer.getvalue())
+      tf.io.gfile.rename(weights_path + ".tmp", weights_path, overwrite=True)
+    with tf.io.gfile.GFile(state_path + ".tmp", "w") as f:
+      json.dump({"history": self.history, "best_value": self.best_value,
+                 "best_epoch": self.best_epoch}, f)
+    tf.io.gfile.rename(state_path + ".tmp", state_path, overwrite=True)
+
+  def on_epoch_end(self, epoch, logs=None):
+    loss = float((logs or {}).get("loss", np.nan))
+    value = float(self.validate(epoch + 1))
+    # A resumed run may redo the end of an epoch validated before the kill.
+    self.history = [h for h in self.history if h["epoch"] < epoch + 1]
+    self.history.append({"epoch": epoch + 1, "loss": loss, self.name: value})
+    logging.info("epoch %d: loss %.4f, %s %.4f", epoch + 1, loss, self.name, value)
+    if self.writer is not None:
+      with self.writer.as_default():
+        tf.summary.scalar(self.name, value, step=epoch + 1)
+    if self.on_epoch is not None:
+      self.on_epoch(epoch + 1, loss, value)
+    if value > self.best_value:
+      self.best_value, self.best_epoch = value, epoch + 1
+      self.best_weights = self.model.get_weights()
+    elif epoch + 1 - self.best_epoch >= self.patience:
+      logging.info("Early stopping: no validation gain for %d epochs.", self.patience)
+      self.model.stop_training = True
+    self._save_state()
+
+  def on_train_end(self, logs=None):
+    if self.state_dir and tf.io.gfile.exists(self.state_dir):
+      tf.io.gfile.rmtree(self.state_dir)
+
+
+def _build(model: tf.keras.Model, dataset: tf.data.Dataset) -> None:
+  """Creates the model's and optimizer's variables, so a checkpoint can restore into them."""
+  if not model.built:
+    batch = next(iter(dataset.take(1)))
+    with model.distribute_strategy.scope():
+      model.compute_loss(batch, training=False)
+    model.built = True
+  with model.distribute_strategy.scope():
+    model.optimizer.build(model.trainable_variables)
+
+
+def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,
+                        validate: Callable[[int], float], patience: int, job_dir: str,
+                        name: str, checkpoint_every: int = 0,
+                        backup_dir: Optional[str] = None,
+                        callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                        nan_advice: str = "Lower the learning rate.",
+                        metric_name: str = "valid_hr@10") -> Dict[str, Any]:
+  """Trains `model` with validation early stopping, checkpoints and resume.
+
+  Args:
+    model: A compiled Keras model.
+    dataset: Training batches (global batch size).
+    epochs: Maximum epochs.
+    validate: epoch -> validation metric (higher is better).
+    patience: Early-stopping patience in epochs.
+    job_dir: Run folder (this worker's): logs and the validation state.
+    name: Model name (backup sub-folder and log label).
+    checkpoint_every: Checkpoint every this many steps; 0 = every epoch.
+    backup_dir: Folder of the Keras backup, shared by all workers (default
+      `<job_dir>/backup`); the checkpoint goes to `<backup_dir>/<name>`.
+    callbacks: Extra callbacks (e.g. TensorBoard).
+    nan_advice: Advice in the non-finite loss error.
+    metric_name: Name of the validation metric in logs and the summary.
+
+  Returns:
+    Summary: best epoch and value, epochs run, per-epoch history, and the
+    epoch a resumed run started from (0 when it started afresh).
+
+  Raises:
+    FloatingPointError: the loss became NaN or infinite.
+  """
+  # The Keras backup must be one folder that every worker sees (the chief writes it, all
+  # read it on resume); the validation state is each worker's own.
+  keras_dir = io.join(backup_dir or io.join(job_dir, "backup"), name)
+  state_dir = io.join(job_dir, "backup", f"{name}_validation")
+  backup = tf.keras.callbacks.BackupAndRestore(
+      backup_dir=keras_dir, save_freq=checkpoint_every if checkpoint_every > 0 else "epoch")
+  writer = tf.summary.create_file_writer(io.join(job_dir, "logs", name, "validation"))
+  stopping = ValidationStopping(validate, patience, state_dir, name=metric_name, writer=writer)
+  _build(model, dataset)
+  # NaNGuard first: it must raise before BackupAndRestore saves the bad step.
+  model.fit(dataset, epochs=epochs, verbose=0,
+            callbacks=[NaNGuard(nan_advice), backup, stopping, *callbacks])
+  if stopping.best_weights is not None:
+    model.set_weights(stopping.best_weights)
+  for folder in (keras_dir, io.join(job_dir, "backup"), backup_dir or io.join(job_dir, "backup")):
+    if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
+      tf.io.gfile.rmtree(folder)  # BackupAndRestore removed its checkpoint; drop the empty parent
+  return {"best_epoch": stopping.best_epoch, f"best_{metric_name}": stopping.best_value,
+          "epochs_run": len(stopping.history), "history": stopping.history,
+          "resumed_from_epoch": stopping.resumed_from_epoch,
+          "resumed_from_step": stopping.start_step}
