@@ -38,7 +38,8 @@ def prepared(catalog):
 
 @pytest.fixture(scope="module")
 def fitted(prepared, tmp_path_factory):
-  family = TasteMLPFamily(TasteMLPFamily.make_config("tiny", {}), prepared)
+  family = TasteMLPFamily(TasteMLPFamily.make_config("tiny", {"negatives": "least_similar"}),
+                          prepared)
   job = tmp_path_factory.mktemp("job")
   family.fit(str(job))
   return family, job

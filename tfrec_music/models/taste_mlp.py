@@ -15,8 +15,12 @@ cross-entropy (`tfrs.tasks.Ranking`).
   track inside its own user description.
 - Negatives (`negatives`): tracks of the user's least similar user (the
   farthest taste centroid, the strategy small apps use when they have no
-  negative feedback), or uniformly random tracks. Either way a user's own
-  tracks are never drawn as negatives.
+  negative feedback), or uniformly random tracks (the default). Either way a
+  user's own tracks are never drawn as negatives. Measured on the default
+  synthetic catalogue (seed 0): least-similar negatives are too easy (the
+  farthest user's tracks sit in another genre; training loss falls to 0.002)
+  and give test AUC 0.864, log loss 3.79, HR@10 0.040; random negatives give
+  AUC 0.950, log loss 0.227, HR@10 0.114 (popularity: AUC 0.847, HR@10 0.037).
 
 Evaluation beside the popularity baseline (and the synthetic oracle):
 - `auc`, `log_loss`: each validation/test positive (the user's held-out
@@ -70,7 +74,8 @@ class TasteMLPConfig:
   Attributes:
     hidden_size: Units of the hidden layer.
     weight_decay: L2 penalty on both layers' kernels.
-    negatives: `least_similar` (tracks of the user's least similar user) or `random`.
+    negatives: `random` (default) or `least_similar` (tracks of the user's
+      least similar user).
     negatives_per_positive: Negatives drawn per training positive (fresh each epoch).
     learning_rate: Adam learning rate.
     batch_size: Training batch size.
@@ -86,7 +91,7 @@ class TasteMLPConfig:
 
   hidden_size: int = 64
   weight_decay: float = 1e-5
-  negatives: str = "least_similar"
+  negatives: str = "random"
   negatives_per_positive: int = 4
   learning_rate: float = 0.003
   batch_size: int = 1024
