@@ -16,9 +16,11 @@ Same data, rank, lambda and iterations for every contender:
   in local mode. Reported: seconds per iteration and test RMSE (test rows of
   users and tracks seen in training; predictions not clipped).
 
-Seconds per iteration are the marginal cost, (t(N) - t(1)) / (N - 1) over
-fits of N and 1 iterations (so one-off setup, JVM and job start-up are not
-counted; they are reported apart as `setup_s`).
+Seconds per iteration: for our solver and `implicit`, the median of the
+per-iteration times of one fit (ours after a warm-up fit that traces the
+graphs); for Spark, the marginal cost (t(N) - t(1)) / (N - 1) over fits of N
+and 1 iterations after a warm-up fit (JVM and job start-up are not counted;
+they are reported apart as `setup_s`).
 
 Targets of issue 6: within 2x of `implicit`'s time per iteration, at least
 5x faster than Spark local, RMSE within 1% of Spark's.
@@ -50,7 +52,12 @@ from tfrec_music.models.als_solver import confidence
 
 
 def _marginal(fit: Callable[[int], Any], iterations: int) -> Dict[str, float]:
-  """Times fits of 1 and N iterations; returns per-iteration and setup seconds."""
+  """Spark: after a warm-up fit, times fits of 1 and N iterations.
+
+  Returns per-iteration seconds (t(N) - t(1)) / (N - 1), setup seconds and
+  the N-iteration fit under `result`.
+  """
+  fit(1)  # warm-up: JVM, JIT, caches
   start = time.perf_counter()
   fit(1)
   one = time.perf_counter() - start
@@ -60,6 +67,13 @@ def _marginal(fit: Callable[[int], Any], iterations: int) -> Dict[str, float]:
   per_iteration = (total - one) / max(iterations - 1, 1)
   return {"seconds_per_iteration": per_iteration, "setup_s": max(one - per_iteration, 0.0),
           "total_s": total, "result": result}
+
+
+def _per_iteration(times) -> Dict[str, float]:
+  """Median (robust on a shared machine) and mean of per-iteration seconds."""
+  times = np.asarray(times, np.float64)
+  return {"seconds_per_iteration": float(np.median(times)),
+          "mean_seconds_per_iteration": float(times.mean()), "iterations_timed": len(times)}
 
 
 def _prepared(preset: str, feedback: str, seed: int):
@@ -83,6 +97,26 @@ def _hr10(prepared, user_index: pd.Index, user_factors: np.ndarray,
   return float(result["all/hr@10"])
 
 
+def _timed_solver(users, items, values, n_users, n_items, params: ALSParams):
+  """Fits our solver, timing each iteration (after a traced warm-up pass).
+
+  Each timed iteration includes the loss evaluation `ALSSolver.step` does
+  (`implicit` is timed without its optional loss).
+  """
+  warm = ALSSolver(users, items, values, n_users, n_items, params)
+  warm.run(1)  # traces the tf.functions of every block shape
+  solver = ALSSolver(users, items, values, n_users, n_items, params)
+  times, last = [], [time.perf_counter()]
+
+  def tick(iteration, loss):
+    del iteration, loss
+    now = time.perf_counter()
+    times.append(now - last[0])
+    last[0] = now
+  solver.run(callback=tick)
+  return solver, times
+
+
 def implicit_benchmark(preset: str, rank: int, reg: float, alpha: float, iterations: int,
                        seed: int) -> Dict[str, Any]:
   """Our implicit ALS vs the `implicit` library on the same confidence matrix."""
@@ -98,15 +132,8 @@ def implicit_benchmark(preset: str, rank: int, reg: float, alpha: float, iterati
   for solver in ("cholesky", "cg"):
     params = ALSParams(rank=rank, reg=reg, feedback="implicit", alpha=alpha, weight="log1p",
                        iterations=iterations, solver=solver, cg_steps=3, seed=seed)
-
-    def fit(n, params=params):
-      s = ALSSolver(users, items, plays, len(user_index), prepared.n_items,
-                    ALSParams(**{**params.__dict__, "iterations": n}))
-      s.run()
-      return s
-    timed = _marginal(fit, iterations)
-    s = timed.pop("result")
-    out[f"tfrec_als_{solver}"] = {**timed, "final_loss": s.losses[-1],
+    s, times = _timed_solver(users, items, plays, len(user_index), prepared.n_items, params)
+    out[f"tfrec_als_{solver}"] = {**_per_iteration(times), "final_loss": s.losses[-1],
                                   "test_hr@10": _hr10(prepared, user_index,
                                                       s.user_factors.numpy(),
                                                       s.item_factors.numpy())}
@@ -122,18 +149,15 @@ def implicit_benchmark(preset: str, rank: int, reg: float, alpha: float, iterati
   conf = confidence(plays, alpha, "log1p").astype(np.float32)
   matrix = sp.csr_matrix((conf, (users, items)), shape=(len(user_index), prepared.n_items))
   for use_cg in (True, False):
-    def fit(n, use_cg=use_cg):
-      model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=1.0,
-                                      iterations=n, use_cg=use_cg, use_native=True,
-                                      calculate_training_loss=False, random_state=seed)
-      model.fit(matrix, show_progress=False)
-      return model
-    timed = _marginal(fit, iterations)
-    model = timed.pop("result")
+    times = []
+    model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=1.0,
+                                    iterations=iterations, use_cg=use_cg, use_native=True,
+                                    calculate_training_loss=False, random_state=seed)
+    model.fit(matrix, show_progress=False, callback=lambda i, elapsed, loss: times.append(elapsed))
     name = "implicit_cg" if use_cg else "implicit_cholesky"
-    out[name] = {**timed, "test_hr@10": _hr10(prepared, user_index,
-                                               np.asarray(model.user_factors),
-                                               np.asarray(model.item_factors))}
+    out[name] = {**_per_iteration(times), "test_hr@10": _hr10(prepared, user_index,
+                                                             np.asarray(model.user_factors),
+                                                             np.asarray(model.item_factors))}
     logging.info("%s: %s", name, out[name])
   return out
 
@@ -159,13 +183,8 @@ def explicit_benchmark(preset: str, rank: int, reg: float, iterations: int,
   params = ALSParams(rank=rank, reg=reg, reg_scaled=True, feedback="explicit",
                      iterations=iterations, seed=seed)
 
-  def fit(n):
-    s = ALSSolver(users, items, ratings, len(user_index), len(item_index),
-                  ALSParams(**{**params.__dict__, "iterations": n}))
-    s.run()
-    return s
-  timed = _marginal(fit, iterations)
-  s = timed.pop("result")
+  s, times = _timed_solver(users, items, ratings, len(user_index), len(item_index), params)
+  timed = _per_iteration(times)
   pred = s.predict(tu[known], ti[known])
   out["tfrec_als"] = {**timed, "test_rmse": float(np.sqrt(np.mean((pred - truth) ** 2)))}
   logging.info("tfrec ALS explicit: %s", out["tfrec_als"])

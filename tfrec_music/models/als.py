@@ -62,6 +62,7 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.evaluation.rating import rating_metrics
 from tfrec_music.evaluation.retrieval import evaluate_retrieval
+from tfrec_music.export import retrieval
 from tfrec_music.models.als_solver import ALSParams
 from tfrec_music.models.als_solver import ALSSolver
 from tfrec_music.models.als_solver import FEEDBACKS
@@ -78,7 +79,9 @@ CENTERS = ("biases", "mean", "none")
 # Explicit feedback: a random ratio split of the rating rows, no held-out users
 # (the question is how well held-out ratings of known users are predicted).
 EXPLICIT_PREPARE = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}
-DEFAULT_REGS = {"implicit": (10.0, 30.0), "explicit": (3.0, 10.0, 30.0)}
+# Grids measured on the default synthetic catalogue (validation split).
+DEFAULT_RANKS = {"implicit": (32, 48, 64), "explicit": (16, 32)}
+DEFAULT_REGS = {"implicit": (10.0, 30.0), "explicit": (10.0, 20.0, 30.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +91,9 @@ class ALSConfig:
   Attributes:
     feedback: `implicit` (play counts -> confidence) or `explicit` (ratings).
     ranks: Candidate factor sizes; more than one (or several `regs`) runs
-      k-fold cross-validation over the grid.
-    regs: Candidate lambdas (None: (10, 30) implicit, (3, 10, 30) explicit).
+      k-fold cross-validation over the grid (None: (32, 48, 64) implicit,
+      (16, 32) explicit).
+    regs: Candidate lambdas (None: (10, 30) implicit, (10, 20, 30) explicit).
     alpha: Implicit confidence slope, c = 1 + alpha * f(weight).
     weight: Implicit weight transform f: `raw` or `log1p`.
     weight_column: Interaction column of play counts (implicit; 1 per row
@@ -118,7 +122,7 @@ class ALSConfig:
   """
 
   feedback: str = "implicit"
-  ranks: Tuple[int, ...] = (32, 48, 64)
+  ranks: Optional[Tuple[int, ...]] = None
   regs: Optional[Tuple[float, ...]] = None
   alpha: float = 3.0
   weight: str = "log1p"
@@ -147,7 +151,7 @@ class ALSConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"`{name}` should be one of {allowed}. "
                          f"Received: `{name}` = {getattr(self, name)!r}.")
-    ranks = _as_tuple(self.ranks)
+    ranks = DEFAULT_RANKS[self.feedback] if self.ranks is None else _as_tuple(self.ranks)
     regs = DEFAULT_REGS[self.feedback] if self.regs is None else _as_tuple(self.regs)
     if not ranks or any(not isinstance(r, (int, np.integer)) or isinstance(r, bool) or r <= 0
                         for r in ranks):
@@ -362,7 +366,7 @@ class ALSFamily(ModelFamily):
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:
     """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return {"tiny": {"ranks": (8, 16), "regs": None, "iterations": 5, "cv_folds": 2,
+    return {"tiny": {"ranks": (8, 16), "iterations": 5, "cv_folds": 2,
                      "top_k": 20, "top_n": 5},
             "default": {}}
 
@@ -467,12 +471,20 @@ class ALSFamily(ModelFamily):
       rank, reg = grid[0]
       return rank, reg, {"cv/folds": 0, "cv/chosen_rank": rank, "cv/chosen_reg": reg}
     folds = kfold_assignment(self.train_users, config.cv_folds, config.seed)
+    # Explicit, unscaled lambda: a fold fit sees (k-1)/k of the ratings, so its
+    # squared-error term shrinks by that much while the penalty does not; the
+    # fold fit uses lambda * (k-1)/k so that each grid point means the same
+    # balance as in the final fit (otherwise CV favours too small a lambda).
+    # ALS-WR (`reg_scaled`) and implicit feedback (whose all-pairs term does
+    # not shrink) need no such correction.
+    shrink = ((config.cv_folds - 1) / config.cv_folds
+              if self.explicit and not config.reg_scaled else 1.0)
     scores = {point: [] for point in grid}
     for fold in range(config.cv_folds):
       held = folds == fold
       train_rows = np.flatnonzero(~held)
       for rank, reg in grid:
-        fit = self._fit(train_rows, rank, reg, config.cv_iterations or None)
+        fit = self._fit(train_rows, rank, reg * shrink, config.cv_iterations or None)
         scores[(rank, reg)].append(self._cv_score(fit, held, fold))
         logging.info("als CV fold %d rank %d reg %g: %s %.4f", fold + 1, rank, reg, metric,
                      scores[(rank, reg)][-1])
@@ -714,7 +726,6 @@ class ALSFamily(ModelFamily):
   # ------------------------------------------------------------------- export
   def serving_module(self, kind: str):
     """The exact (`kind="exact"`) or ScaNN serving module of the retrieval contract."""
-    from tfrec_music.export import retrieval  # pylint: disable=g-import-not-at-top
     fit = self.fit_result
     k = min(self.config.top_k, self.prepared.n_items)
     popular_ids, popular_scores = PopularityModel.fit(self.prepared).top_k(k)
@@ -725,14 +736,12 @@ class ALSFamily(ModelFamily):
     stored = {"history": np.where(mask, item_ids[cols], "").astype(object),
               "weights": np.where(mask, values, 0.0).astype(np.float32)}
     query_model = ALSQueryModel(self.user_ids, fit, item_ids)
-    module = ALSServingModule(query_model, ALS_QUERY_SIGNATURE, query_model.candidates(),
-                              item_ids, kind, self.user_ids, stored, popular_ids,
-                              popular_scores, k)
-    return module
+    return ALSServingModule(query_model, ALS_QUERY_SIGNATURE, query_model.candidates(),
+                            item_ids, kind, self.user_ids, stored, popular_ids,
+                            popular_scores, k)
 
   def save(self, directory: str) -> Dict[str, str]:
     """Exact-index SavedModel, its ScaNN twin and the track vectors."""
-    from tfrec_music.export import retrieval  # pylint: disable=g-import-not-at-top
     if self.config.top_k > self.prepared.n_items:
       logging.warning("top_k=%d is larger than the catalogue (%d items): serving %d.",
                       self.config.top_k, self.prepared.n_items, self.prepared.n_items)
@@ -837,12 +846,7 @@ class ALSQueryModel(tf.Module):
     return tf.concat([vectors, ones[:, tf.newaxis], (bias + self.offset)[:, tf.newaxis]], 1)
 
 
-def _retrieval_module_class():
-  from tfrec_music.export.retrieval import RetrievalServingModule  # pylint: disable=g-import-not-at-top
-  return RetrievalServingModule
-
-
-class ALSServingModule(_retrieval_module_class()):
+class ALSServingModule(retrieval.RetrievalServingModule):
   """The retrieval serving module plus `fold_in(history, weights)` for new users."""
 
   def __init__(self, query_model: ALSQueryModel, *args, **kwargs):
