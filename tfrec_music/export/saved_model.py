@@ -139,13 +139,42 @@ def export_versioned(save_fn: Callable[[str], None], export_dir: str, model_name
     raise RuntimeError(f"Could not find a free version under {model_dir}.")
   finally:
     if tf.io.gfile.exists(tmp):
-      tf.io.gfile.rmtree(tmp)
+      _remove_tree(tmp)
 
 
 def _rename_dir(src: str, dst: str) -> None:
+  """Moves the finished export into place.
+
+  Locally `os.rename` is atomic and fails if a non-empty `dst` appeared
+  meanwhile (a concurrent export won the race). Object stores (`gs://`, and
+  the in-memory `ram://`) have no directory rename: the files are copied with
+  every `saved_model.pb` last, so a server polling the folder never finds a
+  graph whose variables are still missing, then the temporary copy is removed.
+  """
   if "://" not in src:
-    # os.rename of a directory is atomic on one file system, and fails if a
-    # non-empty `dst` appeared meanwhile (a concurrent export won the race).
     os.rename(src, dst)
-  else:
-    tf.io.gfile.rename(src, dst, overwrite=False)
+    return
+  files = [io.join(root, name) for root, _, names in tf.io.gfile.walk(src) for name in names]
+  files.sort(key=lambda path: os.path.basename(path) == "saved_model.pb")
+  for path in files:
+    target = io.join(dst, os.path.relpath(path, src))
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    tf.io.gfile.copy(path, target, overwrite=False)
+  _remove_tree(src)
+
+
+def _remove_tree(path: str) -> None:
+  """`rmtree` that also works where a file system cannot delete recursively (`ram://`)."""
+  try:
+    tf.io.gfile.rmtree(path)
+    return
+  except tf.errors.OpError:
+    pass
+  for root, dirs, names in tf.io.gfile.walk(path, topdown=False):
+    for name in names:
+      tf.io.gfile.remove(io.join(root, name))
+    for name in dirs:
+      if tf.io.gfile.exists(io.join(root, name)):
+        tf.io.gfile.remove(io.join(root, name))
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
