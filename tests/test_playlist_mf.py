@@ -68,6 +68,7 @@ def test_beats_popularity_and_reports_binary_accuracy(trained):
   assert model["test/unseen/binary_accuracy"] > 0.7
   assert set(metrics) == {"model", "popularity", "same_artist", "same_album", "oracle"}
   assert metrics["oracle"]["test/k5/r_precision"] > model["test/k5/r_precision"]
+  assert PlaylistMFFamily.objective[0] in model       # reported to tuning services
 
 
 def test_early_stopping_keeps_best_weights(trained):

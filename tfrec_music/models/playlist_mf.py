@@ -85,6 +85,7 @@ class PlaylistMFConfig:
     popularity_exponent: Flattens the popularity distribution of negatives.
     l2: Weight of the per-example penalty `|p|^2 + |t|^2` (biases are free;
       with `item_features` every part of the track vector is penalized).
+      1e-3 maximized the validation objective among 1e-4, 1e-3, 3e-3, 1e-2.
     item_features: Item columns (`artist`, `album`) whose shared vector and
       bias are added to each track's own: t_j = e_j + e_artist(j) + e_album(j),
       so sparse tracks borrow strength from their artist and album. Empty:
@@ -117,7 +118,7 @@ class PlaylistMFConfig:
   negatives: int = 4
   negative_sampling: str = "uniform"
   popularity_exponent: float = 0.75
-  l2: float = 1e-4
+  l2: float = 1e-3
   item_features: Tuple[str, ...] = ("artist", "album")
   fold_in_l2: Optional[float] = 0.1
   learning_rate: float = 0.01
@@ -533,7 +534,7 @@ class PlaylistMFFamily(ModelFamily):
     """Vector size, L2 (training and fold-in), negatives per positive, learning rate."""
     return {"embedding_dim": hp.Choice("embedding_dim", [16, 32, 64]),
             "l2": hp.Float("l2", 1e-5, 1e-2, sampling="log"),
-            "fold_in_l2": hp.Float("fold_in_l2", 1e-4, 1e-1, sampling="log"),
+            "fold_in_l2": hp.Float("fold_in_l2", 1e-3, 1.0, sampling="log"),
             "negatives": hp.Choice("negatives", [2, 4, 8, 16]),
             "learning_rate": hp.Float("learning_rate", 1e-3, 3e-2, sampling="log")}
 
@@ -830,6 +831,8 @@ class PlaylistMFFamily(ModelFamily):
     for slice_name, queries in (("seen", seen), ("unseen", unseen)):
       for key, value in self.binary_accuracy(queries).items():
         metrics["model"][f"test/{slice_name}/{key}"] = value
+    # The validation metrics too, so the run reports its tuning objective.
+    metrics["model"].update(self.validation_metrics())
     return metrics
 
   # ---------------------------------------------------------------- export
