@@ -216,6 +216,12 @@ def test_batch_recommendations_for_all_users_and_items(implicit_run):
   # ranks follow scores, and no user is recommended a track they trained on
   for _, group in per_user.groupby("user_id"):
     assert np.all(np.diff(group.sort_values("rank")["score"].to_numpy()) <= 1e-6)
+  config = json.load(open(os.path.join(implicit_run.job_dir, "config.json")))
+  _, _, _, prepared, _, _ = training.load_and_prepare(training.RunConfig(
+      **{**config["run"], "job_dir": str(implicit_run.job_dir) + "_again"}))
+  trained = set(zip(prepared.train["user_id"], prepared.train["item_id"]))
+  assert not trained & set(zip(per_user["user_id"], per_user["item_id"]))
+  assert not trained & set(zip(per_item["user_id"], per_item["item_id"]))
   card = json.load(open(os.path.join(implicit_run.export_path, "model_card.json")))
   assert card["fit"]["rank"] == implicit_run.metrics["model"]["cv/chosen_rank"]
   assert per_item.groupby("item_id").size().max() == n
