@@ -471,20 +471,16 @@ class ALSFamily(ModelFamily):
       rank, reg = grid[0]
       return rank, reg, {"cv/folds": 0, "cv/chosen_rank": rank, "cv/chosen_reg": reg}
     folds = kfold_assignment(self.train_users, config.cv_folds, config.seed)
-    # Explicit, unscaled lambda: a fold fit sees (k-1)/k of the ratings, so its
-    # squared-error term shrinks by that much while the penalty does not; the
-    # fold fit uses lambda * (k-1)/k so that each grid point means the same
-    # balance as in the final fit (otherwise CV favours too small a lambda).
-    # ALS-WR (`reg_scaled`) and implicit feedback (whose all-pairs term does
-    # not shrink) need no such correction.
-    shrink = ((config.cv_folds - 1) / config.cv_folds
-              if self.explicit and not config.reg_scaled else 1.0)
+    # The same lambda in fold fits and the final fit: lambda is the ratio of
+    # noise to prior variance of each ridge regression, which does not depend
+    # on how many ratings a row has (measured: scaling it by (k-1)/k for the
+    # folds picked a worse lambda on the default catalogue).
     scores = {point: [] for point in grid}
     for fold in range(config.cv_folds):
       held = folds == fold
       train_rows = np.flatnonzero(~held)
       for rank, reg in grid:
-        fit = self._fit(train_rows, rank, reg * shrink, config.cv_iterations or None)
+        fit = self._fit(train_rows, rank, reg, config.cv_iterations or None)
         scores[(rank, reg)].append(self._cv_score(fit, held, fold))
         logging.info("als CV fold %d rank %d reg %g: %s %.4f", fold + 1, rank, reg, metric,
                      scores[(rank, reg)][-1])
