@@ -224,6 +224,7 @@ def _cli(args, cwd, timeout=300):
                         timeout=timeout, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_task_and_similar_clis_on_tiny(tmp_path):
   proc = _cli(["trainer.task", "--model", "user_similarity", "--preset", "tiny",
                "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "exp")],

@@ -8,6 +8,10 @@ centroids (`metric="cosine"`). Track vectors come from the two-tower track
 tower, from text through word vectors, or from a precomputed column
 (`tfrec_music.models.track_vectors`). Pseudo-users work the same way: an
 artist's centroid over their tracks, so similar artists come out similar.
+Distances within float rounding of 0 count as 0 (see `ROUNDING`). Tastes
+drift, so the centroid may be taken over each user's most recent tracks
+(`recent_share`; the `default` preset uses the recent half, 1.0 is the plain
+centroid over every track).
 
 There are no labels for taste similarity, so validation uses friendships
 (`user_links`): friend pairs against random non-friend pairs (AUC), the share
