@@ -1,0 +1,200 @@
+"""Two-tower training speed: ours vs a reference written as the TFRS retrieval tutorial.
+
+Two-tower retrieval learns a user vector and a track vector whose dot product
+ranks tracks for the user, trained with in-batch softmax. The reference is
+built the way the TFRS basic retrieval tutorial builds it: `StringLookup` +
+`Embedding` inside each tower (string ids in the batches), a
+`tfrs.tasks.Retrieval` task with `FactorizedTopK` metrics over the catalogue
+(candidate dataset batched by 128, as in the tutorial), Adagrad(0.1), and a
+plain `tf.data` pipeline (`from_tensor_slices` -> shuffle -> batch, no cache,
+no prefetch). As in the tutorial the metrics are computed in training steps
+too (`--ref-train-metrics on`); `off` is the tutorial's own advice for speed
+(`compute_metrics=not training`), reported as a second, stronger reference.
+
+Ours is `tfrec_music.models.two_tower` with `features=ids` (track id only;
+the user tower still pools the recent history) and its own pipeline
+(`make_dataset`: integer lookups on the host, cached, prefetched). Both use
+the same synthetic catalogue and split, `embedding_dim` and `batch_size`.
+
+Reported per model: training examples per second (median, min, max over
+epochs 2..E; the first epoch, which traces the graphs, apart), validation
+HR@10 after every epoch (our full-ranking protocol, the same for both:
+training tracks excluded, every track ranked), and the training seconds each
+needs to reach the lower of the models' best validation HR@10.
+
+Target of issue 10: ours >= 2x the reference's examples per second.
+
+  python -m benchmarks.training_throughput --preset default --epochs 4
+  python -m benchmarks.training_throughput --preset tiny --epochs 2   # quick
+"""
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from benchmarks import _stats
+from tfrec_music import training
+from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.pipeline.dataset import make_dataset
+
+
+class TutorialRetrievalModel(tfrs.Model):
+  """The TFRS retrieval tutorial's model: id lookup + embedding towers, FactorizedTopK.
+
+  Args:
+    user_ids: User vocabulary (strings).
+    item_ids: Track vocabulary (strings); also the metric's candidates.
+    embedding_dim: Tower output size.
+    train_metrics: Compute `FactorizedTopK` in training steps (the tutorial
+      does) or only in evaluation.
+  """
+
+  def __init__(self, user_ids: np.ndarray, item_ids: np.ndarray, embedding_dim: int,
+               train_metrics: bool):
+    super().__init__()
+    self.train_metrics = train_metrics
+    self.user_model = tf.keras.Sequential([
+        tf.keras.layers.StringLookup(vocabulary=list(user_ids), mask_token=None),
+        tf.keras.layers.Embedding(len(user_ids) + 1, embedding_dim)])
+    self.item_model = tf.keras.Sequential([
+        tf.keras.layers.StringLookup(vocabulary=list(item_ids), mask_token=None),
+        tf.keras.layers.Embedding(len(item_ids) + 1, embedding_dim)])
+    candidates = tf.data.Dataset.from_tensor_slices(np.asarray(item_ids, dtype=object))
+    self.task = tfrs.tasks.Retrieval(metrics=tfrs.metrics.FactorizedTopK(
+        candidates=candidates.batch(128).map(self.item_model)))
+
+  def compute_loss(self, features, training=False):
+    """In-batch softmax; `FactorizedTopK` per the `train_metrics` setting."""
+    users = self.user_model(features["user_id"])
+    items = self.item_model(features["item_id"])
+    return self.task(users, items, compute_metrics=self.train_metrics or not training)
+
+
+def _rates_summary(epoch_seconds: List[float], n_examples: int) -> Dict[str, Any]:
+  rates = [n_examples / s for s in epoch_seconds]
+  steady = rates[1:] or rates
+  return {"examples_per_s": _stats.summarize(steady), "first_epoch_examples_per_s": rates[0],
+          "epoch_seconds": epoch_seconds}
+
+
+def train_ours(family, epochs: int, batch_size: int, seed: int, prepared) -> Dict[str, Any]:
+  """Trains our two-tower epoch by epoch; times each epoch, validates after it (untimed)."""
+  dataset = make_dataset(family.training_features(), batch_size, shuffle=True, seed=seed)
+  seconds, hrs = [], []
+  for _ in range(epochs):
+    start = time.perf_counter()
+    family.model.fit(dataset, epochs=1, verbose=0)
+    seconds.append(time.perf_counter() - start)
+    family._item_embeddings = None  # pylint: disable=protected-access  # Weights changed.
+    hrs.append(float(evaluate_scorer(family.scorer, prepared, splits=("valid",), ks=(10,),
+                                     cold_users=False)["valid/all/hr@10"]))
+  return {**_rates_summary(seconds, len(prepared.train)), "valid_hr@10": hrs}
+
+
+def train_reference(prepared, epochs: int, batch_size: int, embedding_dim: int,
+                    train_metrics: bool, seed: int) -> Dict[str, Any]:
+  """Trains the tutorial model epoch by epoch; same timing and validation as `train_ours`."""
+  tf.keras.utils.set_random_seed(seed)
+  vocabs = prepared.vocabularies
+  model = TutorialRetrievalModel(np.asarray(vocabs["user_id"]), np.asarray(vocabs["item_id"]),
+                                 embedding_dim, train_metrics)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=0.1))
+  train = prepared.train
+  dataset = tf.data.Dataset.from_tensor_slices(
+      {"user_id": train["user_id"].astype(str).to_numpy().astype(object),
+       "item_id": train["item_id"].astype(str).to_numpy().astype(object)})
+  dataset = dataset.shuffle(len(train), seed=seed,
+                            reshuffle_each_iteration=True).batch(batch_size)
+  catalogue = tf.constant(np.asarray(prepared.item_ids).astype(str).astype(object))
+
+  def scorer(split):
+    del split  # The tutorial's user tower has no history: same vectors for every split.
+    items = model.item_model(catalogue).numpy()
+    return lambda users: model.user_model(
+        tf.constant(np.asarray(users).astype(str).astype(object))).numpy() @ items.T
+
+  seconds, hrs = [], []
+  for _ in range(epochs):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0)
+    seconds.append(time.perf_counter() - start)
+    hrs.append(float(evaluate_scorer(scorer, prepared, splits=("valid",), ks=(10,),
+                                     cold_users=False)["valid/all/hr@10"]))
+  return {**_rates_summary(seconds, len(train)), "valid_hr@10": hrs}
+
+
+def time_to_hr(result: Dict[str, Any], target: float) -> Optional[float]:
+  """Training seconds (cumulative, validation excluded) until valid HR@10 >= target."""
+  total = 0.0
+  for seconds, hr in zip(result["epoch_seconds"], result["valid_hr@10"]):
+    total += seconds
+    if hr >= target:
+      return total
+  return None
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+  """Parses flags, trains both models on the same split, prints and emits the report."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", default="tiny", help="Synthetic catalogue preset.")
+  parser.add_argument("--epochs", type=int, default=4,
+                      help="Epochs per model (>= 4 gives 3 timed steady epochs).")
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="Default: the two-tower preset's.")
+  parser.add_argument("--embedding-dim", type=int, default=None,
+                      help="Default: the two-tower preset's.")
+  parser.add_argument("--ref-train-metrics", nargs="+", default=["on", "off"],
+                      choices=["on", "off"])
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--json", default=None, help="Also write the report to this file.")
+  args = parser.parse_args(argv)
+
+  hparams: Dict[str, Any] = {"features": "ids"}
+  if args.batch_size:
+    hparams["batch_size"] = args.batch_size
+  if args.embedding_dim:
+    hparams["embedding_dim"] = args.embedding_dim
+  with tempfile.TemporaryDirectory() as job_dir:
+    run_config = training.RunConfig(model="two_tower", preset=args.preset, seed=args.seed,
+                                    job_dir=job_dir, hparams=hparams, export=False)
+    family_cls, config, _, prepared, _, _ = training.load_and_prepare(run_config)
+  family = family_cls(config, prepared)
+  print(f"preset {args.preset}: {len(prepared.train):,d} training rows, "
+        f"{prepared.n_items:,d} tracks, {len(prepared.vocabularies['user_id']):,d} users; "
+        f"embedding_dim {config.embedding_dim}, batch_size {config.batch_size}", flush=True)
+  results = {"ours": train_ours(family, args.epochs, config.batch_size, args.seed, prepared)}
+  for setting in args.ref_train_metrics:
+    results[f"reference_train_metrics_{setting}"] = train_reference(
+        prepared, args.epochs, config.batch_size, config.embedding_dim, setting == "on",
+        args.seed)
+  target = min(max(r["valid_hr@10"]) for r in results.values())
+  for name, result in results.items():
+    result["seconds_to_target_hr"] = time_to_hr(result, target)
+    print(f"  {name:32s} {_stats.fmt(result['examples_per_s'])} examples/s "
+          f"(first epoch {result['first_epoch_examples_per_s']:.4g}); valid HR@10 by epoch "
+          + " ".join(f"{h:.4f}" for h in result["valid_hr@10"])
+          + f"; seconds to HR@10 {target:.4f}: {result['seconds_to_target_hr']}", flush=True)
+  ratios = {name: results["ours"]["examples_per_s"]["median"] / r["examples_per_s"]["median"]
+            for name, r in results.items() if name != "ours"}
+  for name, ratio in ratios.items():
+    print(f"  ours / {name}: {ratio:.2f}x examples per second")
+  report = {"preset": args.preset, "train_rows": len(prepared.train),
+            "n_items": prepared.n_items, "embedding_dim": config.embedding_dim,
+            "batch_size": config.batch_size, "epochs": args.epochs,
+            "config": dataclasses.asdict(config), "results": results,
+            "target_valid_hr@10": target, "speedup": ratios,
+            "target": "ours >= 2x the reference's examples per second"}
+  _stats.emit("training_throughput", report, args.json)
+  return report
+
+
+if __name__ == "__main__":
+  main()
