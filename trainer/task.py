@@ -83,24 +83,24 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   p.add_argument("--checkpoint-every", type=int, default=0,
                  help="Checkpoint every N training steps (0: every epoch); a killed job "
                       "rerun with the same command resumes from the last checkpoint.")
-  model = p.add_argument_group("model hyperparameters (unset: the preset's value)")
-  model.add_argument("--features", choices=("ids", "all"), default=None,
+  common = p.add_argument_group("model hyperparameters (unset: the preset's value)")
+  common.add_argument("--features", choices=("ids", "all"), default=None,
                      help="two_tower: content features off (ids) or on (all).")
-  model.add_argument("--embedding-dim", type=int, default=None, help="Embedding size.")
-  model.add_argument("--layer-sizes", type=_int_list, default=None,
+  common.add_argument("--embedding-dim", type=int, default=None, help="Embedding size.")
+  common.add_argument("--layer-sizes", type=_int_list, default=None,
                      help="Hidden layer sizes, comma-separated, e.g. 256,128.")
-  model.add_argument("--learning-rate", type=float, default=None, help="Learning rate.")
-  model.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
+  common.add_argument("--learning-rate", type=float, default=None, help="Learning rate.")
+  common.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
                      help="Optimizer.")
-  model.add_argument("--batch-size", type=int, default=None, help="Training batch size.")
-  model.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
-  model.add_argument("--mixed-negatives", type=int, default=None,
+  common.add_argument("--batch-size", type=int, default=None, help="Training batch size.")
+  common.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
+  common.add_argument("--mixed-negatives", type=int, default=None,
                      help="Extra uniform negatives per batch (two_tower).")
-  model.add_argument("--cross-replica-negatives", action="store_const", const=True,
+  common.add_argument("--cross-replica-negatives", action="store_const", const=True,
                      default=None,
                      help="two_tower with several replicas: in-batch negatives from every "
                           "replica's batch (all-gathered), not only the replica's own.")
-  model.add_argument("--top-k", type=int, default=None, help="Results per request in the export.")
+  common.add_argument("--top-k", type=int, default=None, help="Results per request in the export.")
   p.add_argument("--hparams", default=None,
                  help="JSON file of hyperparameters (as written by python -m tuning.tune); "
                       "explicit flags override it.")
