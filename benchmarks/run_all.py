@@ -1,0 +1,332 @@
+"""Runs the benchmark suite and writes BENCHMARKS.md (tables) and a JSON file.
+
+Every benchmark is a module of this package, run as `python -m
+benchmarks.<module> <flags>` in its own process (so one's memory and threads
+do not disturb the next), in the order below, cheapest and most central
+first. Figures are collected from each run: the `RESULT_JSON` line of the
+scripts that use `benchmarks._stats.emit`, the JSON file of those that write
+one (`--json` / `--output` / `--out`), or else the last JSON object printed;
+scripts that print only text have the text kept. The report names the machine
+(cores, memory, CPU, TensorFlow and TFRS versions), each command, its exit
+status and wall time.
+
+A wall-clock budget (`--budget-min`, default 42) keeps the whole suite under
+45 minutes on 2 cores: a benchmark that would start after the budget is spent
+is recorded as skipped, and each has its own timeout.
+
+  python -m benchmarks.run_all                      # the suite (`make bench`)
+  python -m benchmarks.run_all --quick              # our three benchmarks, smallest sizes
+  python -m benchmarks.run_all --only scann_recall eval_throughput
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from benchmarks import _stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  """One suite entry.
+
+  Attributes:
+    name: Entry name (unique; a module may appear twice with other flags).
+    module: Module under `benchmarks`.
+    args: Flags of the full suite.
+    quick_args: Flags of `--quick` (None: not run in quick mode).
+    json_flag: The script's flag for writing its JSON report, if any.
+    timeout_s: Wall-clock limit of the full run.
+    what: What it measures (one line, for the report).
+  """
+
+  name: str
+  module: str
+  args: Tuple[str, ...]
+  quick_args: Optional[Tuple[str, ...]] = None
+  json_flag: Optional[str] = None
+  timeout_s: int = 900
+  what: str = ""
+
+
+# Full-suite flags are chosen for a < 45 min total on 2 cores; see each script's
+# docstring for what the flags mean.
+SUITE: Tuple[Benchmark, ...] = (
+    Benchmark("eval_throughput", "eval_throughput", (), None, None, 300,
+              "users/s of full-ranking evaluation, 10k users x 50k items x 64"),
+    Benchmark("eval_vs_factorized_topk", "eval_vs_factorized_topk",
+              ("--users", "5000", "--items", "50000", "--runs", "3"),
+              ("--users", "300", "--items", "2000", "--runs", "1",
+               "--indexes", "brute_force"), "--json", 900,
+              "our full-ranking HR@K vs FactorizedTopK in model.evaluate (item 2)"),
+    Benchmark("scann_recall", "scann_recall", ("--sizes", "100000", "--runs", "3"),
+              ("--sizes", "5000", "--kinds", "clustered", "--runs", "1",
+               "--recall-queries", "200", "--batch1-queries", "50",
+               "--batch256-queries", "256"), "--json", 900,
+              "ScaNN vs exact index of the exports, 100k x 64 (item 3)"),
+    Benchmark("training_throughput", "training_throughput",
+              ("--preset", "default", "--epochs", "4", "--ref-train-metrics", "off"),
+              ("--preset", "tiny", "--epochs", "2", "--ref-train-metrics", "on"),
+              "--json", 1200,
+              "two-tower examples/s vs the TFRS-tutorial reference, metrics off in training "
+              "(item 1)"),
+    Benchmark("training_throughput_tutorial", "training_throughput",
+              ("--preset", "default", "--epochs", "2", "--ref-train-metrics", "on"),
+              None, "--json", 1200,
+              "the same against the tutorial exactly (FactorizedTopK in training steps)"),
+    Benchmark("mpd_streaming_rss", "mpd_streaming_rss", (), None, None, 600,
+              "peak RSS of the MPD loader, 10 vs 100 slices (item 5)"),
+    Benchmark("similar_users_throughput", "similar_users_throughput", (), None, None, 600,
+              "similar-user queries/s from a user_similarity export"),
+    Benchmark("als_vs_reference", "als_vs_reference", ("--preset", "default"), None,
+              "--output", 900, "ALS vs implicit and Spark local (item 4)"),
+    Benchmark("playlist_quality", "playlist_quality", ("--seeds", "0", "1", "2"), None, None,
+              900, "playlist MF R-precision vs same-artist / same-album (item 6)"),
+    Benchmark("two_tower_quality", "two_tower_quality",
+              ("--seeds", "0", "1", "2", "--preset", "default"), None, "--json", 1500,
+              "two-tower ids / all features, popularity, oracle: HR@10, NDCG@10 (item 6)"),
+    Benchmark("dcn_quality", "dcn_quality", ("--seeds", "0", "1", "2", "--cascade"), None,
+              "--json", 1500, "DCN RMSE and the cascade's HR@10 (item 6)"),
+    Benchmark("similarity_quality", "similarity_quality", ("--preset", "default"), None,
+              "--out", 900, "user-similarity friend AUC per track-vector source"),
+    Benchmark("dcn_streaming_rss", "dcn_streaming_rss", ("--presets", "default", "large"),
+              None, "--json", 1200, "peak RSS of streaming DCN training (item 5)"),
+    Benchmark("scann_recall_1m", "scann_recall", ("--sizes", "1000000", "--runs", "3"), None,
+              "--json", 1200, "ScaNN vs exact index at 1M x 64 (item 3 target)"),
+)
+
+
+def _last_json(text: str) -> Optional[Any]:
+  """The last JSON object printed: a `RESULT_JSON` line, else a `{`-led block."""
+  lines = text.splitlines()
+  for line in reversed(lines):
+    if line.startswith(_stats.RESULT_PREFIX):
+      try:
+        return json.loads(line[len(_stats.RESULT_PREFIX):])
+      except json.JSONDecodeError:
+        break
+  for start in range(len(lines) - 1, -1, -1):
+    if lines[start].startswith(("{", "[")):
+      try:
+        return json.loads("\n".join(lines[start:]))
+      except json.JSONDecodeError:
+        continue
+  return None
+
+
+def run_benchmark(bench: Benchmark, quick: bool, python: str, workdir: str) -> Dict[str, Any]:
+  """Runs one entry in a subprocess; returns its record (command, status, seconds, figures)."""
+  args = list(bench.quick_args if quick else bench.args)
+  json_path = None
+  if bench.json_flag:
+    json_path = os.path.join(workdir, f"{bench.name}.json")
+    args += [bench.json_flag, json_path]
+  command = [python, "-m", f"benchmarks.{bench.module}"] + args
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+  start = time.perf_counter()
+  record: Dict[str, Any] = {"name": bench.name, "what": bench.what,
+                            "command": "python -m benchmarks." + " ".join([bench.module] + args[
+                                :len(args) - (2 if json_path else 0)])}
+  print(f"[run_all] {record['command']}", flush=True)
+  try:
+    proc = subprocess.run(command, capture_output=True, text=True, env=env,
+                          timeout=bench.timeout_s, check=False)
+    stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+  except subprocess.TimeoutExpired as e:
+    stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+    stderr, rc = f"timed out after {bench.timeout_s} s", None
+  record["seconds"] = time.perf_counter() - start
+  record["returncode"] = rc
+  figures = None
+  if json_path and os.path.exists(json_path):
+    with open(json_path, encoding="utf-8") as f:
+      figures = json.load(f)
+  if figures is None:
+    figures = _last_json(stdout)
+  record["figures"] = figures
+  record["stdout_tail"] = "\n".join(
+      l for l in stdout.splitlines() if not l.startswith(_stats.RESULT_PREFIX))[-4000:]
+  if rc != 0:
+    record["stderr_tail"] = stderr[-3000:]
+  print(f"[run_all] {bench.name}: rc={rc} in {record['seconds']:.1f}s", flush=True)
+  return record
+
+
+# ------------------------------------------------------------------- tables
+def _num(value: Any, digits: int = 4) -> str:
+  if value is None:
+    return "—"
+  if isinstance(value, dict) and "median" in value:
+    return _stats.fmt(value, digits)
+  if isinstance(value, float):
+    return f"{value:.{digits}g}"
+  return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
+  out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  out += ["| " + " | ".join(_num(c) for c in row) + " |" for row in rows]
+  return out
+
+
+def _scann_table(fig: Dict[str, Any]) -> List[str]:
+  rows = []
+  for r in fig["rows"]:
+    k = r["k"]
+    rows.append([r["kind"], f"{r['n_items']:,}", r[f"recall@{k}"],
+                 r["qps/exact/batch1"], r["qps/scann/batch1"], r["speedup/batch1"],
+                 r["qps/exact/batch256"], r["qps/scann/batch256"], r["speedup/batch256"]])
+  return _table(["vectors", "candidates", "recall@10", "exact q/s b1", "ScaNN q/s b1",
+                 "speed-up b1", "exact q/s b256", "ScaNN q/s b256", "speed-up b256"], rows)
+
+
+def _eval_table(fig: Dict[str, Any]) -> List[str]:
+  rows = []
+  for r in fig["rows"]:
+    rows.append([f"FactorizedTopK ({r['tfrs_index']}, by {r['match']})",
+                 r["tfrs_seconds"], r["ours_seconds"],
+                 " / ".join(f"{v:.4f}" for v in r["hr_tfrs"].values()),
+                 " / ".join(f"{v:.4f}" for v in r["hr_ours"].values()), r["speedup"]])
+  ks = "/".join(f"@{k}" for k in fig["ks"])
+  return [f"{fig['users']:,} users x {fig['items']:,} items x {fig['dim']}", ""] + _table(
+      ["reference", "reference s", "ours s", f"HR{ks} reference", f"HR{ks} ours",
+       "speed-up"], rows)
+
+
+def _training_table(fig: Dict[str, Any]) -> List[str]:
+  rows = []
+  for name, r in fig["results"].items():
+    rows.append([name, r["examples_per_s"], r["first_epoch_examples_per_s"],
+                 " ".join(f"{h:.4f}" for h in r["valid_hr@10"]), r["seconds_to_target_hr"],
+                 (fig["speedup"].get(name) and f"ours {fig['speedup'][name]:.2f}x") or ""])
+  return [f"preset {fig['preset']}: {fig['train_rows']:,} training rows, {fig['n_items']:,} "
+          f"tracks, embedding_dim {fig['embedding_dim']}, batch_size {fig['batch_size']}; "
+          f"target valid HR@10 {fig['target_valid_hr@10']:.4f}", ""] + _table(
+              ["model", "examples/s (epochs 2..E)", "examples/s epoch 1", "valid HR@10 by epoch",
+               "train s to target HR", "ratio"], rows)
+
+
+def _flat(value: Any, prefix: str = "") -> List[Tuple[str, Any]]:
+  if isinstance(value, dict) and not ("median" in value and "min" in value):
+    out = []
+    for key, sub in value.items():
+      if key != "machine":
+        out += _flat(sub, f"{prefix}{key}/" if prefix or True else key)
+    return out
+  if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+    out = []
+    for i, sub in enumerate(value):
+      out += _flat(sub, f"{prefix}{i}/")
+    return out
+  if isinstance(value, (int, float, dict)) and not isinstance(value, bool):
+    return [(prefix.rstrip("/"), value)]
+  return []
+
+
+def _generic_table(fig: Any, limit: int = 60) -> List[str]:
+  pairs = _flat(fig)
+  lines = _table(["figure", "value"], [[k, v] for k, v in pairs[:limit]])
+  if len(pairs) > limit:
+    lines.append(f"\n({len(pairs) - limit} more figures in the JSON file)")
+  return lines
+
+
+RENDERERS = {"scann_recall": _scann_table, "eval_vs_factorized_topk": _eval_table,
+             "training_throughput": _training_table}
+
+
+def render_markdown(report: Dict[str, Any]) -> str:
+  """BENCHMARKS.md text: machine, then one section (command, status, table) per entry."""
+  m = report["machine"]
+  lines = ["# Benchmarks", "",
+           f"Written by `python -m benchmarks.run_all{' --quick' if report['quick'] else ''}` "
+           f"on {report['date']} in {report['total_seconds'] / 60:.1f} min. "
+           "Figures are median [min, max] over the runs each script states.", "",
+           "## Machine", ""]
+  lines += _table(["", ""], [[k, v] for k, v in m.items()])
+  for record in report["records"]:
+    lines += ["", f"## {record['name']}", "", record.get("what", ""), "",
+              f"`{record['command']}`"]
+    if record.get("skipped"):
+      lines += ["", f"Not run: {record['skipped']}."]
+      continue
+    lines += ["", f"Exit status {record['returncode']}, {record['seconds']:.1f} s.", ""]
+    fig = record.get("figures")
+    module = (fig or {}).get("benchmark") if isinstance(fig, dict) else None
+    try:
+      if module in RENDERERS:
+        lines += RENDERERS[module](fig)
+      elif fig is not None:
+        lines += _generic_table(fig)
+      else:
+        lines += ["```", record.get("stdout_tail", "")[-2000:], "```"]
+    except (KeyError, TypeError, ValueError) as e:  # A changed report shape: keep the text.
+      lines += [f"(table not rendered: {e!r})", "```", record.get("stdout_tail", "")[-2000:],
+                "```"]
+    if record["returncode"] != 0 and record.get("stderr_tail"):
+      lines += ["", "```", record["stderr_tail"][-1500:], "```"]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+  """Parses flags, runs the suite in order within the budget, writes the two reports."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="Only the entries with quick flags, at their smallest sizes.")
+  parser.add_argument("--only", nargs="+", default=None, help="Entry names to run.")
+  parser.add_argument("--skip", nargs="+", default=[], help="Entry names to leave out.")
+  parser.add_argument("--budget-min", type=float, default=42.0,
+                      help="Start no benchmark after this many minutes.")
+  parser.add_argument("--md", default="BENCHMARKS.md", help="Markdown report path.")
+  parser.add_argument("--json", default="benchmarks.json", help="JSON report path.")
+  parser.add_argument("--list", action="store_true", help="Print the entries and exit.")
+  args = parser.parse_args(argv)
+  names = {b.name for b in SUITE}
+  for name in (args.only or []) + args.skip:
+    if name not in names:
+      raise ValueError(f"Unknown benchmark {name!r}; choose from {sorted(names)}.")
+  selected = [b for b in SUITE
+              if (args.only is None or b.name in args.only) and b.name not in args.skip
+              and (not args.quick or b.quick_args is not None)]
+  if args.list:
+    for b in selected:
+      print(f"{b.name:30s} benchmarks.{b.module} "
+            + " ".join(b.quick_args if args.quick else b.args))
+    return {}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import  # For versions.
+  import tensorflow_recommenders as tfrs  # pylint: disable=g-import-not-at-top,unused-import
+  start = time.perf_counter()
+  records = []
+  with tempfile.TemporaryDirectory() as workdir:
+    for bench in selected:
+      elapsed = time.perf_counter() - start
+      if elapsed > args.budget_min * 60:
+        records.append({"name": bench.name, "what": bench.what,
+                        "command": "python -m benchmarks." + " ".join(
+                            (bench.module,) + (bench.quick_args if args.quick else bench.args)),
+                        "skipped": f"the {args.budget_min:g} min budget was spent "
+                                   f"({elapsed / 60:.1f} min)"})
+        continue
+      records.append(run_benchmark(bench, args.quick, sys.executable, workdir))
+  report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
+            "total_seconds": time.perf_counter() - start, "machine": _stats.machine(),
+            "records": records}
+  with open(args.json, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2, default=float)
+  with open(args.md, "w", encoding="utf-8") as f:
+    f.write(render_markdown(report))
+  failed = [r["name"] for r in records if r.get("returncode") not in (0, None) or
+            ("returncode" in r and r["returncode"] is None)]
+  print(f"[run_all] wrote {args.md} and {args.json} in {report['total_seconds']:.0f}s; "
+        f"failed: {failed or 'none'}", flush=True)
+  return report
+
+
+if __name__ == "__main__":
+  main()
