@@ -38,6 +38,7 @@ def trained(catalog, tmp_path_factory):
     ({"hard_negatives": 0, "random_negatives": 0}, "needs negatives"),
     ({"blend_weights": (0.5, -1.0)}, "`blend_weights`"),
     ({"candidates": 0}, "`candidates`"),
+    ({"recent_positives": -1}, "`recent_positives`"),
 ])
 def test_config_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):

@@ -66,6 +66,8 @@ class CascadeConfig:
     learning_rate: DCN Adam learning rate.
     batch_size: DCN batch size.
     epochs: DCN maximum epochs (early stopping on validation log loss).
+    recent_positives: Train the re-ranker on each user's last N training
+      interactions only (tastes drift; 0 = all of them).
     retrieval_preset: Two-tower preset (set from `--preset`).
     retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
     seed: Seed of both models and the negative sampling.
@@ -83,6 +85,7 @@ class CascadeConfig:
   learning_rate: float = 0.002
   batch_size: int = 1024
   epochs: int = 6
+  recent_positives: int = 0
   retrieval_preset: str = "default"
   retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
   seed: int = 0
@@ -92,7 +95,7 @@ class CascadeConfig:
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    for name in ("hard_negatives", "random_negatives"):
+    for name in ("hard_negatives", "random_negatives", "recent_positives"):
       value = getattr(self, name)
       if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
         raise ValueError(f"`{name}` should be a non-negative integer. "
@@ -139,10 +142,19 @@ class HardNegativeDCN(DCNFamily):
   """
 
   def __init__(self, config: DCNConfig, prepared: PreparedData,
-               candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int):
+               candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int,
+               recent: int = 0):
     super().__init__(config, prepared)
     self.candidates_of = candidates_of
-    self.hard, self.uniform = hard, uniform
+    self.hard, self.uniform, self.recent = hard, uniform, recent
+
+  def training_features(self, epoch: int = 0) -> Dict[str, np.ndarray]:
+    """Positives (each user's last `recent`, or all) with fresh negatives every epoch."""
+    train = self.prepared.train
+    if self.recent:
+      # `prepare` keeps each user's rows in time order.
+      train = train.groupby("user_id", sort=False).tail(self.recent)
+    return self._implicit_rows(train, self.config.seed * 1000 + epoch)
 
   def _pair_codes(self, user_ids, item_index: np.ndarray) -> np.ndarray:
     """[N] int64 code of each (user, catalogue item) pair (users outside training share -1)."""
@@ -278,7 +290,7 @@ class CascadeFamily(ModelFamily):
     config = self.config
     self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
                                   self._training_candidates(), config.hard_negatives,
-                                  config.random_negatives)
+                                  config.random_negatives, config.recent_positives)
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
     valid_hr = self._choose_blend()
     logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s)", self.blend,
