@@ -55,3 +55,22 @@ def test_early_stopping_keeps_the_best_weights_and_cleans_up(tmp_path):
   assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4
   np.testing.assert_array_equal(model.get_weights()[0], seen[1])
   assert not (tmp_path / "backup").exists()  # a finished run leaves no backup
+
+
+def test_a_backup_resumes_only_the_same_configuration(tmp_path):
+  def interrupted(fingerprint):
+    with pytest.raises(FloatingPointError):
+      fit_with_validation(_model(), _dataset(nan_batch=6), epochs=3, validate=lambda e: 0.0,
+                          patience=5, job_dir=str(tmp_path), name="toy", checkpoint_every=2,
+                          fingerprint=fingerprint)
+
+  interrupted("config-a")
+  resumed = fit_with_validation(_model(), _dataset(), epochs=1, validate=lambda e: 0.0,
+                                patience=5, job_dir=str(tmp_path), name="toy",
+                                checkpoint_every=2, fingerprint="config-a")
+  assert resumed["resumed_from_step"] == 6
+  interrupted("config-a")
+  fresh = fit_with_validation(_model(), _dataset(), epochs=1, validate=lambda e: 0.0,
+                              patience=5, job_dir=str(tmp_path), name="toy",
+                              checkpoint_every=2, fingerprint="config-b")
+  assert fresh["resumed_from_step"] == 0

@@ -166,10 +166,26 @@ def _build(model: tf.keras.Model, dataset: tf.data.Dataset) -> None:
     model.optimizer.build(model.trainable_variables)
 
 
+def _discard_foreign_backup(path: str, fingerprint: str, folders: Sequence[str]) -> None:
+  """Removes a backup written under another configuration; records this run's."""
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = f.read()
+    if previous != fingerprint:
+      logging.warning("The backup in %s was written by a run with another configuration; "
+                      "starting afresh instead of resuming.", os.path.dirname(path))
+      for folder in folders:
+        if tf.io.gfile.exists(folder):
+          tf.io.gfile.rmtree(folder)
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(fingerprint)
+
+
 def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,
                         validate: Callable[[int], float], patience: int, job_dir: str,
                         name: str, checkpoint_every: int = 0,
-                        backup_dir: Optional[str] = None,
+                        backup_dir: Optional[str] = None, fingerprint: str = "",
                         callbacks: Sequence[tf.keras.callbacks.Callback] = (),
                         nan_advice: str = "Lower the learning rate.",
                         metric_name: str = "valid_hr@10") -> Dict[str, Any]:
@@ -186,6 +202,9 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
     checkpoint_every: Checkpoint every this many steps; 0 = every epoch.
     backup_dir: Folder of the Keras backup, shared by all workers (default
       `<job_dir>/backup`); the checkpoint goes to `<backup_dir>/<name>`.
+    fingerprint: The run's configuration as text. A backup left by a run
+      with another configuration is discarded (with a warning) instead of
+      being restored into a model it does not fit.
     callbacks: Extra callbacks (e.g. TensorBoard).
     nan_advice: Advice in the non-finite loss error.
     metric_name: Name of the validation metric in logs and the summary.
@@ -201,6 +220,8 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
   # read it on resume); the validation state is each worker's own.
   keras_dir = io.join(backup_dir or io.join(job_dir, "backup"), name)
   state_dir = io.join(job_dir, "backup", f"{name}_validation")
+  _discard_foreign_backup(io.join(job_dir, "backup", f"{name}_config.json"), fingerprint,
+                          (keras_dir, state_dir))
   backup = tf.keras.callbacks.BackupAndRestore(
       backup_dir=keras_dir, save_freq=checkpoint_every if checkpoint_every > 0 else "epoch")
   writer = tf.summary.create_file_writer(io.join(job_dir, "logs", name, "validation"))
@@ -211,6 +232,7 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
             callbacks=[NaNGuard(nan_advice), backup, stopping, *callbacks])
   if stopping.best_weights is not None:
     model.set_weights(stopping.best_weights)
+  tf.io.gfile.remove(io.join(job_dir, "backup", f"{name}_config.json"))
   for folder in (keras_dir, io.join(job_dir, "backup"), backup_dir or io.join(job_dir, "backup")):
     if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
       tf.io.gfile.rmtree(folder)  # BackupAndRestore removed its checkpoint; drop the empty parent

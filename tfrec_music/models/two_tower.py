@@ -11,6 +11,7 @@ users never seen in training get personal recommendations.
 """
 
 import dataclasses
+import json
 import logging
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -365,6 +366,8 @@ class TwoTowerFamily(ModelFamily):
         self.model, dataset, epochs=config.epochs, validate=validate,
         patience=config.early_stopping_patience, job_dir=job_dir, name="two_tower",
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
+                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
         callbacks=[tensorboard],
         nan_advice="Lower the learning rate (`--set learning_rate=...`) or raise the "
                    "temperature.")
