@@ -1,0 +1,142 @@
+"""Smoke tests of the benchmark scripts' quick mode: they run and report numbers.
+
+No timing assertions (timed figures belong in BENCHMARKS.md, not in tests);
+what is asserted is what must hold whatever the machine: recall and HR are
+shares, our HR@K equals `FactorizedTopK`'s when it matches by id, rates are
+positive and finite, and `run_all` turns the reports into tables.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+
+from benchmarks import _stats
+from benchmarks import eval_vs_factorized_topk
+from benchmarks import run_all
+from benchmarks import scann_recall
+from benchmarks import training_throughput
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quick_args(name):
+  return list(next(b for b in run_all.SUITE if b.name == name).quick_args)
+
+
+def _emitted(capsys):
+  lines = [l for l in capsys.readouterr().out.splitlines()
+           if l.startswith(_stats.RESULT_PREFIX)]
+  assert len(lines) == 1, "each script emits exactly one RESULT_JSON line"
+  return json.loads(lines[0][len(_stats.RESULT_PREFIX):])
+
+
+def _positive_rate(stat):
+  assert stat["min"] <= stat["median"] <= stat["max"]
+  assert stat["min"] > 0 and math.isfinite(stat["max"])
+
+
+def test_summarize_median_min_max():
+  # Runs 3, 1, 2: median 2, min 1, max 3.
+  assert _stats.summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0,
+                                                "runs": 3}
+  with pytest.raises(ValueError, match="at least one run"):
+    _stats.summarize([])
+
+
+def test_scann_recall_quick(capsys):
+  report = _emitted_after(scann_recall.main, _quick_args("scann_recall"), capsys)
+  (row,) = report["rows"]
+  assert row["n_items"] == 5000 and row["kind"] == "clustered"
+  assert 0.0 <= row["recall@10"] <= 1.0
+  # Clustered vectors, 5k candidates: the default options search most leaves
+  # and re-rank 1000 candidates exactly, so ScaNN finds nearly every true top-10.
+  assert row["recall@10"] >= 0.9
+  for key in ("qps/exact/batch1", "qps/scann/batch1", "qps/exact/batch256",
+              "qps/scann/batch256"):
+    _positive_rate(row[key])
+  assert report["machine"]["cores"] >= 1 and report["machine"]["tensorflow"]
+
+
+def _emitted_after(main, argv, capsys):
+  main(argv)
+  return _emitted(capsys)
+
+
+def test_eval_vs_factorized_topk_quick_agrees(capsys):
+  report = _emitted_after(eval_vs_factorized_topk.main,
+                          _quick_args("eval_vs_factorized_topk"), capsys)
+  rows = {r["match"]: r for r in report["rows"]}
+  assert set(rows) == {"scores", "ids"}
+  # Matched by id, FactorizedTopK counts exactly the rows whose target ranks
+  # in the top K: the same HR@K as ours (float32 rounding of the mean only).
+  for k, ours in rows["ids"]["hr_ours"].items():
+    assert rows["ids"]["hr_tfrs"][k] == pytest.approx(ours, abs=1e-6)
+  # Matched by score it can only lose rows (the target's own copy outscoring it).
+  for k, ours in rows["scores"]["hr_ours"].items():
+    assert rows["scores"]["hr_tfrs"][k] <= ours + 1e-6
+  # The queries carry signal: HR@10 is far above chance (10 / 2000).
+  assert rows["ids"]["hr_ours"]["10"] > 0.2
+  for row in report["rows"]:
+    _positive_rate(row["tfrs_seconds"])
+    assert row["speedup"] > 0
+
+
+def test_training_throughput_quick(capsys):
+  report = _emitted_after(training_throughput.main, _quick_args("training_throughput"),
+                          capsys)
+  assert report["preset"] == "tiny" and report["epochs"] == 2
+  results = report["results"]
+  assert set(results) == {"ours", "reference_train_metrics_on"}
+  for result in results.values():
+    _positive_rate(result["examples_per_s"])
+    assert len(result["valid_hr@10"]) == 2
+    assert all(0.0 <= h <= 1.0 for h in result["valid_hr@10"])
+  # The target HR is reached by the model with the lower best HR, by construction.
+  assert any(r["seconds_to_target_hr"] is not None for r in results.values())
+  assert report["speedup"]["reference_train_metrics_on"] > 0
+
+
+def test_run_all_renders_tables_and_parses_reports():
+  fig = {"benchmark": "scann_recall", "rows": [{
+      "kind": "random", "n_items": 100, "k": 10, "recall@10": 0.5,
+      **{f"qps/{i}/batch{b}": _stats.summarize([1.0, 2.0, 3.0])
+         for i in ("exact", "scann") for b in (1, 256)},
+      "speedup/batch1": 1.0, "speedup/batch256": 1.0}]}
+  text = "noise\n" + _stats.RESULT_PREFIX + json.dumps(fig) + "\n"
+  assert run_all._last_json(text) == fig  # pylint: disable=protected-access
+  assert run_all._last_json('x\n{\n  "a": 1\n}\n') == {"a": 1}  # pylint: disable=protected-access
+  report = {"date": "now", "quick": True, "total_seconds": 60.0,
+            "machine": {"cores": 2}, "records": [
+                {"name": "scann_recall", "what": "w", "command": "c", "returncode": 0,
+                 "seconds": 1.0, "figures": fig},
+                {"name": "other", "what": "w", "command": "c", "returncode": 0,
+                 "seconds": 1.0, "figures": None, "stdout_tail": "users/s: 5"},
+                {"name": "late", "what": "w", "command": "c", "skipped": "budget"}]}
+  md = run_all.render_markdown(report)
+  assert "| random | 100 | 0.5 | 2 [1, 3] |" in md
+  assert "users/s: 5" in md and "Not run: budget." in md
+
+
+def test_run_all_rejects_unknown_names():
+  with pytest.raises(ValueError, match="Unknown benchmark 'nope'"):
+    run_all.main(["--only", "nope"])
+
+
+@pytest.mark.slow
+def test_run_all_quick_subprocess(tmp_path):
+  md, out = tmp_path / "B.md", tmp_path / "b.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.run_all", "--quick", "--only", "scann_recall",
+       "--md", str(md), "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(out.read_text())
+  (record,) = report["records"]
+  assert record["returncode"] == 0 and record["figures"]["rows"][0]["n_items"] == 5000
+  assert "## scann_recall" in md.read_text() and "recall@10" in md.read_text()
