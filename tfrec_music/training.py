@@ -113,7 +113,7 @@ def load_and_prepare(config: RunConfig):
   tables = family_cls.select_tables(loaded, model_config)
   prepare_config = {"kcore": config.kcore, "warm_share": config.warm_share,
                     "cold_user_share": config.cold_user_share, "seed": config.seed,
-                    **dict(family_cls.prepare_overrides)}
+                    **dict(family_cls.prepare_overrides_for(model_config))}
   prepared = prepare(tables, PrepareConfig(**prepare_config), report)
   prepare_seconds = time.perf_counter() - start
   logging.info("Loaded in %.1fs, prepared in %.1fs: %d train / %d valid / %d test rows, "
@@ -152,7 +152,7 @@ def run(config: RunConfig) -> RunResult:
   start = time.perf_counter()
   metrics = family.evaluate(EvalContext(oracle=loaded.oracle, loaded=loaded))
   eval_seconds = time.perf_counter() - start
-  objective = family_cls.objective[0]
+  objective = family_cls.objective_for(model_config)[0]
   report_objective(objective, metrics["model"].get(objective))
 
   timings.update({"fit_seconds": fit_seconds, "eval_seconds": eval_seconds})

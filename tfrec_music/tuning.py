@@ -83,6 +83,7 @@ class FamilyTuner(kt.engine.base_tuner.BaseTuner):
     self.preset = preset
     self.fixed = dict(fixed)
     self.seed = seed
+    self.objective_metric = family_cls.objective_for(family_cls.make_config(preset, fixed))
     super().__init__(oracle=oracle, hypermodel=FamilySpace(family_cls), directory=directory,
                      project_name=project_name, overwrite=overwrite)
 
@@ -110,7 +111,7 @@ class FamilyTuner(kt.engine.base_tuner.BaseTuner):
     family.fit(trial_dir)
     metrics = family.validation_metrics()
     seconds = time.perf_counter() - start
-    metric, _ = self.family_cls.objective
+    metric, _ = self.objective_metric
     if metric not in metrics:
       raise kt.errors.FailedTrialError(
           f"Model `{self.family_cls.name}` did not report its objective `{metric}`; "
@@ -178,13 +179,14 @@ def tunable_models() -> list:
 
 
 def make_oracle(tuner: str, family_cls: Type[ModelFamily], max_trials: int, seed: int,
-                max_epochs: int = 12):
-  """The Keras Tuner oracle of `--tuner` with the family's objective.
+                max_epochs: int = 12, config: Any = None):
+  """The Keras Tuner oracle of `--tuner` with the family's objective for `config`.
 
   Raises:
     ValueError: unknown tuner name.
   """
-  metric, direction = family_cls.objective
+  metric, direction = (family_cls.objective_for(config) if config is not None
+                       else family_cls.objective)
   objective = kt.Objective(objective_tag(metric), direction=direction)
   if tuner == "random":
     return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
@@ -201,7 +203,7 @@ def write_best(path: str, family_cls: Type[ModelFamily], tuner: FamilyTuner,
                extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Writes the best configuration as JSON that `trainer.task --hparams FILE` reads."""
   best = tuner.oracle.get_best_trials(1)[0]
-  metric, direction = family_cls.objective
+  metric, direction = tuner.objective_metric
   finished = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
   payload = {"model": family_cls.name,
              "hparams": _jsonable(tuner.best_overrides()),

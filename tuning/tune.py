@@ -73,7 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       _, _, _, prepared, report, _ = training.load_and_prepare(config)
       report.write(os.path.join(job_dir, "data_report.json"))
     oracle = tuning.make_oracle(args.tuner, family_cls, args.max_trials, args.seed,
-                                args.max_epochs)
+                                args.max_epochs,
+                                config=family_cls.make_config(args.preset, fixed))
     tuner = tuning.FamilyTuner(oracle, family_cls, prepared, preset=args.preset, fixed=fixed,
                                seed=args.seed, directory=job_dir,
                                project_name=f"{args.model}_{args.tuner}",

@@ -51,7 +51,7 @@ import argparse
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -397,18 +397,16 @@ class ALSFamily(ModelFamily):
                             "ratings minus the mean (mean), or to raw ratings (none).")
 
   @classmethod
-  def select_tables(cls, loaded: Any, config: ALSConfig) -> Any:
-    """The listening tables; also picks the split of the chosen feedback.
+  def objective_for(cls, config: ALSConfig) -> Tuple[str, str]:
+    """Explicit ratings are tuned on validation RMSE, implicit plays on HR@10."""
+    if config.feedback == "explicit":
+      return ("valid/all/rmse", "min")
+    return ("valid/all/hr@10", "max")
 
-    `prepare_overrides` and `objective` are class attributes the pipeline
-    reads right after this call, so they are set here from the config:
-    explicit feedback uses the ratio split and RMSE, implicit the default
-    leave-one-out split and HR@10.
-    """
-    explicit = config.feedback == "explicit"
-    cls.prepare_overrides = dict(EXPLICIT_PREPARE) if explicit else {}
-    cls.objective = ("valid/all/rmse", "min") if explicit else ("valid/all/hr@10", "max")
-    return loaded.tables
+  @classmethod
+  def prepare_overrides_for(cls, config: ALSConfig) -> Mapping[str, Any]:
+    """Explicit ratings use the ratio split; implicit plays the default leave-one-out."""
+    return dict(EXPLICIT_PREPARE) if config.feedback == "explicit" else {}
 
   @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:

@@ -110,6 +110,22 @@ class ModelFamily(abc.ABC):
     return metrics
 
   @classmethod
+  def objective_for(cls, config: Any) -> Tuple[str, str]:
+    """The tuning objective of this configuration (default: `objective`).
+
+    Families whose task depends on the config (ALS: explicit ratings are
+    scored by RMSE, implicit plays by HR@10) override this.
+    """
+    del config
+    return cls.objective
+
+  @classmethod
+  def prepare_overrides_for(cls, config: Any) -> Mapping[str, Any]:
+    """`PrepareConfig` fields this configuration needs (default: `prepare_overrides`)."""
+    del config
+    return cls.prepare_overrides
+
+  @classmethod
   def search_space(cls, hp: Any) -> Dict[str, Any]:
     """Declares the tuning search space on `hp` (a `keras_tuner.HyperParameters`).
 
