@@ -8,6 +8,7 @@ BENCHMARKS.md and a JSON file.
 """
 
 import json
+from importlib import metadata
 import os
 import platform
 import statistics
@@ -80,10 +81,11 @@ def machine() -> Dict[str, Any]:
     cores = os.cpu_count()
   info: Dict[str, Any] = {"cores": cores, "memory_gib": _memory_gib(), "cpu": _cpu_model(),
                           "platform": platform.platform(), "python": sys.version.split()[0]}
-  for name in ("tensorflow", "tensorflow_recommenders", "scann", "numpy"):
-    module = sys.modules.get(name)
-    if module is not None:
-      info[name] = getattr(module, "__version__", "unknown")
+  for name in ("tensorflow", "tf-keras", "tensorflow-recommenders", "scann", "numpy"):
+    try:
+      info[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      info[name] = None
   return info
 
 
