@@ -7,10 +7,11 @@ artist, ...) but is too costly to score every track. So the two-tower model
 proposes its top `candidates` (default 100) tracks and the DCN re-orders
 them; the top `top_k` (default 10) are served.
 
-The re-ranker is trained for this job (`--labels implicit`): every training
-interaction is a positive; its negatives are `hard_negatives` tracks drawn
-from the retrieval model's own top candidates for that user (tracks the
-user did not play: the mistakes the re-ranker must fix) and
+The re-ranker is trained for this job (`--labels implicit`): each user's
+most recent `recent_positives` training interactions are positives (tastes
+drift); each positive's negatives are `hard_negatives` tracks drawn from the
+retrieval model's own top candidates for that user (tracks the user did
+not play: the mistakes the re-ranker must fix) and
 `random_negatives` uniform tracks (so it still knows the rest of the
 catalogue). The final score of a candidate is
 
@@ -67,7 +68,8 @@ class CascadeConfig:
     batch_size: DCN batch size.
     epochs: DCN maximum epochs (early stopping on validation log loss).
     recent_positives: Train the re-ranker on each user's last N training
-      interactions only (tastes drift; 0 = all of them).
+      interactions only (tastes drift; 0 = all of them). 20 was chosen on the
+      default preset by validation HR@10 (0.2463 vs 0.2400 with all).
     retrieval_preset: Two-tower preset (set from `--preset`).
     retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
     seed: Seed of both models and the negative sampling.
@@ -85,7 +87,7 @@ class CascadeConfig:
   learning_rate: float = 0.002
   batch_size: int = 1024
   epochs: int = 6
-  recent_positives: int = 0
+  recent_positives: int = 20
   retrieval_preset: str = "default"
   retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
   seed: int = 0
