@@ -181,8 +181,8 @@ def test_cli_trains_evaluates_and_exports(tmp_path):
   import sys
   proc = subprocess.run(
       [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny",
-       "--set", "cross_layers=1", "--set", "projection_dim=4", "--set", "structure=parallel",
-       "--set", "deep_layers=[16]", "--job-dir", str(tmp_path / "job"),
+       "--cross-layers", "1", "--projection-dim", "4", "--structure", "parallel",
+       "--deep-layers", "16", "--job-dir", str(tmp_path / "job"),
        "--export-dir", str(tmp_path / "export")],
       capture_output=True, text=True, cwd=REPO, timeout=300,
       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
