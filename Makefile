@@ -7,7 +7,7 @@ MODEL ?= two_tower
 PRESET ?= default
 ARGS ?=
 
-.PHONY: install train test test-fast sdist clean
+.PHONY: install train test test-fast bench sdist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.run_all $(ARGS)
 
 sdist: $(STAMP)
 	$(PY) -m build --sdist --outdir dist .
