@@ -260,3 +260,8 @@ def test_stream_train_reads_shards_and_learns(tmp_path):
   mean = frame["rating"].to_numpy()[bucket < 80].mean()
   test = frame["rating"].to_numpy()[bucket >= 90]
   assert summary["test/all/rmse"] < np.sqrt(np.mean((test - mean) ** 2))
+
+
+def test_objective_follows_the_labels():
+  assert DCNFamily.objective_for(DCNConfig()) == ("valid/all/rmse", "min")
+  assert DCNFamily.objective_for(DCNConfig(labels="implicit")) == ("valid/all/auc", "max")

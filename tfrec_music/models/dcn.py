@@ -526,6 +526,11 @@ class DCNFamily(ModelFamily):
   objective = ("valid/all/rmse", "min")
 
   @classmethod
+  def objective_for(cls, config: DCNConfig) -> Tuple[str, str]:
+    """Validation RMSE for ratings; validation AUC for implicit labels."""
+    return ("valid/all/auc", "max") if config.labels == "implicit" else cls.objective
+
+  @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:
     """Cross layers, low-rank projection, deep layer sizes, embedding size, learning rate.
 
