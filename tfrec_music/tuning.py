@@ -191,7 +191,10 @@ def make_oracle(tuner: str, family_cls: Type[ModelFamily], max_trials: int, seed
   if tuner == "random":
     return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
   if tuner == "bayesian":
+    # Keras Tuner's default starts with 3 random trials per hyperparameter, which
+    # is the whole budget of a small search; a third of it is random here.
     return kt.oracles.BayesianOptimizationOracle(objective=objective, max_trials=max_trials,
+                                                 num_initial_points=max(2, max_trials // 3),
                                                  seed=seed)
   if tuner == "hyperband":
     return kt.oracles.HyperbandOracle(objective=objective, max_epochs=max_epochs, factor=3,
