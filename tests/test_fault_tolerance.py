@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,7 +92,8 @@ def _metrics(job_dir):
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path):
   job = str(tmp_path / "killed")
-  args = TRAIN + ["--epochs", "4", "--checkpoint-every", "3", "--no-export", "--job-dir", job]
+  # Enough epochs that a quick machine is still training when the kill lands.
+  args = TRAIN + ["--epochs", "8", "--checkpoint-every", "3", "--no-export", "--job-dir", job]
   first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
   try:
@@ -99,7 +101,6 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path):
     log = os.path.join(job, "backup", "two_tower_validation", "validation_state.json")
     assert _wait_for(lambda: os.path.exists(log) and _checkpoint_written(job), first, 240), \
         "no checkpoint appeared before the run ended"
-    time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
   finally:
@@ -114,17 +115,18 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path):
   assert resumed, "the rerun started from scratch"
   step = int(resumed[0].rsplit("step", 1)[1].strip(" ."))
   assert step > 0 and step % 3 == 0
-  assert "Resuming: 1 epochs validated before" in second.stderr or \
-      "Resuming: 2 epochs validated before" in second.stderr
+  validated = re.search(r"Resuming: (\d+) epochs validated before", second.stderr)
+  assert validated and 1 <= int(validated.group(1)) < 8, second.stderr[-2000:]
   assert not os.path.exists(os.path.join(job, "backup", "two_tower"))  # finished: backup gone
 
   clean = str(tmp_path / "clean")
   uninterrupted = subprocess.run(
-      TRAIN + ["--epochs", "4", "--checkpoint-every", "3", "--no-export", "--job-dir", clean],
+      TRAIN + ["--epochs", "8", "--checkpoint-every", "3", "--no-export", "--job-dir", clean],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
   a, b = _metrics(job), _metrics(clean)
-  print(f"resume evidence: checkpoint every 3 steps, killed after epoch 1 was validated, "
+  print(f"resume evidence: checkpoint every 3 steps, killed after epoch "
+        f"{validated.group(1)} was validated, "
         f"resumed at step {step}; test HR@10 resumed {a['test/all/hr@10']:.4f} vs "
         f"uninterrupted {b['test/all/hr@10']:.4f}")
   # The resumed run sees other shuffles after the kill, so not bit-equal: within 0.08 HR@10.
