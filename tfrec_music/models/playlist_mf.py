@@ -61,6 +61,7 @@ from tfrec_music.evaluation.playlist import playlist_names
 from tfrec_music.evaluation.playlist import seen_queries
 from tfrec_music.evaluation.playlist import unseen_tail_queries
 from tfrec_music.evaluation.rating import binary_metrics
+from tfrec_music.export.projector import write_item_projector
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.pipeline.dataset import make_dataset
@@ -660,7 +661,7 @@ class PlaylistMFFamily(ModelFamily):
     self.fit_summary = {"best_epoch": best[2], "best_valid_ndcg": best[0],
                         "epochs_run": len(history), "history": history,
                         "name_tokens": len(self.module().token_weights.numpy()) - 1}
-    write_projector(io.join(job_dir, "logs", "projector"), self.track_arrays()[0],
+    write_item_projector(io.join(job_dir, "logs", "projector"), self.track_arrays()[0],
                     self.prepared.items)
     return self.fit_summary
 
@@ -864,22 +865,3 @@ def save_continuation(module: PlaylistContinuation, directory: str) -> None:
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
              if module.index_kind == "scann" else None)
   tf.saved_model.save(module, directory, signatures=module.signatures(), options=options)
-
-
-def write_projector(log_dir: str, vectors: np.ndarray, items: pd.DataFrame) -> None:
-  """Track vectors in TensorBoard's embedding projector, labelled by title and artist."""
-  from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
-  io.makedirs(log_dir)
-  label_cols = [c for c in ("title", "artist") if c in items.columns]
-  lines: List[str] = ["item_id\t" + "\t".join(label_cols)] if label_cols else []
-  cells = [items["item_id"].astype(str).to_numpy()] + [
-      items[c].fillna("").astype(str).str.replace("\t", " ").to_numpy() for c in label_cols]
-  lines += ["\t".join(row) for row in zip(*cells)]
-  io.write_text(io.join(log_dir, "metadata.tsv"), "\n".join(lines) + "\n")
-  checkpoint = tf.train.Checkpoint(embedding=tf.Variable(vectors, name="track_vectors"))
-  checkpoint.save(io.join(log_dir, "embedding.ckpt"))
-  config = projector.ProjectorConfig()
-  embedding = config.embeddings.add()
-  embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-  embedding.metadata_path = "metadata.tsv"
-  projector.visualize_embeddings(log_dir, config)

@@ -24,6 +24,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_music import io
 from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.family import ModelFamily
@@ -519,25 +520,8 @@ class TwoTowerFamily(ModelFamily):
 
   def _write_projector(self, job_dir: str) -> None:
     """Track vectors in TensorBoard's embedding projector, labelled by title and artist."""
-    from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
-    log_dir = io.join(job_dir, "logs", "projector")
-    io.makedirs(log_dir)
-    items = self.prepared.items
-    label_cols = [c for c in ("title", "artist") if c in items.columns]
-    lines = ["item_id\t" + "\t".join(label_cols)] if label_cols else []
-    for row in range(len(items)):
-      cells = [str(items["item_id"].iloc[row])] + [
-          str(items[c].iloc[row]).replace("\t", " ") for c in label_cols]
-      lines.append("\t".join(cells) if label_cols else cells[0])
-    io.write_text(io.join(log_dir, "metadata.tsv"), "\n".join(lines) + "\n")
-    vectors = tf.Variable(self.item_embeddings(), name="track_vectors")
-    checkpoint = tf.train.Checkpoint(embedding=vectors)
-    checkpoint.save(io.join(log_dir, "embedding.ckpt"))
-    config = projector.ProjectorConfig()
-    embedding = config.embeddings.add()
-    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    embedding.metadata_path = "metadata.tsv"
-    projector.visualize_embeddings(log_dir, config)
+    write_item_projector(io.join(job_dir, "logs", "projector"), self.item_embeddings(),
+                         self.prepared.items)
 
 
 def _optimizer(config: TwoTowerConfig) -> tf.keras.optimizers.Optimizer:

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from tfrec_music import io
 from tfrec_music.evaluation.similarity import similarity_metrics
+from tfrec_music.export.projector import write_projector
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
 from tfrec_music.models.track_vectors import SOURCES
@@ -615,25 +616,14 @@ class UserSimilarityFamily(ModelFamily):
 
   def _write_projector(self, job_dir: str) -> str:
     """User vectors in TensorBoard's embedding projector, labelled by id and country."""
-    from tensorboard.plugins import projector  # pylint: disable=g-import-not-at-top
     model = self._require_model()
-    log_dir = io.join(job_dir, "logs", "projector_users")
-    io.makedirs(log_dir)
     users = self.prepared.users
     country = (users.set_index("user_id")["country"].reindex(model.users.ids).fillna("")
                .astype(str).to_numpy() if users is not None and "country" in users.columns
                else np.full(len(model.users), ""))
-    lines = ["user_id\tcountry"] + [f"{u}\t{c}" for u, c in zip(model.users.ids, country)]
-    io.write_text(io.join(log_dir, "metadata.tsv"), "\n".join(lines) + "\n")
-    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(model.users.vectors,
-                                                           name="user_vectors"))
-    checkpoint.save(io.join(log_dir, "embedding.ckpt"))
-    config = projector.ProjectorConfig()
-    embedding = config.embeddings.add()
-    embedding.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    embedding.metadata_path = "metadata.tsv"
-    projector.visualize_embeddings(log_dir, config)
-    return log_dir
+    labels = pd.DataFrame({"user_id": np.asarray(model.users.ids), "country": country})
+    return write_projector(io.join(job_dir, "logs", "projector_users"), model.users.vectors,
+                           labels, name="user_vectors")
 
   # ---------------------------------------------------------------- evaluation
   def score_fn(self):
