@@ -56,6 +56,7 @@ from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rating_baselines import baseline_scorers
 from tfrec_music.models.rating_baselines import evaluate_rating_scorers
 from tfrec_music.models.rating_baselines import fit_rating_baselines
+from tfrec_music.pipeline.lookups import id_table
 from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.pipeline.lookups import string_lookup
 from tfrec_music.prepare.prepared import PreparedData
@@ -451,9 +452,9 @@ class DCNServingModule(tf.Module):
     self.spec = encoder.spec
     self.low = tf.constant(float(rating_range[0]), tf.float32)
     self.high = tf.constant(float(rating_range[1]), tf.float32)
-    self.item_table = _id_table(items["item_id"])
+    self.item_table = id_table(items["item_id"])
     self.items = {c: tf.constant(_with_missing(v)) for c, v in items.items() if c != "item_id"}
-    self.user_table = _id_table(users["user_id"])
+    self.user_table = id_table(users["user_id"])
     self.users = {c: tf.constant(_with_missing(v)) for c, v in users.items() if c != "user_id"}
 
     @tf.function(input_signature=[raw_signature(self.spec)])
@@ -492,13 +493,6 @@ class DCNServingModule(tf.Module):
   def signatures(self) -> Dict[str, Callable]:
     """`serving_default` (raw features) and `score_ids` (ids only)."""
     return {"serving_default": self.serve, "score_ids": self.score_ids}
-
-
-def _id_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
-  ids = np.asarray(ids).astype(str).astype(object)
-  return tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
-                                          tf.range(len(ids), dtype=tf.int64)), default_value=-1)
 
 
 def _with_missing(values: np.ndarray) -> np.ndarray:

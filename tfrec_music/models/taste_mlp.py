@@ -61,6 +61,7 @@ from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
 from tfrec_music.models.track_vectors import text_track_vectors
 from tfrec_music.models.user_similarity import SimilarityIndex
 from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.lookups import id_table
 from tfrec_music.prepare.prepared import PreparedData
 
 NEGATIVE_STRATEGIES = ("least_similar", "random")
@@ -205,8 +206,8 @@ class TasteServingModule(tf.Module):
                                  dtype=tf.float32, trainable=False, name="centroids")
     self.tracks = tf.Variable(np.concatenate([track_table.mean(0, keepdims=True), track_table]),
                               dtype=tf.float32, trainable=False, name="tracks")
-    self.user_table = _id_table(user_ids)
-    self.item_table = _id_table(item_ids)
+    self.user_table = id_table(user_ids)
+    self.item_table = id_table(item_ids)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
                                   tf.TensorSpec([None], tf.string, name="item_id")])
@@ -228,13 +229,6 @@ class TasteServingModule(tf.Module):
   def signatures(self) -> Dict[str, Callable]:
     """Signatures for `tf.saved_model.save`."""
     return {"serving_default": self.serve, "score_features": self.score_features}
-
-
-def _id_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
-  ids = np.asarray(ids).astype(str).astype(object)
-  return tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
-                                          tf.range(len(ids), dtype=tf.int64)), default_value=-1)
 
 
 def least_similar_users(index: SimilarityIndex, chunk: int = 1024) -> np.ndarray:

@@ -52,3 +52,15 @@ def lookup_indices(values, vocabulary: List[str]) -> np.ndarray:
   out = np.where(found >= 0, found + 2, 1).astype(np.int64)
   out[(values == "").to_numpy()] = 0
   return out
+
+
+def id_table(ids) -> tf.lookup.StaticHashTable:
+  """Serving-side id -> row table: `ids[i]` maps to `i`, anything else to -1.
+
+  Unlike `string_lookup` (training vocabularies with an OOV bucket), exports
+  use this to find a raw id's row and detect unknown ids themselves.
+  """
+  ids = np.asarray(ids).astype(str).astype(object)
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string),
+                                          tf.range(len(ids), dtype=tf.int64)), default_value=-1)
