@@ -103,3 +103,36 @@ def emit(name: str, report: Dict[str, Any], json_path: Optional[str] = None) -> 
   if json_path:
     with open(json_path, "w", encoding="utf-8") as f:
       f.write(json.dumps(payload, indent=2, default=float) + "\n")
+
+
+def print_seed_table(rows: List[Dict[str, float]], title: str, json_path: Optional[str] = None,
+                     width: int = 8) -> None:
+  """Prints median, min and max of each figure over per-seed rows (and writes them as JSON).
+
+  Args:
+    rows: One dict of figures per seed (all with the same keys).
+    title: Line printed above the table (seeds, preset, overrides).
+    json_path: Also write the rows to this file.
+    width: Field width of the numbers (4 decimals).
+  """
+  print(f"\n{title}")
+  for key in sorted(rows[0]):
+    values = [r[key] for r in rows]
+    print(f"{key:40s} median {statistics.median(values):{width}.4f}  "
+          f"min {min(values):{width}.4f}  max {max(values):{width}.4f}")
+  if json_path:
+    with open(json_path, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=2)
+
+
+def rss_mb() -> float:
+  """Current resident set size of this process in MiB (Linux `/proc`), NaN elsewhere."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  return float("nan")
+

@@ -14,13 +14,12 @@ with `--data-seed`):
 """
 
 import argparse
-import json
-import statistics
 import time
 from typing import Dict, List
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
+from benchmarks._stats import print_seed_table
 from benchmarks.two_tower_quality import _parse_sets
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeFamily
@@ -87,14 +86,8 @@ def main() -> None:
       row.update(cascade_row(catalog, args.preset, seed))
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
-  print(f"\n{len(rows)} seeds, preset {args.preset}, overrides {overrides}")
-  for key in sorted(rows[0]):
-    values = [r[key] for r in rows]
-    print(f"{key:40s} median {statistics.median(values):9.4f}  min {min(values):9.4f}  "
-          f"max {max(values):9.4f}")
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=2)
+  print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",
+                   args.json, width=9)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,7 @@ _CHILD = r"""
 import json, resource, sys
 import tfrec_music
 from tfrec_music.models.dcn import DCNFamily, stream_train
-def rss_mb():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+from benchmarks._stats import rss_mb
 import tensorflow  # the runtime is part of the baseline, not of the data
 after_imports = rss_mb()
 config = DCNFamily.make_config("default", {"epochs": int(sys.argv[2])})

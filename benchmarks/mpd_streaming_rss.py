@@ -25,12 +25,7 @@ _CHILD = r"""
 import json, resource, sys, time
 from tfrec_music.data.loaders.mpd import load_mpd
 from tfrec_music.data.report import DataReport
-def rss_mb():
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024.0
-  return float("nan")
+from benchmarks._stats import rss_mb
 after_imports = rss_mb()
 start = time.perf_counter()
 report = DataReport()

@@ -11,12 +11,12 @@ the figures the two-tower issue asks for:
 
 import argparse
 import json
-import statistics
 import time
 from typing import Dict, List
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
+from benchmarks._stats import print_seed_table
 from tfrec_music.data import synthetic
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
@@ -82,14 +82,8 @@ def main() -> None:
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                       if k.startswith("ratio/") or k.endswith("hr@10")),
           flush=True)
-  print(f"\n{len(rows)} seeds, preset {args.preset}, overrides {overrides}")
-  for key in sorted(rows[0]):
-    values = [r[key] for r in rows]
-    print(f"{key:40s} median {statistics.median(values):8.4f}  min {min(values):8.4f}  "
-          f"max {max(values):8.4f}")
-  if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=2)
+  print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",
+                   args.json)
 
 
 if __name__ == "__main__":
