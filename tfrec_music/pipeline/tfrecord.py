@@ -1,13 +1,16 @@
 """Sharded TFRecord files: materialize large splits once, stream them after.
 
-Writing takes an iterator of frames (so a split never needs to sit in memory
-whole) and rolls over to a new shard every `shard_rows` rows. Reading
-interleaves shards in parallel and parses batches, so memory stays flat as the
-data grows.
+Writing takes an iterator of frames or column dicts (so a split never needs to
+sit in memory whole) and rolls over to a new shard every `shard_rows` rows.
+Columns are scalars or fixed-length lists (a 2-D array column, e.g. a
+[rows, 20] history of track indices). Reading interleaves shards in parallel
+(`num_parallel_calls` readers), shuffles serialized rows in a bounded buffer,
+batches them and only then parses the batch (one `parse_example` call per
+batch, not per row), so memory stays flat as the data grows.
 """
 
 import json
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,7 @@ import tensorflow as tf
 from tfrec_music import io
 
 _SPEC_FILE = "features.json"
+_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
 
 
 def _kind(values: np.ndarray) -> str:
@@ -28,40 +32,87 @@ def _kind(values: np.ndarray) -> str:
   return "string"
 
 
-def _feature(kind: str, value) -> tf.train.Feature:
+def _list_feature(kind: str, values) -> tf.train.Feature:
   if kind == "int64":
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
   if kind == "float32":
-    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
+    return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+  return tf.train.Feature(bytes_list=tf.train.BytesList(
+      value=[str(v).encode("utf-8") for v in values]))
 
 
-def write_shards(frames: Iterable[pd.DataFrame], directory: str, name: str,
-                 shard_rows: int = 1_000_000) -> List[str]:
-  """Writes frames of scalar columns as `name-00000.tfrecord` shards.
+def _columns(frame: Union[pd.DataFrame, Mapping[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+  if isinstance(frame, pd.DataFrame):
+    return {c: frame[c].to_numpy() for c in frame.columns}
+  return {c: np.asarray(v) for c, v in frame.items()}
+
+
+def _spec_of(columns: Dict[str, np.ndarray]) -> Dict[str, Union[str, List]]:
+  """Column -> `"int64"` (scalar) or `["int64", length]` (fixed-length list)."""
+  spec = {}
+  for name, values in columns.items():
+    if values.ndim == 1:
+      spec[name] = _kind(values)
+    elif values.ndim == 2:
+      spec[name] = [_kind(values), int(values.shape[1])]
+    else:
+      raise ValueError(f"Column `{name}` should be 1-D (scalars) or 2-D (fixed-length lists). "
+                       f"Received: shape {values.shape}.")
+  return spec
+
+
+def _rows_as_lists(columns: Dict[str, np.ndarray], spec) -> List[Tuple[str, str, list]]:
+  """(name, kind, per-row value lists) with numpy converted to Python once per chunk."""
+  out = []
+  for name, kind in spec.items():
+    values = columns[name]
+    if isinstance(kind, list):
+      kind = kind[0]
+      rows = values.tolist()
+    else:
+      rows = [[v] for v in values.tolist()]
+    out.append((name, kind, rows))
+  return out
+
+
+def write_shards(frames: Iterable[Union[pd.DataFrame, Mapping[str, np.ndarray]]],
+                 directory: str, name: str, shard_rows: int = 1_000_000) -> List[str]:
+  """Writes frames as `name-00000.tfrecord` shards of `tf.train.Example`s.
 
   Args:
-    frames: Frames with the same columns (e.g. chunks of a split).
+    frames: Frames (or dicts of equal-length numpy arrays) with the same
+      columns (e.g. chunks of a split). A 2-D array [rows, L] is written as a
+      fixed-length list feature of length L; every chunk must use the same L.
     directory: Output folder (local or `tf.io.gfile` path).
     name: File prefix, e.g. `"train"`.
     shard_rows: Rows per shard.
 
   Returns:
-    The shard paths, in order. A `features.json` beside them records the
-    column types for `read_shards`.
+    The shard paths, in order. A `<name>.features.json` beside them records
+    the column types (and list lengths) for `read_shards`.
+
+  Raises:
+    ValueError: `shard_rows` is not positive, or a chunk's columns, types or
+      list lengths differ from the first chunk's.
   """
   if shard_rows <= 0:
     raise ValueError(f"`shard_rows` should be positive. Received: `shard_rows` = {shard_rows}.")
   io.makedirs(directory)
   paths: List[str] = []
-  kinds: Dict[str, str] = {}
+  spec: Dict[str, Union[str, List]] = {}
   writer = None
   in_shard = 0
-  for frame in frames:
-    if not kinds:
-      kinds = {c: _kind(frame[c].to_numpy()) for c in frame.columns}
-    columns = {c: frame[c].to_numpy() for c in kinds}
-    for i in range(len(frame)):
+  for number, frame in enumerate(frames):
+    columns = _columns(frame)
+    if not spec:
+      spec = _spec_of(columns)
+    elif _spec_of(columns) != spec:
+      raise ValueError(f"Chunk {number} of `{name}` has columns {_spec_of(columns)}, but the "
+                       f"first chunk had {spec}. Every chunk needs the same columns, types and "
+                       "list lengths.")
+    lists = _rows_as_lists(columns, spec)
+    n_rows = len(next(iter(columns.values()))) if columns else 0
+    for i in range(n_rows):
       if writer is None or in_shard >= shard_rows:
         if writer is not None:
           writer.close()
@@ -70,18 +121,33 @@ def write_shards(frames: Iterable[pd.DataFrame], directory: str, name: str,
         writer = tf.io.TFRecordWriter(path)
         in_shard = 0
       example = tf.train.Example(features=tf.train.Features(
-          feature={c: _feature(k, columns[c][i]) for c, k in kinds.items()}))
+          feature={c: _list_feature(k, rows[i]) for c, k, rows in lists}))
       writer.write(example.SerializeToString())
       in_shard += 1
   if writer is not None:
     writer.close()
-  io.write_text(io.join(directory, f"{name}.{_SPEC_FILE}"), json.dumps(kinds) + "\n")
+  io.write_text(io.join(directory, f"{name}.{_SPEC_FILE}"), json.dumps(spec) + "\n")
   return paths
+
+
+def feature_spec(directory: str, name: str) -> Dict[str, tf.io.FixedLenFeature]:
+  """The `parse_example` spec of the shards `name` in `directory`."""
+  kinds = json.loads(io.read_text(io.join(directory, f"{name}.{_SPEC_FILE}")))
+  spec = {}
+  for column, kind in kinds.items():
+    if isinstance(kind, list):
+      spec[column] = tf.io.FixedLenFeature([int(kind[1])], _DTYPES[kind[0]])
+    else:
+      spec[column] = tf.io.FixedLenFeature([], _DTYPES[kind])
+  return spec
 
 
 def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = True,
                 seed: int = 0, shuffle_buffer: int = 100_000, repeat: bool = False,
-                lookup_fn: Optional[Callable] = None) -> tf.data.Dataset:
+                lookup_fn: Optional[Callable] = None,
+                num_parallel_calls: int = tf.data.AUTOTUNE,
+                cycle_length: Optional[int] = None, deterministic: bool = True,
+                drop_remainder: bool = False) -> tf.data.Dataset:
   """Streams the shards written by `write_shards` as batched feature dicts.
 
   Args:
@@ -93,24 +159,36 @@ def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = T
     shuffle_buffer: Rows held for shuffling (bounds memory).
     repeat: Repeat forever.
     lookup_fn: Batched map on the host: raw feature dict -> model inputs.
+    num_parallel_calls: Shards read at once and parallelism of parsing and
+      `lookup_fn` (default `tf.data.AUTOTUNE`).
+    cycle_length: Shards interleaved (default: `num_parallel_calls`, or
+      AUTOTUNE).
+    deterministic: Keep a fixed element order for a given seed (False lets a
+      slow shard be overtaken: faster, but the order varies run to run).
+    drop_remainder: Drop the last partial batch.
 
   Returns:
-    A `tf.data.Dataset` of dicts of [batch] tensors.
+    A `tf.data.Dataset` of dicts of [batch] (or [batch, L] for list columns)
+    tensors.
+
+  Raises:
+    ValueError: no shard matches `name` in `directory`.
   """
-  kinds = json.loads(io.read_text(io.join(directory, f"{name}.{_SPEC_FILE}")))
-  spec = {c: tf.io.FixedLenFeature([], {"int64": tf.int64, "float32": tf.float32,
-                                        "string": tf.string}[k])
-          for c, k in kinds.items()}
-  files = tf.data.Dataset.list_files(io.join(directory, f"{name}-*.tfrecord"),
-                                     shuffle=shuffle, seed=seed)
-  ds = files.interleave(tf.data.TFRecordDataset, cycle_length=tf.data.AUTOTUNE,
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  spec = feature_spec(directory, name)
+  pattern = io.join(directory, f"{name}-*.tfrecord")
+  if not tf.io.gfile.glob(pattern):
+    raise ValueError(f"No shards match {pattern!r}. Write them with `write_shards` first.")
+  files = tf.data.Dataset.list_files(pattern, shuffle=shuffle, seed=seed)
+  ds = files.interleave(tf.data.TFRecordDataset,
+                        cycle_length=cycle_length or num_parallel_calls,
+                        num_parallel_calls=num_parallel_calls, deterministic=deterministic)
   if shuffle:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size).map(lambda x: tf.io.parse_example(x, spec),
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
+      lambda x: tf.io.parse_example(x, spec), num_parallel_calls=num_parallel_calls,
+      deterministic=deterministic)
   if lookup_fn is not None:
-    ds = ds.map(lookup_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lookup_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
   return ds.prefetch(tf.data.AUTOTUNE)
