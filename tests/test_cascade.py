@@ -112,6 +112,10 @@ def test_evaluation_reports_cascade_and_retrieval_on_the_same_users(trained, cat
   for key in ("test/all/count", "valid/all/count", "test/cold_user/count"):
     assert metrics["model"][key] == metrics["two_tower"][key]
   hr = family.fit_summary["valid_hr@10_by_blend"]
+  # Both stages went through the shared fit loop (checkpoints, resume, validation stopping).
+  for stage in ("retrieval", "ranker"):
+    assert family.fit_summary[stage]["resumed_from_step"] == 0
+    assert family.fit_summary[stage]["epochs_run"] == len(family.fit_summary[stage]["history"])
   assert family.blend == max(family.config.blend_weights, key=lambda w: hr[str(w)])
   # The blend was chosen by validation HR@10: the reported validation HR@10 of
   # the cascade is that choice's (same candidates, same ranking rule).

@@ -265,3 +265,64 @@ def test_stream_train_reads_shards_and_learns(tmp_path):
 def test_objective_follows_the_labels():
   assert DCNFamily.objective_for(DCNConfig()) == ("valid/all/rmse", "min")
   assert DCNFamily.objective_for(DCNConfig(labels="implicit")) == ("valid/all/auc", "max")
+
+
+def _newest_checkpoint(job_dir):
+  """Modification time of the newest checkpoint file under the job's backup (0: none)."""
+  import glob
+  newest = 0.0
+  for path in glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True):
+    try:
+      newest = max(newest, os.path.getmtime(path))
+    except OSError:  # replaced by the next checkpoint meanwhile
+      pass
+  return newest
+
+
+@pytest.mark.parametrize("labels", ["explicit", "implicit"])
+def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
+  """Issue 9 for the DCN: a SIGKILLed run rerun with the same command resumes, not restarts."""
+  import signal
+  import subprocess
+  import sys
+  from tests.test_fault_tolerance import _checkpoint_written
+  from tests.test_fault_tolerance import _wait_for
+  job, export = str(tmp_path / "job"), str(tmp_path / "export")
+  # Small batches and many epochs so training is still running when the kill lands.
+  args = [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny",
+          "--labels", labels, "--negatives", "1", "--batch-size", "64", "--epochs", "12",
+          "--set", "early_stopping_patience=100", "--checkpoint-every", "5",
+          "--verbosity", "INFO", "--job-dir", job, "--export-dir", export]
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)
+  try:
+    state = os.path.join(job, "backup", "dcn_validation", "validation_state.json")
+    assert _wait_for(lambda: os.path.exists(state) and _checkpoint_written(job), first, 50), \
+        "no checkpoint appeared before the run ended"
+    # Kill mid-epoch: after a step checkpoint newer than the first validated epoch.
+    validated_at = os.path.getmtime(state)
+    assert _wait_for(lambda: _newest_checkpoint(job) > validated_at, first, 30), \
+        "no checkpoint after the first epoch before the run ended"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(export, "dcn"))
+
+  second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  card = json.load(open(os.path.join(export, "dcn", "1", "model_card.json")))
+  fit = card["fit"]
+  # Resumed from the last 5-step checkpoint, past the first epoch (validated before the kill).
+  assert fit["resumed_from_step"] > fit["steps_per_epoch"], fit
+  assert fit["resumed_from_step"] % 5 == 0, fit
+  assert 1 <= fit["resumed_from_epoch"] < 12, fit
+  assert [h["epoch"] for h in fit["history"]] == list(range(1, 13))
+  assert "Resuming from the checkpoint at step" in second.stderr
+  assert not os.path.exists(os.path.join(job, "backup", "dcn"))  # finished: backup gone
+  print(f"DCN {labels} resume evidence: killed after epoch {fit['resumed_from_epoch']} was "
+        f"validated; resumed at step {fit['resumed_from_step']} "
+        f"({fit['steps_per_epoch']} steps/epoch); finished {len(fit['history'])} epochs")

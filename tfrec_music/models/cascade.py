@@ -134,6 +134,10 @@ class CascadeConfig:
 class HardNegativeDCN(DCNFamily):
   """The DCN family with negatives drawn from retrieval candidates plus uniform ones.
 
+  Trained through the DCN's `fit` (the shared fit loop: step checkpoints,
+  resume, NaN guard, early stopping on the validation log loss) under its own
+  backup name.
+
   Args:
     config: Implicit-label `DCNConfig`.
     prepared: Prepared data.
@@ -149,6 +153,8 @@ class HardNegativeDCN(DCNFamily):
     super().__init__(config, prepared)
     self.candidates_of = candidates_of
     self.hard, self.uniform, self.recent = hard, uniform, recent
+
+  fit_name = "two_tower_dcn_ranker"
 
   def training_features(self, epoch: int = 0) -> Dict[str, np.ndarray]:
     """Positives (each user's last `recent`, or all) with fresh negatives every epoch."""
@@ -287,12 +293,20 @@ class CascadeFamily(ModelFamily):
 
   # ----------------------------------------------------------------- training
   def fit(self, job_dir: str) -> Dict[str, Any]:
-    """Fits the two-tower model, then the hard-negative DCN, then picks the blend."""
+    """Fits the two-tower model, then the hard-negative DCN, then picks the blend.
+
+    Both Keras fits go through the shared fit loop with this family's
+    `checkpoint_every`, each under its own backup folder
+    (`<backup_dir>/retrieval/two_tower`, `<backup_dir>/ranker/two_tower_dcn_ranker`),
+    so a killed run rerun with the same command resumes the stage it was in.
+    """
+    self._share_checkpointing(self.retrieval, "retrieval")
     retrieval_summary = self.retrieval.fit(io.join(job_dir, "retrieval"))
     config = self.config
     self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
                                   self._training_candidates(), config.hard_negatives,
                                   config.random_negatives, config.recent_positives)
+    self._share_checkpointing(self.ranker, "ranker")
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
     valid_hr = self._choose_blend()
     logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s)", self.blend,
@@ -300,6 +314,11 @@ class CascadeFamily(ModelFamily):
     self.fit_summary = {"retrieval": retrieval_summary, "ranker": ranker_summary,
                         "blend": self.blend, "valid_hr@10_by_blend": valid_hr}
     return self.fit_summary
+
+  def _share_checkpointing(self, stage: ModelFamily, name: str) -> None:
+    """Gives a stage this family's checkpoint frequency and a backup folder of its own."""
+    stage.checkpoint_every = self.checkpoint_every
+    stage.backup_dir = io.join(self.backup_dir, name) if self.backup_dir else None
 
   def _candidate_logits(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """[B, C] re-ranker logits of each user's candidates."""

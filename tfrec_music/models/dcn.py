@@ -38,6 +38,7 @@ inputs: OOV bucket, missing-value index, training mean.
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -52,6 +53,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_music import io
 from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.rating import binary_metrics
+from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rating_baselines import baseline_scorers
 from tfrec_music.models.rating_baselines import evaluate_rating_scorers
@@ -386,25 +388,64 @@ class DCNModel(tfrs.Model):
     return loss + tf.add_n(self.ranker.losses) if self.ranker.losses else loss
 
 
-def shuffled_batches(features: Dict[str, np.ndarray], batch_size: int,
-                     seed: int) -> tf.data.Dataset:
-  """Batches of `features` in a seeded random order, sliced from the arrays on demand.
+def epoch_batches(draw: Callable[[int], Dict[str, np.ndarray]], steps: int,
+                  epoch_of: Callable[[], int], seed: int,
+                  signature: Dict[str, tf.TensorSpec]) -> tf.data.Dataset:
+  """Exactly `steps` batches per epoch of the rows `draw(epoch)` returns, reshuffled each epoch.
 
-  Unlike `from_tensor_slices` with a full shuffle buffer, no copy of the rows
-  is made: memory stays at the arrays themselves, which matters when
-  implicit labels draw millions of fresh negatives every epoch.
+  Keras' `BackupAndRestore` resumes mid-epoch only when the number of steps
+  per epoch is known, so the rows are cut into exactly `steps` near-equal
+  batches (`np.array_split`) whatever their count that epoch (hard negatives
+  that hit a user's own track are dropped, so the count varies a little).
+  Rows are sliced from the arrays on demand: no copy is made, which matters
+  when implicit labels draw millions of fresh negatives every epoch.
+
+  Args:
+    draw: epoch -> feature arrays [N, ...] with a `label` [N].
+    steps: Batches per epoch.
+    epoch_of: Which epoch an iteration is for, read when the iteration starts
+      (the optimizer's step count // `steps`: after a resumed run restored
+      its counters, the resumed epoch; so the rows and order depend on the
+      epoch, not on how many times the run was started).
+    seed: Shuffle seed (plus the epoch).
+    signature: Feature name -> `tf.TensorSpec` of one batch.
+
+  Returns:
+    A `tf.data.Dataset` of known cardinality `steps`.
   """
-  n = len(next(iter(features.values())))
-  order = np.random.default_rng(seed).permutation(n)
-  signature = {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
-               for k, v in features.items()}
 
   def _batches():
-    for start in range(0, n, batch_size):
-      rows = np.sort(order[start:start + batch_size])
+    epoch = int(epoch_of())
+    features = draw(epoch)
+    n = len(features["label"])
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    for rows in np.array_split(order, steps):
+      rows = np.sort(rows)
       yield {k: v[rows] for k, v in features.items()}
 
-  return tf.data.Dataset.from_generator(_batches, output_signature=signature).prefetch(2)
+  dataset = tf.data.Dataset.from_generator(_batches, output_signature=signature)
+  return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+
+
+def feature_signature(features: Dict[str, np.ndarray]) -> Dict[str, tf.TensorSpec]:
+  """`tf.TensorSpec`s of batches of `features` (any number of rows)."""
+  return {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
+          for k, v in features.items()}
+
+
+class _Throughput(tf.keras.callbacks.Callback):
+  """Counts the training steps this `fit` ran (a resumed run skips the steps done before)."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps = 0
+    self._start = 0
+
+  def on_train_begin(self, logs=None):
+    self._start = int(self.model.optimizer.iterations.numpy())
+
+  def on_train_end(self, logs=None):
+    self.steps = int(self.model.optimizer.iterations.numpy()) - self._start
 
 
 def build_ranker(encoder: RankingEncoder, config: DCNConfig, output_bias: float) -> DCNRanker:
@@ -654,44 +695,65 @@ class DCNFamily(ModelFamily):
     return self._implicit_rows(self.prepared.train, self.config.seed * 1000 + epoch)
 
   # ----------------------------------------------------------------- training
+  # Backup sub-folder of `fit_with_validation` (the cascade's re-ranker has its own).
+  fit_name = "dcn"
+
   def fit(self, job_dir: str) -> Dict[str, Any]:
-    """Trains with early stopping on the validation loss, keeping the best weights."""
+    """Trains with early stopping on the validation loss, keeping the best weights.
+
+    Through `tfrec_music.fit_loop.fit_with_validation`: checkpoints every
+    `self.checkpoint_every` steps (every epoch when 0) in `self.backup_dir`
+    (default `<job_dir>/backup`), so a killed job rerun with the same command
+    resumes there; a non-finite loss stops training with advice and keeps the
+    last good checkpoint. The validation metric is the negated validation
+    loss (MSE for ratings, log loss for implicit labels), since the loop
+    keeps the highest value.
+    """
     config = self.config
     n_train = len(self.prepared.train)
     if n_train == 0:
       raise ValueError("No training rows after preparation: give more data or lower `--kcore`.")
     valid = self._valid_features()
-    log_dir = io.join(job_dir, "logs", "dcn")
-    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
-    best = (np.inf, None, 0)
-    history = []
+    first = self.training_features(0)
+    n_rows = len(first["label"])
+    steps = max(1, -(-n_rows // config.batch_size))
+    signature = feature_signature(first)
+    if config.labels == "implicit":
+      del first  # fresh negatives every epoch: drawn when the epoch starts
+      draw = self.training_features
+    else:
+      draw = lambda epoch: first  # noqa: E731  (the same ratings, reshuffled)
+    dataset = epoch_batches(draw, steps,
+                            lambda: int(self.model.optimizer.iterations.numpy()) // steps,
+                            config.seed, signature)
+    tensorboard = tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", self.fit_name),
+                                                 update_freq="epoch")
+    throughput = _Throughput()
+    loss_name = "mse" if config.labels == "explicit" else "log_loss"
     start = time.perf_counter()
-    examples = 0
-    features = None
-    for epoch in range(config.epochs):
-      if features is None or config.labels == "implicit":
-        features = None  # free the last epoch's rows before drawing new negatives
-        features = self.training_features(epoch)
-      dataset = shuffled_batches(features, config.batch_size, seed=config.seed + epoch)
-      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                              callbacks=[tensorboard])
-      examples += len(features["label"])
-      loss = float(result.history["loss"][-1])
-      check_finite(loss, epoch + 1)
-      valid_loss = self._valid_loss(valid)
-      history.append({"epoch": epoch + 1, "loss": loss, "valid_loss": valid_loss})
-      logging.info("dcn epoch %d: loss %.4f, valid loss %.4f", epoch + 1, loss, valid_loss)
-      if valid_loss < best[0]:
-        best = (valid_loss, self.model.get_weights(), epoch + 1)
-      elif epoch + 1 - best[2] >= config.early_stopping_patience:
-        break
+    summary = fit_with_validation(
+        self.model, dataset, epochs=config.epochs,
+        validate=lambda epoch: -self._valid_loss(valid),
+        patience=config.early_stopping_patience, job_dir=job_dir, name=self.fit_name,
+        checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
+                                "family": type(self).__name__,
+                                "data": self.prepared.fingerprint},
+                               sort_keys=True, default=str),
+        callbacks=[tensorboard, throughput],
+        nan_advice="Lower the learning rate (`--set learning_rate=...`) or the number of "
+                   "cross layers (`--cross-layers`).",
+        metric_name=f"neg_valid_{loss_name}")
     seconds = time.perf_counter() - start
-    if best[1] is not None:
-      self.model.set_weights(best[1])
-    self.fit_summary = {"best_epoch": best[2], "best_valid_loss": best[0],
-                        "epochs_run": len(history), "history": history,
-                        "examples_per_second": examples / max(seconds, 1e-9),
-                        "features": self.spec.as_dict()}
+    metric = f"neg_valid_{loss_name}"
+    for entry in summary["history"]:
+      entry["valid_loss"] = -entry[metric]
+    summary["best_valid_loss"] = -summary.pop(f"best_{metric}")
+    summary["valid_loss"] = loss_name
+    summary["steps_per_epoch"] = steps
+    summary["examples_per_second"] = throughput.steps * n_rows / steps / max(seconds, 1e-9)
+    summary["features"] = self.spec.as_dict()
+    self.fit_summary = summary
     return self.fit_summary
 
   def _valid_features(self) -> Optional[Dict[str, np.ndarray]]:
