@@ -3,6 +3,10 @@
 import dataclasses
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ import pytest
 import tfrec_music  # noqa: F401
 import tensorflow as tf
 
+from conftest import REPO
 from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.data.registry import LoadedData
@@ -218,3 +223,57 @@ def test_search_space_declares_the_tuned_knobs():
   config = PlaylistMFFamily.make_config("tiny", overrides)
   assert config.embedding_dim == overrides["embedding_dim"]
   assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(hp.values)
+
+
+def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
+  """SIGKILLs `python -m trainer.task --model <model> ...` once an epoch is validated and a
+  step checkpoint exists, reruns the same command, and returns what the rerun reports.
+
+  Returns:
+    (epochs validated before the kill, step resumed at, the export's `fit` summary).
+  """
+  from test_fault_tolerance import _checkpoint_written  # pylint: disable=g-import-not-at-top
+  from test_fault_tolerance import _wait_for  # pylint: disable=g-import-not-at-top
+  job, export = str(tmp_path / "job"), str(tmp_path / "export")
+  args = [sys.executable, "-m", "trainer.task", "--model", model, "--preset", "tiny",
+          "--set", "early_stopping_patience=100", "--epochs", str(epochs),
+          "--checkpoint-every", str(every), "--job-dir", job, "--export-dir", export,
+          "--verbosity", "INFO", *flags]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)
+  try:
+    state = os.path.join(job, "backup", f"{model}_validation", "validation_state.json")
+    assert _wait_for(lambda: os.path.exists(state) and _checkpoint_written(job), first, 120), \
+        "no checkpoint appeared before the run ended"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(job, "metrics.json"))
+  second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+  assert second.returncode == 0, second.stderr[-3000:]
+  step = re.search(r"Resuming from the checkpoint at step (\d+)", second.stderr)
+  validated = re.search(r"Resuming: (\d+) epochs validated before", second.stderr)
+  assert step and validated, "the rerun started from scratch:\n" + second.stderr[-2000:]
+  assert not os.path.exists(os.path.join(job, "backup", model))  # finished: backup gone
+  assert os.path.exists(os.path.join(job, "metrics.json"))
+  card = json.loads(open(os.path.join(export, model, "1", "model_card.json")).read())
+  return int(validated.group(1)), int(step.group(1)), card["fit"]
+
+
+def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
+  # Tiny playlists: 290 training rows, batch 16 -> 19 steps an epoch, a checkpoint every 5.
+  epochs, every = 30, 5
+  validated, step, fit = sigkill_and_rerun(tmp_path, "playlist_mf", ["--batch-size", "16"],
+                                           every, epochs)
+  print(f"playlist_mf resume evidence: killed after {validated} validated epochs "
+        f"(step >= {validated * 19}), resumed at step {step}")
+  assert 1 <= validated < epochs
+  assert step > 0 and step % every == 0 and step >= validated * 19 - every
+  assert fit["resumed_from_step"] == step and fit["resumed_from_epoch"] == validated
+  # Every epoch is in the history once, those before the kill included.
+  assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
+  assert fit["best_valid_ndcg"] == max(h["valid_ndcg"] for h in fit["history"])

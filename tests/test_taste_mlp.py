@@ -153,3 +153,38 @@ def test_task_cli_on_tiny(tmp_path):
   assert card["config"]["model"]["hidden_size"] == 8
   assert card["config"]["model"]["negatives"] == "random"
   assert json.loads((version / "metrics.json").read_text())["model"]["test/all/auc"] > 0.5
+
+
+def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
+  from test_playlist_mf import sigkill_and_rerun  # pylint: disable=g-import-not-at-top
+  # Tiny: 2879 positives + 4 negatives each, batch 256 -> 57 steps an epoch, a checkpoint every 10.
+  epochs, every = 10, 10
+  validated, step, fit = sigkill_and_rerun(
+      tmp_path, "taste_mlp", ["--set", "negatives=random", "--set", "hidden_size=8"], every,
+      epochs)
+  print(f"taste_mlp resume evidence: killed after {validated} validated epochs "
+        f"(step >= {validated * 57}), resumed at step {step}")
+  assert 1 <= validated < epochs
+  assert step > 0 and step % every == 0 and step >= validated * 57 - every
+  assert fit["resumed_from_step"] == step and fit["resumed_from_epoch"] == validated
+  assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
+  assert fit["best_valid_auc"] == max(h["valid_auc"] for h in fit["history"])
+  assert fit["history"][-1]["valid_auc"] > 0.7
+
+
+def test_each_epoch_draws_its_own_negatives_from_the_step_counter(prepared):
+  family = TasteMLPFamily(TasteMLPFamily.make_config("tiny", {"negatives": "random"}), prepared)
+  steps = family.steps_per_epoch()
+  dataset = family.epoch_dataset()
+  first = next(iter(dataset))
+  family.model.optimizer.iterations.assign(steps + 3)   # as restored mid-epoch 2
+  second = next(iter(dataset))
+  rows = {e: family.training_rows(e) for e in (0, 1)}
+  pairs = {e: set(zip(r["user"].tolist(), r["item"].tolist())) for e, r in rows.items()}
+  for batch, epoch in ((first, 0), (second, 1)):
+    negative = batch["label"].numpy() == 0
+    drawn = list(zip(batch["user"].numpy()[negative].tolist(),
+                     batch["item"].numpy()[negative].tolist()))
+    assert drawn and all(p in pairs[epoch] for p in drawn)          # this epoch's negatives
+    assert np.mean([p in pairs[1 - epoch] for p in drawn]) < 0.6    # not the other epoch's
+  assert len(list(dataset)) == steps

@@ -37,6 +37,7 @@ name token gets the popularity ranking (`fallback`).
 
 import argparse
 import dataclasses
+import json
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -62,6 +63,7 @@ from tfrec_music.evaluation.playlist import seen_queries
 from tfrec_music.evaluation.playlist import unseen_tail_queries
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.export.projector import write_item_projector
+from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.pipeline.dataset import make_dataset
@@ -621,7 +623,16 @@ class PlaylistMFFamily(ModelFamily):
             "item": self.prepared.item_index(train["item_id"]).astype(np.int64)}
 
   def fit(self, job_dir: str) -> Dict[str, Any]:
-    """Trains with early stopping on validation NDCG (seen playlists), keeping the best weights."""
+    """Trains with early stopping on validation NDCG (seen playlists), keeping the best weights.
+
+    Runs through `tfrec_music.fit_loop.fit_with_validation`: a checkpoint
+    every `checkpoint_every` steps (or epoch) in `backup_dir`, so a killed run
+    rerun with the same command resumes there; a non-finite loss stops with
+    advice and keeps the last good checkpoint. NDCG over the 500
+    recommendations rather than R-precision decides: each validation playlist
+    holds out one track, so its R-precision is a hit at rank 1, too noisy to
+    stop on.
+    """
     config = self.config
     features = self.training_features()
     if len(features["item"]) == 0:
@@ -629,40 +640,32 @@ class PlaylistMFFamily(ModelFamily):
     dataset = make_dataset(features, config.batch_size, shuffle=True, seed=config.seed)
     log_dir = io.join(job_dir, "logs", self.name)
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
-    writer = tf.summary.create_file_writer(io.join(log_dir, "validation"))
     valid = seen_queries(self.prepared, "valid")
-    best = (-1.0, self.model.get_weights(), 0)
-    history = []
-    for epoch in range(config.epochs):
-      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                              callbacks=[tensorboard])
-      loss = float(result.history["loss"][-1])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"Training loss became {loss} at epoch {epoch + 1}. Lower the learning rate "
-            "(`--learning-rate`) or raise `--l2`.")
+
+    def validate(epoch: int) -> float:
       self._module = None
-      ndcg = (evaluate_playlist_scorer(self._learned_scorer, valid, self.prepared.n_items)
-              .get("ndcg", float("nan")) if len(valid) else float("nan"))
-      history.append({"epoch": epoch + 1, "loss": loss, "valid_ndcg": ndcg})
-      logging.info("playlist_mf epoch %d: loss %.4f, valid NDCG %.4f", epoch + 1, loss, ndcg)
-      with writer.as_default():
-        tf.summary.scalar("valid_ndcg", ndcg, step=epoch + 1)
       if not len(valid):
-        best = (ndcg, self.model.get_weights(), epoch + 1)
-      elif ndcg > best[0]:
-        best = (ndcg, self.model.get_weights(), epoch + 1)
-      elif epoch + 1 - best[2] >= config.early_stopping_patience:
-        logging.info("Early stopping: no validation gain for %d epochs.",
-                     config.early_stopping_patience)
-        break
-    self.model.set_weights(best[1])
+        return float(epoch)  # nothing to validate on: each epoch is a gain, the last is kept
+      return float(evaluate_playlist_scorer(self._learned_scorer, valid, self.prepared.n_items)
+                   ["ndcg"])
+
+    summary = fit_with_validation(
+        self.model, dataset, epochs=config.epochs, validate=validate,
+        patience=config.early_stopping_patience, job_dir=job_dir, name=self.name,
+        checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
+                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
+        callbacks=[tensorboard], metric_name="valid_ndcg",
+        nan_advice="Lower the learning rate (`--learning-rate`) or raise `--l2`.")
     self._module = None
-    self.fit_summary = {"best_epoch": best[2], "best_valid_ndcg": best[0],
-                        "epochs_run": len(history), "history": history,
-                        "name_tokens": len(self.module().token_weights.numpy()) - 1}
+    if not len(valid):
+      summary["best_valid_ndcg"] = float("nan")
+      for row in summary["history"]:
+        row["valid_ndcg"] = float("nan")
+    summary["name_tokens"] = len(self.module().token_weights.numpy()) - 1
+    self.fit_summary = summary
     write_item_projector(io.join(job_dir, "logs", "projector"), self.track_arrays()[0],
-                    self.prepared.items)
+                         self.prepared.items)
     return self.fit_summary
 
   # ---------------------------------------------------------------- vectors

@@ -38,7 +38,9 @@ and the users' centroids are stored; an unknown user or track gives
 
 import argparse
 import dataclasses
+import json
 import logging
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -55,12 +57,12 @@ from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.evaluation.similarity import pair_auc
+from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
 from tfrec_music.models.track_vectors import text_track_vectors
 from tfrec_music.models.user_similarity import SimilarityIndex
-from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.pipeline.lookups import id_table
 from tfrec_music.prepare.prepared import PreparedData
 
@@ -379,43 +381,95 @@ class TasteMLPFamily(ModelFamily):
     return self._eval_rows[split]
 
   # ----------------------------------------------------------------- training
+  def steps_per_epoch(self) -> int:
+    """Training batches per epoch (positives plus their negatives)."""
+    rows = len(self.train_users) * (1 + self.config.negatives_per_positive)
+    return max(1, -(-rows // self.config.batch_size))
+
+  def epoch_dataset(self) -> tf.data.Dataset:
+    """Training batches with fresh negatives each epoch, also across a resume.
+
+    Keras makes a new iterator for every epoch, after the previous epoch's
+    steps have run (and after `BackupAndRestore` restored the counters), so
+    the generator reads the epoch it serves from the optimizer's step counter:
+    a run resumed in epoch e draws epoch e's negatives and shuffle, as an
+    uninterrupted run does.
+    """
+    steps = self.steps_per_epoch()
+    batch_size = self.config.batch_size
+    cache: Dict[int, Dict[str, np.ndarray]] = {}
+    lock = threading.Lock()
+
+    def rows_of(epoch: int) -> Dict[str, np.ndarray]:
+      with lock:
+        if epoch not in cache:
+          cache.clear()
+          rows = self.training_rows(epoch)
+          order = np.random.default_rng([self.config.seed, epoch, 1]).permutation(
+              len(rows["user"]))
+          cache[epoch] = {k: v[order] for k, v in rows.items()}
+        return cache[epoch]
+
+    def batches():
+      epoch = int(self.model.optimizer.iterations.numpy()) // steps
+      rows = rows_of(epoch)
+      for start in range(0, len(rows["user"]), batch_size):
+        yield {k: v[start:start + batch_size] for k, v in rows.items()}
+
+    signature = {"user": tf.TensorSpec([None], tf.int64), "item": tf.TensorSpec([None], tf.int64),
+                 "leave_out": tf.TensorSpec([None], tf.float32),
+                 "label": tf.TensorSpec([None], tf.float32)}
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+
   def fit(self, job_dir: str) -> Dict[str, Any]:
-    """Trains with early stopping on validation AUC; loss curves go to TensorBoard."""
+    """Trains with early stopping on validation AUC; loss curves go to TensorBoard.
+
+    Runs through `tfrec_music.fit_loop.fit_with_validation`: a checkpoint
+    every `checkpoint_every` steps (or epoch) in `backup_dir`, so a killed run
+    rerun with the same command resumes there; a non-finite loss stops with
+    advice and keeps the last good checkpoint; the weights of the best
+    validation AUC (exact, Mann-Whitney, on `eval_rows("valid")`) are kept.
+    """
     config = self.config
-    valid = self.eval_rows("valid")
-    valid_ds = make_dataset(valid, 8192, shuffle=False)
     log_dir = io.join(job_dir, "logs", "taste_mlp")
     tensorboard = tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")
-    best = (-np.inf, None, 0)
-    history = []
+    writer = tf.summary.create_file_writer(io.join(log_dir, "validation"))
+    has_valid = bool(len(self.eval_rows("valid")["label"]))
+    extra: Dict[int, Dict[str, float]] = {}
+
+    def validate(epoch: int) -> float:
+      if not has_valid:
+        return float(epoch)  # nothing to validate on: each epoch is a gain, the last is kept
+      metrics = self._binary("valid")
+      extra[epoch] = {"valid_loss": metrics["valid/all/log_loss"],
+                      "valid_accuracy": metrics["valid/all/accuracy"]}
+      with writer.as_default():
+        tf.summary.scalar("epoch_loss", metrics["valid/all/log_loss"], step=epoch)
+      logging.info("taste_mlp epoch %d: valid loss %.4f, valid AUC %.4f", epoch,
+                   metrics["valid/all/log_loss"], metrics["valid/all/auc"])
+      return float(metrics["valid/all/auc"])
+
     start = time.perf_counter()
-    for epoch in range(config.epochs):
-      rows = self.training_rows(epoch)
-      dataset = make_dataset(rows, config.batch_size, shuffle=True, seed=config.seed + epoch,
-                             cache=False)
-      result = self.model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                              validation_data=valid_ds, callbacks=[tensorboard])
-      loss = float(result.history["loss"][-1])
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"Training loss became {loss} at epoch {epoch + 1}. Lower the "
-                                 "learning rate (`--set learning_rate=...`).")
-      valid_auc = float(result.history["val_auc"][-1])
-      history.append({"epoch": epoch + 1, "loss": loss, "auc": float(result.history["auc"][-1]),
-                      "valid_loss": float(result.history["val_loss"][-1]),
-                      "valid_auc": valid_auc})
-      logging.info("taste_mlp epoch %d: loss %.4f, valid loss %.4f, valid AUC %.4f", epoch + 1,
-                   loss, history[-1]["valid_loss"], valid_auc)
-      if valid_auc > best[0]:
-        best = (valid_auc, self.model.get_weights(), epoch + 1)
-      elif epoch + 1 - best[2] >= config.early_stopping_patience:
-        break
-    self.model.set_weights(best[1])
-    self.fit_summary = {"best_epoch": best[2], "best_valid_auc": best[0],
-                        "epochs_run": len(history), "history": history,
-                        "seconds": time.perf_counter() - start, "text_vectors": self.text_source,
-                        "audio_features": list(self.audio_columns),
-                        "feature_dim": int(self.track_table.shape[1]),
-                        "negatives": config.negatives, "log_dir": log_dir}
+    summary = fit_with_validation(
+        self.model, self.epoch_dataset(), epochs=config.epochs, validate=validate,
+        patience=config.early_stopping_patience, job_dir=job_dir, name=self.name,
+        checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
+                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
+        callbacks=[tensorboard], metric_name="valid_auc",
+        nan_advice="Lower the learning rate (`--learning-rate`) or raise `--weight-decay`.")
+    for row in summary["history"]:
+      row.update(extra.get(row["epoch"], {}))
+      if not has_valid:
+        row["valid_auc"] = float("nan")
+    if not has_valid:
+      summary["best_valid_auc"] = float("nan")
+    summary.update({"seconds": time.perf_counter() - start, "text_vectors": self.text_source,
+                    "audio_features": list(self.audio_columns),
+                    "feature_dim": int(self.track_table.shape[1]),
+                    "negatives": config.negatives, "log_dir": log_dir})
+    self.fit_summary = summary
     return self.fit_summary
 
   # ----------------------------------------------------------------- scoring
