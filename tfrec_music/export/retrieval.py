@@ -15,8 +15,9 @@ Signatures of the index models:
   at export (e.g. recent history); their stored history is excluded.
 - `recommend(user_id, <query features>, exclude)`: everything raw, for new
   users; `exclude` holds track ids (padded with "").
-Users the model cannot place (unknown id and no history) get the popularity
-fallback, never an error.
+Users the model cannot place (unknown id, and no history track that is in
+the catalogue) get the popularity fallback, never an error. Unknown ids in
+`exclude` are ignored; `k` is fixed at export and clamped to the catalogue.
 """
 
 from typing import Callable, Dict, Optional
@@ -176,6 +177,9 @@ class RetrievalServingModule(tf.Module):
       top_scores, top = tf.math.top_k(scores, k=self.k)
       return top_scores, tf.gather(self.item_ids, top)
     scores, ids = self.index(queries, k=self.fetch_k)
+    # ScaNN answers an empty batch with [0, 0]; give it the columns top_k needs.
+    scores = tf.reshape(scores, [-1, self.fetch_k])
+    ids = tf.reshape(ids, [-1, self.fetch_k])
     hit = tf.reduce_any(tf.equal(ids[:, :, tf.newaxis], exclude[:, tf.newaxis, :]), axis=2)
     scores = tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
     top_scores, top = tf.math.top_k(scores, k=self.k)
@@ -186,7 +190,10 @@ class RetrievalServingModule(tf.Module):
     scores, ids = self._top_k(queries, exclude)
     has_history = known
     if "history" in features:
-      has_history = known | tf.reduce_any(tf.not_equal(features["history"], ""), axis=1)
+      # Only history tracks of the catalogue count: a history of unknown ids
+      # alone is no better than none and gets the popularity fallback.
+      in_catalogue = self.item_table.lookup(features["history"]) >= 0
+      has_history = known | tf.reduce_any(in_catalogue, axis=1)
     batch = tf.shape(queries)[0]
     fb_ids = tf.tile(self.fallback_ids[tf.newaxis, :self.k], [batch, 1])
     fb_scores = tf.tile(self.fallback_scores[tf.newaxis, :self.k], [batch, 1])

@@ -218,9 +218,16 @@ class QueryEncoder(tf.keras.layers.Layer):
                             for c in self.user_features}
 
   def call(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    """Encodes `user_id` [B], user features [B] and `history` [B, H] strings."""
+    """Encodes `user_id` [B], user features [B] and `history` [B, H] strings.
+
+    History tracks the model never trained on (the OOV index 1) become padding
+    (0): they are ignored by the pooling instead of adding the untrained OOV
+    vector, so a history with unknown ids scores like the same history without
+    them.
+    """
+    history = self.history_lookup(raw["history"])
     out = {"user_id": self.user_lookup(raw["user_id"]),
-           "history": self.history_lookup(raw["history"])}
+           "history": tf.where(tf.equal(history, 1), tf.zeros_like(history), history)}
     for column in self.user_features:
       out[column] = self.feature_lookups[column](raw[column])
     return out
