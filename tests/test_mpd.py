@@ -138,6 +138,25 @@ def test_json_booleans_and_missing_pos_are_accepted(tmp_path):
   assert rows.sort_values("timestamp")["item_id"].iloc[0].endswith("4fbvXwMTXPWaFyaMWUm9CR")
 
 
+def test_bad_slices_policy_from_the_command_line(tmp_path):
+  folder = os.path.join(FIXTURES, "truncated")
+  report = DataReport()
+  loaded = load_data("mpd", data_dir=folder, report=report, bad_slices="drop")
+  assert loaded.tables.users["user_id"].tolist() == ["0"]
+  assert report.get("load", "bad_slices_dropped") == 1
+  with pytest.raises(ValueError, match="applies to sources read as slice files"):
+    load_data("synthetic", preset="tiny", bad_slices="drop")
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--model", "popularity", "--data", "mpd",
+       "--data-dir", folder, "--job-dir", str(tmp_path / "job"), "--no-export"],
+      capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 2
+  assert "mpd.slice.1000-1999.json" in proc.stderr and "--bad-slices drop" in proc.stderr
+
+
 def test_missing_or_empty_folder(tmp_path):
   with pytest.raises(FileNotFoundError):
     load_mpd(str(tmp_path / "nope"))

@@ -41,6 +41,7 @@ class RunConfig:
     export_dir: Root of exports; the model goes to `<export_dir>/<model>/<version>`.
     columns: Column mapping text `canonical=source,...`.
     unknown_items: `error` or `drop`.
+    bad_slices: `error` or `drop` for unreadable slice files (`--data mpd`).
     kcore: k of the k-core filter.
     warm_share: Share of items marked warm.
     cold_user_share: Share of users held out as cold users.
@@ -59,6 +60,7 @@ class RunConfig:
   export_dir: str = "saved_models"
   columns: str = ""
   unknown_items: str = "error"
+  bad_slices: str = "error"
   kcore: int = 5
   warm_share: float = 0.2
   cold_user_share: float = 0.05
@@ -104,7 +106,8 @@ def load_and_prepare(config: RunConfig):
   start = time.perf_counter()
   loaded = load_data(config.data, data_dir=config.data_dir, preset=config.preset,
                      seed=config.seed, columns=parse_column_mapping(config.columns),
-                     unknown_items=config.unknown_items, report=report)
+                     unknown_items=config.unknown_items, report=report,
+                     bad_slices=config.bad_slices)
   load_seconds = time.perf_counter() - start
   if loaded.data_card is not None:
     write_json(io.join(config.job_dir, "data_card.json"), loaded.data_card)

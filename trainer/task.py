@@ -62,6 +62,10 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                  help="Interactions whose item is missing from items: fail, or drop "
                       "and count them in the data report.")
+  p.add_argument("--bad-slices", choices=("error", "drop"), default="error",
+                 help="Unreadable slice files of `--data mpd` (truncated or malformed JSON): "
+                      "error (default) stops with the file and position; drop skips the whole "
+                      "file and counts it in the data report.")
   p.add_argument("--preset", default="default",
                  help="Synthetic catalogue size and model preset: tiny or default.")
   p.add_argument("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
@@ -154,6 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset,
       seed=args.seed, job_dir=args.job_dir or training.default_job_dir(args.model),
       export_dir=args.export_dir, columns=args.columns, unknown_items=args.unknown_items,
+      bad_slices=args.bad_slices,
       kcore=args.kcore, warm_share=args.warm_share, cold_user_share=args.cold_user_share,
       hparams=resolve_hparams(args), export=not args.no_export,
       distribution=args.distribution, checkpoint_every=args.checkpoint_every)

@@ -19,6 +19,8 @@ NAMED_LOADERS = {
 }
 
 NAMED_SOURCES = ("synthetic", "csv", "parquet") + tuple(NAMED_LOADERS)
+# Sources read as many slice files, whose loader takes `bad_slices`.
+SLICED_SOURCES = ("mpd",)
 
 
 @dataclasses.dataclass
@@ -42,7 +44,8 @@ def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
               preset: str = "default", seed: int = 0,
               columns: Optional[Mapping[str, str]] = None,
               unknown_items: str = "error",
-              report: Optional[DataReport] = None) -> LoadedData:
+              report: Optional[DataReport] = None,
+              bad_slices: str = "error") -> LoadedData:
   """Loads a data source by name.
 
   Args:
@@ -55,13 +58,23 @@ def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
     columns: Canonical name -> source column name.
     unknown_items: `error` or `drop` for interactions with unknown items.
     report: Data report to record load counts in.
+    bad_slices: `error` or `drop` for unreadable slice files of sources read
+      as many files (`mpd`): `drop` skips such a file whole and counts it in
+      the report (`load/bad_slices_dropped`, `load/bad_slice_files`).
 
   Returns:
     The loaded data.
 
   Raises:
-    ValueError: unknown source name, or a file source without `data_dir`.
+    ValueError: unknown source name, a file source without `data_dir`, or
+      `bad_slices="drop"` for a source that is not read as slices.
   """
+  if bad_slices not in ("error", "drop"):
+    raise ValueError("`bad_slices` should be 'error' or 'drop'. "
+                     f"Received: `bad_slices` = {bad_slices!r}.")
+  if bad_slices == "drop" and data not in SLICED_SOURCES:
+    raise ValueError(f"`--bad-slices drop` applies to sources read as slice files "
+                     f"({', '.join(SLICED_SOURCES)}), not to `--data {data}`. Remove the flag.")
   report = report if report is not None else DataReport()
   if data == "synthetic":
     from tfrec_music.data import synthetic  # pylint: disable=g-import-not-at-top
@@ -81,7 +94,8 @@ def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
     if data in NAMED_LOADERS:
       module, function = NAMED_LOADERS[data]
       loader = getattr(importlib.import_module(module), function)
-      tables = loader(data_dir, unknown_items=unknown_items, report=report)
+      extra = {"bad_slices": bad_slices} if data in SLICED_SOURCES else {}
+      tables = loader(data_dir, unknown_items=unknown_items, report=report, **extra)
     else:
       from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
       tables = canonical.load_canonical(data_dir, fmt=data, columns=columns,

@@ -109,8 +109,8 @@ def _json_error(path: str, error: json.JSONDecodeError, text: str) -> DataValida
       f"the slice {what}: {error.msg} at line {error.lineno}, column {error.colno} "
       f"(character {error.pos} of {len(text)}){where}.", file=path,
       fix=("re-download or re-extract the file (an interrupted copy leaves a truncated "
-           "slice), or load with `load_mpd(..., bad_slices=\"drop\")` to skip bad slices "
-           "(each counted in the data report)."))
+           "slice), or skip bad slices with `--bad-slices drop` (`load_mpd(..., "
+           "bad_slices=\"drop\")`), each counted in the data report."))
 
 
 class _Accumulator:
