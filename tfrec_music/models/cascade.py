@@ -25,7 +25,15 @@ Export (`saved_models/two_tower_dcn/<version>/`), one SavedModel:
 `serving_default(user_id)` (stored history of known users; unknown users get
 the popularity fallback) and `recommend(user_id, history, <user features>,
 exclude)` (all raw) -> `item_ids` [B, top_k], `scores` [B, top_k],
-`fallback` [B]. Evaluation: the cascade, the two-tower retrieval alone, the
+`fallback` [B]. Serving fallbacks: an unknown (or empty) user id with no
+catalogue track in its history gets the popularity top-k in popularity
+order (`fallback` true); a user id the re-ranker never trained on but with
+a history (`recommend`) gets the retrieval order of its candidates; an
+empty country maps to the missing-value index; duplicate rows get
+identical answers. `k` is fixed at export: min(`top_k`, `candidates`,
+catalogue size), so a `top_k` or `candidates` above the catalogue serves
+the whole catalogue (ranked), never an error; `top_k` above `candidates`
+is refused by the config. Evaluation: the cascade, the two-tower retrieval alone, the
 popularity baseline and (synthetic data) the oracle, through the same
 full-ranking protocol on the same users.
 """
@@ -327,8 +335,20 @@ class CascadeFamily(ModelFamily):
                                          candidates.reshape(-1))
     return self.ranker.predict_encoded(features).reshape(b, c)
 
-  def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float) -> np.ndarray:
-    return logits + blend * retrieval_scores / self.temperature
+  def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float,
+             user_ids: Optional[Sequence[str]] = None) -> np.ndarray:
+    """[B, C] final scores; users the re-ranker never trained on keep the retrieval order.
+
+    Such users (cold users served from their history, unknown ids) would be
+    scored through the re-ranker's fallback, one constant for every track, so
+    their candidates are ranked by the retrieval score alone.
+    """
+    final = logits + blend * retrieval_scores / self.temperature
+    if user_ids is not None:
+      known = np.isin(np.asarray(user_ids).astype(str), self.ranker.vocabs["user_id"])
+      final = np.where(known[:, None], final, retrieval_scores / self.temperature)
+    # Excluded tracks (score -inf: the user had them) stay last, whatever the blend.
+    return np.where(np.isneginf(retrieval_scores), -np.inf, final)
 
   def _choose_blend(self) -> Dict[str, float]:
     """Validation HR@10 of each blend weight; keeps the best (first on ties)."""
@@ -342,7 +362,7 @@ class CascadeFamily(ModelFamily):
     k = min(10, candidates.shape[1])
     result = {}
     for weight in self.config.blend_weights:
-      final = self._final(logits, scores, weight)
+      final = self._final(logits, scores, weight, users)
       top = np.take_along_axis(candidates, np.argsort(-final, axis=1, kind="stable")[:, :k],
                                axis=1)
       result[str(weight)] = float(np.mean((top == targets[:, None]).any(axis=1)))
@@ -357,11 +377,14 @@ class CascadeFamily(ModelFamily):
       user_ids = np.asarray(user_ids).astype(str)
       all_scores = self.retrieval.scorer(split)(user_ids).astype(np.float64)
       candidates, scores = self._top_candidates(user_ids, all_scores, split)
-      final = self._final(self._candidate_logits(user_ids, candidates), scores, self.blend)
+      final = self._final(self._candidate_logits(user_ids, candidates), scores, self.blend,
+                          user_ids)
       # Non-candidates keep their retrieval order, strictly below every candidate.
       out = all_scores - (np.abs(all_scores).max() + 1.0) * 2.0
       floor = out.max(axis=1, keepdims=True)
-      final = final - final.min(axis=1, keepdims=True) + floor + 1.0
+      # Excluded candidates (-inf, when `candidates` nears the catalogue) stay at -inf.
+      lowest = np.where(np.isfinite(final), final, np.inf).min(axis=1, keepdims=True)
+      final = final - np.where(np.isfinite(lowest), lowest, 0.0) + floor + 1.0
       np.put_along_axis(out, candidates, final, axis=1)
       return out
     return _score
@@ -426,6 +449,7 @@ class CascadeServingModule(tf.Module):
     self.retrieval, self.ranker = retrieval, ranker
     self.k = int(min(k, retrieval.k))
     self.weight = tf.constant(float(blend) / float(temperature), tf.float32)
+    self.inverse_temperature = tf.constant(1.0 / float(temperature), tf.float32)
     self.user_columns = [c for c in ranker.spec.user_categorical if c in query_signature]
     recommend_spec = dict(query_signature)
     recommend_spec["user_id"] = tf.TensorSpec([None], tf.string, name="user_id")
@@ -451,6 +475,12 @@ class CascadeServingModule(tf.Module):
       raw[column] = tf.reshape(tf.tile(values[:, tf.newaxis], [1, c]), [-1])
     logits = tf.reshape(self.ranker._predict(raw)["logit"], [batch, c])  # pylint: disable=protected-access
     final = logits + self.weight * scores
+    # Users the re-ranker never trained on (new ids served from their history,
+    # "") keep the retrieval order, as in `CascadeFamily._final`.
+    unknown_user = self.ranker.encoder.lookups["user_id"](user_id) < 2
+    final = tf.where(unknown_user[:, tf.newaxis], self.inverse_temperature * scores, final)
+    # Excluded tracks (retrieval score -inf) stay last, whatever the blend.
+    final = tf.where(tf.math.is_inf(scores) & (scores < 0), scores, final)
     # Fallback users (no history, unknown id) keep the popularity order.
     position = -tf.cast(tf.range(c), tf.float32)[tf.newaxis, :]
     final = tf.where(fallback[:, tf.newaxis], position + tf.zeros_like(final), final)

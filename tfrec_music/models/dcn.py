@@ -32,8 +32,28 @@ Serving (`saved_models/dcn/<version>/`): `serving_default` takes raw user
 and track features (strings and numbers; lookups inside) and returns the
 predicted rating (`probability` for implicit labels); `score_ids` takes only
 `user_id` and `item_id` and reads the track's features from the catalogue
-stored in the model. Unknown ids, empty strings and NaN numbers are defined
-inputs: OOV bucket, missing-value index, training mean.
+stored in the model. Both also return `fallback` [B] (bool). Serving
+fallbacks, all defined inputs rather than errors:
+
+- Unknown or empty `user_id` or `item_id`: the network's OOV rows never
+  trained, so the row is not scored by it; it gets the biased baseline
+  alpha + beta_u + beta_i fitted on the same training split (unknown user:
+  alpha + beta_i; unknown track: alpha + beta_u; both: alpha, the global
+  mean), clipped to the rating range, with `fallback` true. Implicit labels:
+  probability 1 / (1 + negatives), the training share of positives. The
+  Python scorer (`predict_encoded`, hence the reported metrics) applies the
+  same rule.
+- Empty strings in the other categorical features (an empty genre, an
+  unknown country) map to the missing-value index; NaN numbers sit at the
+  training mean.
+- Feature columns absent from a request: `serving_default` takes every raw
+  feature (a request without one is rejected naming the inputs); send ""
+  (or NaN) for unknown values, or call `score_ids` with ids only, which
+  reads the user's and the track's stored features ("" / NaN for unknown ids).
+- Duplicate rows in a batch get identical outputs (rows are independent).
+
+Streaming (`DCNFamily.stream_run`): an explicit-rating DCN trained from
+Parquet shards larger than memory, exported with the same signatures.
 """
 
 import argparse
@@ -483,14 +503,23 @@ class DCNServingModule(tf.Module):
     items: Raw catalogue features (`raw_item_table`), for `score_ids`.
     users: Raw features of known users (`raw_user_table`), for `score_ids`.
     rating_range: (low, high) clip of predicted ratings (explicit).
+    fallback: `FallbackBiases` for rows whose user or track id is unknown
+      (default: zero biases, offset 0).
   """
 
   def __init__(self, encoder: RankingEncoder, ranker: DCNRanker, labels: str,
                items: Dict[str, np.ndarray], users: Dict[str, np.ndarray],
-               rating_range: Tuple[float, float] = (-np.inf, np.inf)):
+               rating_range: Tuple[float, float] = (-np.inf, np.inf),
+               fallback: Optional["FallbackBiases"] = None):
     super().__init__()
     self.encoder, self.ranker, self.labels = encoder, ranker, labels
     self.spec = encoder.spec
+    sizes = encoder.vocab_sizes()
+    fallback = fallback or FallbackBiases(0.0, np.zeros(sizes["user_id"]),
+                                          np.zeros(sizes["item_id"]))
+    self.fallback_offset = tf.constant(float(fallback.offset), tf.float32)
+    self.fallback_user = tf.constant(np.asarray(fallback.user, np.float32))
+    self.fallback_item = tf.constant(np.asarray(fallback.item, np.float32))
     self.low = tf.constant(float(rating_range[0]), tf.float32)
     self.high = tf.constant(float(rating_range[1]), tf.float32)
     self.item_table = id_table(items["item_id"])
@@ -526,14 +555,50 @@ class DCNServingModule(tf.Module):
     return raw
 
   def _predict(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    out = self.ranker(self.encoder(raw))
+    encoded = self.encoder(raw)
+    out = self.ranker(encoded)
+    user, item = encoded["user_id"], encoded["item_id"]
+    # Lookup index 0 is "" and 1 the OOV bucket: ids the network never trained on.
+    fallback = (user < 2) | (item < 2)
+    base = (self.fallback_offset + tf.gather(self.fallback_user, user)
+            + tf.gather(self.fallback_item, item))
+    out = tf.where(fallback, base, out)
     if self.labels == "explicit":
-      return {"rating": tf.clip_by_value(out, self.low, self.high)}
-    return {"probability": tf.sigmoid(out), "logit": out}
+      return {"rating": tf.clip_by_value(out, self.low, self.high), "fallback": fallback}
+    return {"probability": tf.sigmoid(out), "logit": out, "fallback": fallback}
 
   def signatures(self) -> Dict[str, Callable]:
     """`serving_default` (raw features) and `score_ids` (ids only)."""
     return {"serving_default": self.serve, "score_ids": self.score_ids}
+
+
+@dataclasses.dataclass(frozen=True)
+class FallbackBiases:
+  """What a (user, track) row with an unknown or empty user or track id gets.
+
+  The network's OOV embeddings never trained (every training id is in the
+  vocabulary), so such rows are not sent through it; they get
+  `offset + user[user index] + item[item index]` instead, indexed like the
+  lookups (index 0 = "", 1 = OOV, both 0).
+
+  Attributes:
+    offset: Explicit labels: the biased baseline's global mean alpha.
+      Implicit labels: the logit of the training share of positives.
+    user: [user lookup size] biases beta_u of known users (0 for "" and OOV).
+    item: [track lookup size] biases beta_i of known tracks (0 for "" and OOV).
+  """
+
+  offset: float
+  user: np.ndarray
+  item: np.ndarray
+
+  def apply(self, features: Dict[str, np.ndarray], out: np.ndarray) -> np.ndarray:
+    """[N] `out` with the fallback where an encoded row's user or track id is unknown."""
+    user, item = np.asarray(features["user_id"]), np.asarray(features["item_id"])
+    unknown = (user < 2) | (item < 2)
+    if not unknown.any():
+      return out
+    return np.where(unknown, self.offset + self.user[user] + self.item[item], out)
 
 
 def _with_missing(values: np.ndarray) -> np.ndarray:
@@ -635,6 +700,7 @@ class DCNFamily(ModelFamily):
     self.encoded_items = self._encode(self.raw_items, self.spec.item_columns)
     self.fit_summary: Dict[str, Any] = {}
     self._baselines = None
+    self._fallback: Optional[FallbackBiases] = None
 
   # ----------------------------------------------------------------- encoding
   def _encode(self, raw: Dict[str, np.ndarray], columns: Sequence[str],
@@ -784,6 +850,9 @@ class DCNFamily(ModelFamily):
       batch = {k: tf.constant(features[k][start:start + batch_size]) for k in keys}
       outs.append(self.ranker(batch).numpy())
     out = np.concatenate(outs) if outs else np.zeros(0, np.float32)
+    if n and "user_id" in features and "item_id" in features:
+      # As served: unknown ids get the fallback, not the untrained OOV embeddings.
+      out = self.fallback_biases().apply(features, out)
     if self.config.labels == "explicit":
       out = np.clip(out, *self.rating_range)
     return out.astype(np.float64)
@@ -880,7 +949,29 @@ class DCNFamily(ModelFamily):
     known = np.asarray(self.vocabs["user_id"])
     return DCNServingModule(self.encoder, self.ranker, self.config.labels, self.raw_items,
                             raw_user_table(known, self.prepared.users, self.spec),
-                            self.rating_range)
+                            self.rating_range, self.fallback_biases())
+
+  def fallback_biases(self) -> FallbackBiases:
+    """The prediction for rows with an unknown (or empty) user or track id.
+
+    Explicit labels: the biased baseline alpha + beta_u + beta_i fitted on the
+    same training split (a known user with an unknown track gets alpha +
+    beta_u, both unknown alpha). Implicit labels: the training share of
+    positives, 1 / (1 + negatives), for every such row.
+    """
+    if self._fallback is None:
+      sizes = self.encoder.vocab_sizes()
+      user, item = np.zeros(sizes["user_id"]), np.zeros(sizes["item_id"])
+      if self.config.labels == "explicit":
+        biased = self.baselines().biased
+        users, items = self.vocabs["user_id"], self.vocabs["item_id"]
+        user[2:2 + len(users)] = biased.biases(users, [""] * len(users))[0]
+        item[2:2 + len(items)] = biased.biases([""] * len(items), items)[1]
+        offset = biased.alpha
+      else:
+        offset = -float(np.log(self.config.negatives))  # logit(1 / (1 + negatives))
+      self._fallback = FallbackBiases(float(offset), user, item)
+    return self._fallback
 
   def save(self, directory: str) -> Dict[str, str]:
     """SavedModel with `serving_default` (raw features) and `score_ids` (ids only)."""
