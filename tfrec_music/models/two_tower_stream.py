@@ -590,7 +590,8 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     `valid/all/hr@10`, `test/<slice>/<metric>` (full ranking on the eval
     sample), `popularity` (the same for the most-played baseline),
     `train_examples_per_second`, `input_examples_per_second`,
-    `input_to_train_ratio`, `eval_users`.
+    `input_to_train_ratio`, `eval_users`, `id_table_bytes` (user and track
+    id embeddings with optimizer slots), and `export` when exported.
 
   Raises:
     FileNotFoundError: no complete materialization in `shard_dir`.
@@ -694,6 +695,7 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     summary["input_examples_per_second"] = input_stats["examples_per_second"]
     summary["input_seconds"] = input_stats["seconds"]
     summary["input_to_train_ratio"] = input_stats["examples_per_second"] / max(train_eps, 1e-9)
+  summary["id_table_bytes"] = id_table_bytes(family.model)
   if export_dir:
     summary["export"] = stream_export(family, data, export_dir)
   io.write_text(io.join(job_dir, "stream_summary.json"),
@@ -703,6 +705,26 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
                summary.get("valid/all/hr@10", float("nan")),
                summary.get("test/all/hr@10", float("nan")))
   return summary
+
+
+def id_table_bytes(model: tf.keras.Model) -> int:
+  """Bytes of the user-id and track-id embedding tables and their optimizer slots.
+
+  These grow with the number of users and tracks, not with interactions; the
+  streaming benchmark subtracts them to compare memory across data sizes.
+  """
+  names = ("user_id_embedding", "item_id_embedding")
+  variables = list(model.trainable_variables)
+  if model.optimizer is not None:
+    variables += list(model.optimizer.variables())
+  seen, total = set(), 0
+  for variable in variables:
+    key = id(variable)
+    if key in seen or not any(n in variable.name for n in names):
+      continue
+    seen.add(key)
+    total += int(np.prod(variable.shape)) * variable.dtype.size
+  return total
 
 
 def stream_export(family: TwoTowerFamily, data: StreamData, directory: str) -> Dict[str, str]:
