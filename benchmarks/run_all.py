@@ -17,6 +17,7 @@ is recorded as skipped, and each has its own timeout.
   python -m benchmarks.run_all                      # the suite (`make bench`)
   python -m benchmarks.run_all --quick              # our three benchmarks, smallest sizes
   python -m benchmarks.run_all --only scann_recall eval_throughput
+  python -m benchmarks.run_all --render benchmarks.json   # rewrite BENCHMARKS.md only
 """
 
 import argparse
@@ -89,7 +90,7 @@ SUITE: Tuple[Benchmark, ...] = (
               "similar-user queries/s from a user_similarity export"),
     Benchmark("als_vs_reference", "als_vs_reference", ("--preset", "default"), None,
               "--output", 900, "ALS vs implicit and Spark local (item 4)"),
-    Benchmark("playlist_quality", "playlist_quality", ("--seeds", "0", "1", "2"), None, None,
+    Benchmark("playlist_quality", "playlist_quality", ("--seeds", "0", "1", "2"), None, "--json",
               900, "playlist MF R-precision vs same-artist / same-album (item 6)"),
     Benchmark("two_tower_quality", "two_tower_quality",
               ("--seeds", "0", "1", "2", "--preset", "default"), None, "--json", 1500,
@@ -242,6 +243,119 @@ RENDERERS = {"scann_recall": _scann_table, "eval_vs_factorized_topk": _eval_tabl
              "training_throughput": _training_table}
 
 
+def _seed_stat(rows: Any, key: str) -> Optional[Dict[str, Any]]:
+  """Median / min / max of `key` over per-seed rows (None when absent)."""
+  if not isinstance(rows, list):
+    return None
+  values = [r[key] for r in rows if isinstance(r, dict) and key in r]
+  return _stats.summarize(values) if values else None
+
+
+def _quality_section(figures: Dict[str, Any]) -> List[str]:
+  """Item 6: one quality table per task, from the quality benchmarks' per-seed rows."""
+  lines = ["## Quality on the default synthetic preset (item 6)", "",
+           "Median [min, max] over the seeds of each benchmark (split, initialization and "
+           "shuffling vary with the seed; the catalogue is the same). Retrieval: test split, "
+           "full ranking over the catalogue; cold = the bottom 80% of tracks by training "
+           "plays, cold_user = users held out of training, served from their history."]
+  tt = figures.get("two_tower_quality")
+  if tt:
+    groups = ("all", "cold", "warm", "cold_user")
+    rows = []
+    for name, label in (("oracle", "oracle (generator's scores)"), ("popularity", "popularity"),
+                        ("als", "ALS (implicit)"), ("ids", "two-tower, ids only"),
+                        ("all", "two-tower, all features")):
+      rows.append([label] + [_seed_stat(tt, f"{name}/test/{g}/hr@10") for g in groups]
+                  + [_seed_stat(tt, f"{name}/test/{g}/ndcg@10") for g in groups[:3]])
+    lines += ["", f"Retrieval ({len(tt)} seeds, `two_tower_quality`):", ""] + _table(
+        ["model"] + [f"HR@10 {g}" for g in groups] + [f"NDCG@10 {g}" for g in groups[:3]], rows)
+  dq = figures.get("dcn_quality")
+  if dq:
+    if _seed_stat(dq, "model/test/all/hr@10"):
+      rows = [[label, _seed_stat(dq, f"{name}/test/all/hr@10"),
+               _seed_stat(dq, f"{name}/valid/all/hr@10")]
+              for name, label in (("oracle", "oracle"), ("popularity", "popularity"),
+                                  ("two_tower", "two-tower retrieval alone"),
+                                  ("model", "cascade: two-tower top-100 re-ranked by DCN"))]
+      lines += ["", f"Retrieve then rank ({len(dq)} seeds, `dcn_quality --cascade`; the "
+                "cascade's own split):", ""] + _table(["model", "test HR@10", "valid HR@10"],
+                                                      rows)
+    names = sorted({k.split("/")[0] for r in dq for k in r if k.endswith("/test/all/rmse")})
+    if names:
+      rows = [[n if n != "model" else "DCN", _seed_stat(dq, f"{n}/test/all/rmse"),
+               _seed_stat(dq, f"{n}/valid/all/rmse")] for n in names]
+      lines += ["", f"Ratings ({len(dq)} seeds, `dcn_quality`):", ""] + _table(
+          ["model", "test RMSE", "valid RMSE"], rows)
+  pq = figures.get("playlist_quality")
+  if pq:
+    rows = [[label] + [_seed_stat(pq, f"k{k}_{key}") for k in (5, 10)]
+            for key, label in (("oracle", "oracle"), ("model", "playlist MF"),
+                               ("best_group_baseline", "best of same artist / same album"))]
+    lines += ["", f"Playlist continuation ({len(pq)} seeds, `playlist_quality`, synthetic "
+              "playlists):", ""] + _table(["model", "R-precision K=5", "R-precision K=10"], rows)
+  if len(lines) == 3:
+    lines += ["", "No quality benchmark ran."]
+  return lines + [""]
+
+
+def _first(value: Any, *keys: Any) -> Any:
+  for key in keys:
+    if isinstance(value, dict) and key in value:
+      value = value[key]
+    elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
+      value = value[key]
+    else:
+      return None
+  return value
+
+
+def _median_of(value: Any) -> Optional[float]:
+  if isinstance(value, dict) and "median" in value:
+    return float(value["median"])
+  return float(value) if isinstance(value, (int, float)) else None
+
+
+def _targets_section(figures: Dict[str, Any]) -> List[str]:
+  """Each target of the benchmark issue beside the measured value."""
+  rows = []
+
+  def add(target: str, measured: Optional[float], goal: float, higher: bool, note: str = ""):
+    if measured is None:
+      rows.append([target, "not measured", "—", note])
+      return
+    met = measured >= goal if higher else measured <= goal
+    rows.append([target, f"{measured:.3g}", "met" if met else "not met", note])
+
+  training = figures.get("training_throughput")
+  speedups = _first(training, "speedup") or {}
+  add("1. training examples/s, ours / reference (>= 2)",
+      _median_of(next(iter(speedups.values()), None)) if speedups else None, 2.0, True,
+      "reference without metrics in training steps")
+  tutorial = _first(figures.get("training_throughput_tutorial"), "speedup") or {}
+  if tutorial:
+    add("1. the same vs the tutorial as written (FactorizedTopK in training)",
+        _median_of(next(iter(tutorial.values()))), 2.0, True)
+  eval_rows = _first(figures.get("eval_vs_factorized_topk"), "rows") or []
+  if eval_rows:
+    best = max(eval_rows, key=lambda r: _median_of(r.get("speedup")) or 0.0)
+    add("2. full-ranking evaluation speed-up vs FactorizedTopK (>= 10)",
+        _median_of(best.get("speedup")), 10.0, True, f"best reference: {best.get('tfrs_index')}")
+  for r in _first(figures.get("scann_recall"), "rows") or []:
+    if r.get("n_items") == 1_000_000:
+      k = r.get("k", 10)
+      add(f"3. ScaNN recall@{k} at 1M ({r.get('kind')} vectors) (>= 0.95)",
+          _median_of(r.get(f"recall@{k}")), 0.95, True)
+      add(f"3. ScaNN q/s / exact q/s at batch 1, 1M ({r.get('kind')}) (>= 10)",
+          _median_of(r.get("speedup/batch1")), 10.0, True)
+  for name in ("two_tower_streaming", "dcn_streaming_rss"):
+    ratio = _first(figures.get(name), "peak_rss_ratio")
+    if ratio is not None:
+      add(f"5. peak RSS ratio, larger / smaller data ({name}) (<= 1.3)", _median_of(ratio),
+          1.3, False)
+  return ["## Targets", "", "Measured in this run; the sections below hold the details.", ""] \
+      + _table(["target", "measured", "status", "note"], rows) + [""]
+
+
 def render_markdown(report: Dict[str, Any]) -> str:
   """BENCHMARKS.md text: machine, then one section (command, status, table) per entry."""
   m = report["machine"]
@@ -251,6 +365,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
            "Figures are median [min, max] over the runs each script states.", "",
            "## Machine", ""]
   lines += _table(["", ""], [[k, v] for k, v in m.items()])
+  figures = {r["name"]: r.get("figures") for r in report["records"] if r.get("figures")}
+  lines += [""] + _targets_section(figures) + _quality_section(figures)
   for record in report["records"]:
     lines += ["", f"## {record['name']}", "", record.get("what", ""), "",
               f"`{record['command']}`"]
@@ -287,7 +403,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--md", default="BENCHMARKS.md", help="Markdown report path.")
   parser.add_argument("--json", default="benchmarks.json", help="JSON report path.")
   parser.add_argument("--list", action="store_true", help="Print the entries and exit.")
+  parser.add_argument("--render", default=None, metavar="JSON",
+                      help="Only rewrite --md from an earlier run's JSON report.")
   args = parser.parse_args(argv)
+  if args.render:
+    with open(args.render, encoding="utf-8") as f:
+      report = json.load(f)
+    with open(args.md, "w", encoding="utf-8") as f:
+      f.write(render_markdown(report))
+    print(f"[run_all] wrote {args.md} from {args.render}", flush=True)
+    return report
   names = {b.name for b in SUITE}
   for name in (args.only or []) + args.skip:
     if name not in names:

@@ -3,8 +3,10 @@
 Runs `--features all` and `--features ids` with the same settings for each
 seed (the seed drives the data split, initialization and shuffling; the
 catalogue itself is generated with `--data-seed`), evaluates popularity and the
-oracle on the same split, and prints per-seed rows plus median, min and max of
-the figures the two-tower issue asks for:
+oracle on the same split, and implicit ALS (`als`, its preset's settings) as
+the matrix-factorization reference, and prints per-seed rows plus median, min
+and max of HR@10 and NDCG@10 for all / cold / warm tracks and cold users (the
+two-tower issue's figures and the benchmark issue's quality table):
 
   python -m benchmarks.two_tower_quality --seeds 0 1 2 [--preset default] [--set k=v ...]
 """
@@ -20,12 +22,14 @@ from benchmarks._stats import print_seed_table
 from tfrec_music.data import synthetic
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
+from tfrec_music.models.als import ALSFamily
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
-KEYS = ("test/all/hr@10", "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
+KEYS = tuple(f"test/{group}/{metric}@10" for metric in ("hr", "ndcg")
+             for group in ("all", "cold", "warm", "cold_user"))
 
 
 def _parse_sets(items: List[str]) -> Dict[str, object]:
@@ -52,6 +56,12 @@ def run_seed(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> D
     row[f"{features}/fit_seconds"] = time.perf_counter() - start
     metrics = evaluate_scorer(family.score_fn(), prepared, splits=("test",), ks=(10,))
     row.update({f"{features}/{k}": metrics[k] for k in KEYS})
+  als = ALSFamily(ALSFamily.make_config(preset, {"seed": seed}), prepared)
+  start = time.perf_counter()
+  als.fit(f"/tmp/two_tower_quality/als-{seed}")
+  row["als/fit_seconds"] = time.perf_counter() - start
+  metrics = evaluate_scorer(als.score_fn(), prepared, splits=("test",), ks=(10,))
+  row.update({f"als/{k}": metrics[k] for k in KEYS})
   for name, scorer in (("popularity", PopularityModel.fit(prepared).score_fn()),
                        ("oracle", catalog.oracle.score_fn(prepared.item_ids))):
     metrics = evaluate_scorer(fixed_scorer(scorer), prepared, splits=("test",), ks=(10,))

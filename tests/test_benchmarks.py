@@ -123,6 +123,33 @@ def test_run_all_renders_tables_and_parses_reports():
   assert "users/s: 5" in md and "Not run: budget." in md
 
 
+def test_run_all_quality_and_targets_sections(tmp_path):
+  tt = [{f"{m}/test/{g}/{k}@10": v + i for m, v in (("all", 0.4), ("ids", 0.2), ("als", 0.3),
+                                                      ("popularity", 0.1), ("oracle", 0.7))
+         for g in ("all", "cold", "warm", "cold_user") for k in ("hr", "ndcg")}
+        for i in (0.0, 0.01, 0.02)]
+  dq = [{"model/test/all/rmse": 0.90 + i, "biased/test/all/rmse": 0.95, "model/valid/all/rmse": 0.9,
+         "biased/valid/all/rmse": 0.95} for i in (0.0, 0.01, 0.02)]
+  report = {"date": "now", "quick": False, "total_seconds": 60.0, "machine": {"cores": 2},
+            "records": [
+                {"name": "two_tower_quality", "what": "w", "command": "c", "returncode": 0,
+                 "seconds": 1.0, "figures": tt},
+                {"name": "dcn_quality", "what": "w", "command": "c", "returncode": 0,
+                 "seconds": 1.0, "figures": dq},
+                {"name": "dcn_streaming_rss", "what": "w", "command": "c", "returncode": 0,
+                 "seconds": 1.0, "figures": {"peak_rss_ratio": 1.4}}]}
+  path = tmp_path / "report.json"
+  path.write_text(json.dumps(report))
+  md_path = tmp_path / "B.md"
+  run_all.main(["--render", str(path), "--md", str(md_path)])
+  md = md_path.read_text()
+  assert "| two-tower, all features | 0.41 [0.4, 0.42] |" in md        # median [min, max]
+  assert "| ALS (implicit) | 0.31 [0.3, 0.32] |" in md
+  assert "| DCN | 0.91 [0.9, 0.92] | 0.9 [0.9, 0.9] |" in md
+  assert "| 5. peak RSS ratio, larger / smaller data (dcn_streaming_rss) (<= 1.3) | 1.4 | not met |" in md
+  assert "| 2. full-ranking evaluation" not in md                      # not run: not listed
+
+
 def test_run_all_rejects_unknown_names():
   with pytest.raises(ValueError, match="Unknown benchmark 'nope'"):
     run_all.main(["--only", "nope"])
