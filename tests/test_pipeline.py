@@ -76,6 +76,27 @@ def test_tfrecord_shards_round_trip(tmp_path):
   np.testing.assert_allclose([r[2] for r in got], frame["rating"], rtol=1e-6)
 
 
+def test_tfrecord_list_columns_dict_chunks_and_parallel_read(tmp_path):
+  history = np.arange(60, dtype=np.int64).reshape(20, 3)
+  chunks = [{"user": np.arange(12), "history": history[:12]},
+            {"user": np.arange(12, 20), "history": history[12:]}]
+  write_shards(chunks, str(tmp_path), "rows", shard_rows=6)
+  got = {}
+  for batch in read_shards(str(tmp_path), "rows", 4, shuffle=True, seed=3, num_parallel_calls=2,
+                           deterministic=False):
+    assert batch["history"].shape[1:] == (3,)
+    got.update(zip(batch["user"].numpy().tolist(), batch["history"].numpy().tolist()))
+  assert got == {u: history[u].tolist() for u in range(20)}
+  # batch-then-parse with drop_remainder: 20 rows -> 3 full batches of 6
+  assert [len(b["user"]) for b in read_shards(str(tmp_path), "rows", 6, shuffle=False,
+                                              drop_remainder=True)] == [6, 6, 6]
+  with pytest.raises(ValueError, match=r"Chunk 1 of `bad` has columns .*same columns"):
+    write_shards([{"h": np.zeros((2, 3), np.int64)}, {"h": np.zeros((2, 4), np.int64)}],
+                 str(tmp_path), "bad")
+  with pytest.raises(ValueError, match="No complete shards match"):
+    read_shards(str(tmp_path), "bad", 4)
+
+
 def test_causal_history_never_contains_the_target():
   frame = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b"],
                         "item_id": ["x", "y", "z", "x", "y"]})

@@ -174,10 +174,11 @@ def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = T
   Raises:
     ValueError: no shard matches `name` in `directory`.
   """
-  spec = feature_spec(directory, name)
   pattern = io.join(directory, f"{name}-*.tfrecord")
-  if not tf.io.gfile.glob(pattern):
-    raise ValueError(f"No shards match {pattern!r}. Write them with `write_shards` first.")
+  if not tf.io.gfile.glob(pattern) or not io.exists(io.join(directory, f"{name}.{_SPEC_FILE}")):
+    raise ValueError(f"No complete shards match {pattern!r} (with {name}.{_SPEC_FILE}). "
+                     "Write them with `write_shards` first.")
+  spec = feature_spec(directory, name)
   files = tf.data.Dataset.list_files(pattern, shuffle=shuffle, seed=seed)
   ds = files.interleave(tf.data.TFRecordDataset,
                         cycle_length=cycle_length or num_parallel_calls,
