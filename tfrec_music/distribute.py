@@ -21,9 +21,10 @@ needs every worker to save, but only one copy may land where users look.
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-import tensorflow as tf
+if TYPE_CHECKING:  # TensorFlow is imported where a strategy is made, so `--help` stays fast.
+  import tensorflow as tf
 
 __all__ = ["DISTRIBUTIONS", "cluster_config", "make_strategy", "is_chief", "task_label",
            "scratch_dir"]
@@ -76,12 +77,14 @@ def _resolve(name: str, config: Optional[Dict[str, Any]]) -> str:
     return "multi_worker"
   if os.environ.get("TPU_NAME"):
     return "tpu"
+  import tfrec_music  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
   if len(tf.config.list_logical_devices("GPU")) > 1:
     return "mirrored"
   return "one_device"
 
 
-def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+def make_strategy(name: str = "auto") -> "tf.distribute.Strategy":
   """The `tf.distribute` strategy of `--distribution`.
 
   Args:
@@ -97,6 +100,8 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
   if name not in DISTRIBUTIONS:
     raise ValueError(f"`--distribution` should be one of {DISTRIBUTIONS}. "
                      f"Received: `--distribution` = {name!r}.")
+  import tfrec_music  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
   config = cluster_config()
   if config and not os.environ.get("TF_CONFIG"):
     os.environ["TF_CONFIG"] = json.dumps(config)  # TensorFlow's resolvers read TF_CONFIG
