@@ -247,7 +247,8 @@ def test_stream_train_reads_shards_and_learns(tmp_path):
   from tfrec_music.models.dcn import stream_train
   folder = str(tmp_path / "shards")
   synthetic.write_large(folder, preset="tiny", shard_rows=1500)
-  config = DCNFamily.make_config("tiny", {"epochs": 3, "learning_rate": 0.01})
+  config = DCNFamily.make_config("tiny", {"epochs": 3, "learning_rate": 0.01,
+                                         "early_stopping_patience": 5})
   summary = stream_train(folder, config, read_rows=700)
   frame = pd.concat([pd.read_parquet(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
                      if n.startswith("interactions-")])
@@ -279,6 +280,7 @@ def _newest_checkpoint(job_dir):
   return newest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", ["explicit", "implicit"])
 def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
   """Issue 9 for the DCN: a SIGKILLed run rerun with the same command resumes, not restarts."""
@@ -326,3 +328,69 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
   print(f"DCN {labels} resume evidence: killed after epoch {fit['resumed_from_epoch']} was "
         f"validated; resumed at step {fit['resumed_from_step']} "
         f"({fit['steps_per_epoch']} steps/epoch); finished {len(fit['history'])} epochs")
+
+
+def test_stream_run_exports_the_dcn_serving_contract(tmp_path):
+  """Issue 4: a DCN streamed from shards is exported like the in-memory one, reloadable."""
+  from tfrec_music.models.dcn import RankingFeatureSpec
+  folder = str(tmp_path / "shards")
+  synthetic.write_large(folder, preset="tiny", shard_rows=1500)
+  config = DCNFamily.make_config("tiny", {"epochs": 2, "learning_rate": 0.01})
+  result = DCNFamily.stream_run(folder, config, str(tmp_path / "job"), str(tmp_path / "export"),
+                                checkpoint_every=4, read_rows=700)
+  export = result["export_path"]
+  assert export == str(tmp_path / "export" / "dcn" / "1")
+  assert result["examples_per_second"] > 0 and result["fit"]["epochs_run"] == 2
+  model = result["metrics"]["model"]
+  assert model["test/all/rmse"] < result["metrics"]["global_mean"]["test/all/rmse"]
+  assert json.load(open(os.path.join(export, "metrics.json"))) == json.loads(
+      json.dumps(result["metrics"]))
+  assert json.load(open(tmp_path / "job" / "metrics.json"))["model"] == model
+  assert not os.path.exists(tmp_path / "job" / "backup" / "dcn_stream")  # finished: no backup
+  items = pd.read_parquet(os.path.join(folder, "items.parquet"))
+  users = pd.read_parquet(os.path.join(folder, "users.parquet"))
+  # The same serving inputs as the in-memory DCN's export on these tables.
+  want_inputs = sorted(raw_signature(RankingFeatureSpec.from_tables(items, users)))
+  # Fresh process: score the hashed test rows through serving_default from raw
+  # features (and score_ids from ids) and recompute the reported test RMSE.
+  out = run_python(f"""
+import json, os, numpy as np, pandas as pd, tfrec_music, tensorflow as tf
+from tfrec_music.models.dcn import split_buckets
+folder = {folder!r}
+frame = pd.concat([pd.read_parquet(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
+                   if n.startswith("interactions-")])
+test = frame[split_buckets(frame["user_id"].to_numpy(), frame["item_id"].to_numpy()) >= 90]
+items = pd.read_parquet(os.path.join(folder, "items.parquet")).set_index("item_id")
+users = pd.read_parquet(os.path.join(folder, "users.parquet")).set_index("user_id")
+m = tf.saved_model.load({export!r})
+sig = m.signatures["serving_default"]
+specs = sig.structured_input_signature[1]
+raw = {{}}
+for name, spec in specs.items():
+  if name in ("user_id", "item_id"):
+    values = test[name].astype(str).to_numpy()
+  elif name in users.columns:
+    values = users[name].reindex(test["user_id"]).to_numpy()
+  else:
+    values = items[name].reindex(test["item_id"]).to_numpy()
+  if spec.dtype == tf.string:
+    values = pd.Series(values).astype(object).where(pd.notna(values), "").astype(str).to_numpy()
+  raw[name] = tf.constant(values.astype(object if spec.dtype == tf.string else np.float32),
+                          dtype=spec.dtype)
+out = sig(**raw)
+by_ids = m.signatures["score_ids"](user_id=raw["user_id"], item_id=raw["item_id"])
+truth = test["rating"].to_numpy(np.float64)
+print(json.dumps({{"inputs": sorted(specs),
+                  "rmse": float(np.sqrt(np.mean((out["rating"].numpy() - truth) ** 2))),
+                  "ids_rmse": float(np.sqrt(np.mean((by_ids["rating"].numpy() - truth) ** 2))),
+                  "fallback": int(out["fallback"].numpy().sum()), "n": len(truth)}}))
+""")
+  got = json.loads(out.strip().splitlines()[-1])
+  assert got["inputs"] == want_inputs
+  assert got["n"] == result["fit"]["rows"]["test"]
+  assert got["rmse"] == pytest.approx(model["test/all/rmse"], rel=1e-4)
+  assert got["ids_rmse"] == pytest.approx(model["test/all/rmse"], rel=1e-4)
+  print(f"stream_run: {result['examples_per_second']:.0f} examples/s, test RMSE "
+        f"{model['test/all/rmse']:.4f} (global mean "
+        f"{result['metrics']['global_mean']['test/all/rmse']:.4f}); served from the export "
+        f"{got['rmse']:.4f} with {got['fallback']} of {got['n']} rows on the fallback")

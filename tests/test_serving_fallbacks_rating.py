@@ -76,6 +76,17 @@ def catalog():
   return synthetic.generate("tiny", seed=0)
 
 
+def _train_and_save(family_cls, catalog, tmp_path_factory):
+  """(family, export folder, export path `<folder>/1`) of the tiny preset, trained once."""
+  prepared = prepare(catalog.tables, PrepareConfig(**family_cls.prepare_overrides))
+  family = family_cls(family_cls.make_config("tiny", {}), prepared)
+  family.fit(str(tmp_path_factory.mktemp(f"{family_cls.name}_job")))
+  folder = str(tmp_path_factory.mktemp(f"{family_cls.name}_export"))
+  export = os.path.join(folder, "1")
+  family.save(export)
+  return family, folder, export
+
+
 # --------------------------------------------------------------------------- DCN
 
 
@@ -101,13 +112,8 @@ def _python_rating(family, raw):
 
 @pytest.fixture(scope="module")
 def dcn(catalog, tmp_path_factory):
-  prepared = prepare(catalog.tables, PrepareConfig(**DCNFamily.prepare_overrides))
-  family = DCNFamily(DCNFamily.make_config("tiny", {}), prepared)
-  family.fit(str(tmp_path_factory.mktemp("dcn_job")))
-  folder = str(tmp_path_factory.mktemp("dcn_export"))
-  export = os.path.join(folder, "1")
-  family.save(export)
-  test = prepared.test.head(6)
+  family, folder, export = _train_and_save(DCNFamily, catalog, tmp_path_factory)
+  test = family.prepared.test.head(6)
   users, items = test["user_id"].astype(str).tolist(), test["item_id"].astype(str).tolist()
   known = _raw_rows(family, users, items)
   unknown_user = _raw_rows(family, users, items)
@@ -211,12 +217,8 @@ def test_dcn_absent_columns_refused_by_serving_default_filled_by_score_ids(dcn):
 
 @pytest.fixture(scope="module")
 def cascade(catalog, tmp_path_factory):
-  prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
-  family = CascadeFamily(CascadeFamily.make_config("tiny", {}), prepared)
-  family.fit(str(tmp_path_factory.mktemp("cascade_job")))
-  folder = str(tmp_path_factory.mktemp("cascade_export"))
-  export = os.path.join(folder, "1")
-  family.save(export)
+  family, folder, export = _train_and_save(CascadeFamily, catalog, tmp_path_factory)
+  prepared = family.prepared
   # The same trained stages exported with `top_k` and `candidates` above the catalogue.
   wide = os.path.join(folder, "2")
   trained_config = family.config

@@ -454,18 +454,33 @@ def feature_signature(features: Dict[str, np.ndarray]) -> Dict[str, tf.TensorSpe
 
 
 class _Throughput(tf.keras.callbacks.Callback):
-  """Counts the training steps this `fit` ran (a resumed run skips the steps done before)."""
+  """Training steps and seconds of this `fit` (validation excluded; a resumed run counts
+  only the steps it ran)."""
 
   def __init__(self):
     super().__init__()
     self.steps = 0
-    self._start = 0
+    self.seconds = 0.0
+    self._start_step = 0
+    self._epoch_start = 0.0
+    self._last_batch = None
 
   def on_train_begin(self, logs=None):
-    self._start = int(self.model.optimizer.iterations.numpy())
+    self._start_step = int(self.model.optimizer.iterations.numpy())
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_start, self._last_batch = time.perf_counter(), None
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._last_batch = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    # Runs after the validation callback: time up to the last batch only.
+    if self._last_batch is not None:
+      self.seconds += self._last_batch - self._epoch_start
 
   def on_train_end(self, logs=None):
-    self.steps = int(self.model.optimizer.iterations.numpy()) - self._start
+    self.steps = int(self.model.optimizer.iterations.numpy()) - self._start_step
 
 
 def build_ranker(encoder: RankingEncoder, config: DCNConfig, output_bias: float) -> DCNRanker:
@@ -796,7 +811,6 @@ class DCNFamily(ModelFamily):
                                                  update_freq="epoch")
     throughput = _Throughput()
     loss_name = "mse" if config.labels == "explicit" else "log_loss"
-    start = time.perf_counter()
     summary = fit_with_validation(
         self.model, dataset, epochs=config.epochs,
         validate=lambda epoch: -self._valid_loss(valid),
@@ -810,14 +824,15 @@ class DCNFamily(ModelFamily):
         nan_advice="Lower the learning rate (`--set learning_rate=...`) or the number of "
                    "cross layers (`--cross-layers`).",
         metric_name=f"neg_valid_{loss_name}")
-    seconds = time.perf_counter() - start
     metric = f"neg_valid_{loss_name}"
     for entry in summary["history"]:
       entry["valid_loss"] = -entry[metric]
     summary["best_valid_loss"] = -summary.pop(f"best_{metric}")
     summary["valid_loss"] = loss_name
     summary["steps_per_epoch"] = steps
-    summary["examples_per_second"] = throughput.steps * n_rows / steps / max(seconds, 1e-9)
+    summary["train_seconds"] = throughput.seconds
+    summary["examples_per_second"] = (throughput.steps * n_rows / steps
+                                      / max(throughput.seconds, 1e-9))
     summary["features"] = self.spec.as_dict()
     self.fit_summary = summary
     return self.fit_summary
@@ -975,14 +990,71 @@ class DCNFamily(ModelFamily):
 
   def save(self, directory: str) -> Dict[str, str]:
     """SavedModel with `serving_default` (raw features) and `score_ids` (ids only)."""
-    module = self.serving_module()
-    tf.saved_model.save(module, directory, signatures=module.signatures())
-    output = ("rating [B] (clipped to the training range)" if self.config.labels == "explicit"
-              else "probability [B], logit [B]")
-    inputs = ", ".join(f"{c} [B]" for c in raw_signature(self.spec))
-    return {"serving_default": f"{inputs} -> {output}",
-            "score_ids": f"user_id [B], item_id [B] -> {output} (track features from the "
-                         "stored catalogue; unknown ids use the OOV bucket)"}
+    return save_serving_module(self.serving_module(), directory)
+
+  @classmethod
+  def stream_run(cls, data_dir: str, config: DCNConfig, job_dir: str,
+                 export_root: Optional[str] = None, *, checkpoint_every: int = 0,
+                 read_rows: int = 65_536) -> Dict[str, Any]:
+    """Trains, evaluates and exports a DCN streamed from Parquet shards (`--stream`).
+
+    See `StreamedDCN`: one read batch in memory, the hashed 80/10/10 split,
+    the shared fit loop (a killed run rerun with the same `job_dir` resumes).
+    Writes `metrics.json` and `config.json` to `job_dir`; exports to
+    `<export_root>/dcn/<version>/` with the in-memory DCN's signatures
+    (`serving_default`: raw user + track features -> rating), `metrics.json`
+    and `model_card.json`.
+
+    Args:
+      data_dir: Folder of canonical Parquet shards (`interactions-*.parquet`,
+        `items.parquet`, optional `users.parquet`).
+      config: `DCNConfig` (explicit labels).
+      job_dir: Run folder (logs, backup, metrics).
+      export_root: Export root (None: no export).
+      checkpoint_every: Checkpoint every N steps (0: every epoch).
+      read_rows: Rows read from a shard at a time.
+
+    Returns:
+      `{"metrics": {"model": {...}, "global_mean": {...}}, "fit": summary,
+      "examples_per_second": float, "export_path": str or None}`.
+    """
+    from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
+    from tfrec_music.export.saved_model import write_json  # pylint: disable=g-import-not-at-top
+    streamed = StreamedDCN(data_dir, config, read_rows)
+    streamed.checkpoint_every = checkpoint_every
+    fit = streamed.fit(job_dir)
+    metrics = streamed.evaluate()
+    resolved = {"model": dataclasses.asdict(config),
+                "stream": {"data_dir": data_dir, "read_rows": read_rows,
+                           "split": "hashed 80/10/10 (split_buckets)",
+                           "checkpoint_every": checkpoint_every}}
+    write_json(io.join(job_dir, "metrics.json"), metrics)
+    write_json(io.join(job_dir, "config.json"), resolved)
+    export_path = None
+    if export_root:
+      signatures = {}
+      card = {"config": resolved, "data": {"name": "stream", "rows": fit["rows"]},
+              "fit": fit, "signatures": signatures}
+      export_path = export_versioned(lambda d: signatures.update(streamed.save(d)),
+                                     export_root, cls.name, metrics=metrics, model_card=card)
+    return {"metrics": metrics, "fit": fit, "examples_per_second": fit["examples_per_second"],
+            "export_path": export_path}
+
+
+def save_serving_module(module: DCNServingModule, directory: str) -> Dict[str, str]:
+  """Writes a DCN SavedModel (`serving_default`, `score_ids`); returns their descriptions.
+
+  One writer for the in-memory and the streamed DCN, so both exports have
+  the same serving contract.
+  """
+  tf.saved_model.save(module, directory, signatures=module.signatures())
+  output = ("rating [B] (clipped to the training range)" if module.labels == "explicit"
+            else "probability [B], logit [B]")
+  output += ", fallback [B] (unknown or empty user or track id: baseline prediction)"
+  inputs = ", ".join(f"{c} [B]" for c in raw_signature(module.spec))
+  return {"serving_default": f"{inputs} -> {output}",
+          "score_ids": f"user_id [B], item_id [B] -> {output} (features of known users and "
+                       "tracks from the stored tables)"}
 
 
 def _int_list(text: str) -> List[int]:
@@ -1027,149 +1099,267 @@ def _split_mask(frame: pd.DataFrame, split: str) -> np.ndarray:
 
 def stream_train(data_dir: str, config: DCNConfig, job_dir: Optional[str] = None,
                  read_rows: int = 65_536) -> Dict[str, Any]:
-  """Trains an explicit-rating DCN from canonical Parquet shards, one batch in memory at a time.
+  """Trains an explicit-rating DCN from canonical Parquet shards (no export).
+
+  The training of `DCNFamily.stream_run` (see `StreamedDCN`) without the
+  export; `job_dir` None trains in a temporary folder (no resume).
+
+  Returns:
+    `StreamedDCN.fit`'s summary plus the model's valid/test RMSE, MSE, MAE.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as scratch:
+    streamed = StreamedDCN(data_dir, config, read_rows)
+    summary = streamed.fit(job_dir or scratch)
+    summary.update(streamed.evaluate()["model"])
+  return summary
+
+
+class StreamedDCN:
+  """An explicit-rating DCN trained from canonical Parquet shards, one read batch in memory.
 
   Reads `items.parquet`, optional `users.parquet` and the interaction shards
   `interactions-*.parquet` of `data_dir` (as `synthetic.write_large` or
   `yahoo_music.convert_yahoo_music` write them). Memory holds the catalogue,
-  the vocabularies (users and tracks seen in training: one pass over the
-  shards, two id columns at a time) and one read batch, never the ratings:
-  each epoch re-reads the shards through `tf.data`. The split is the hashed
-  80/10/10 split of `split_buckets`. No k-core filter runs (it needs every
-  row at once); unseen users and tracks of the valid/test rows use the OOV
-  bucket.
+  the vocabularies (users and tracks seen in training), per-id bias arrays
+  and one read batch, never the ratings: each epoch re-reads the shards
+  through `tf.data`. The split is the hashed 80/10/10 split of
+  `split_buckets`. No k-core filter runs (it needs every row at once).
+
+  Training goes through `tfrec_music.fit_loop.fit_with_validation` like the
+  in-memory DCN (step checkpoints and resume, NaN guard, early stopping on
+  the validation RMSE keeping the best weights). The export
+  (`serving_module`) has the in-memory DCN's signatures; its fallback for
+  unknown ids is alpha + beta_u + beta_i with one-step biases
+  beta = sum(r - alpha) / (n + 5) of each id's training ratings.
 
   Args:
     data_dir: Folder of the canonical Parquet shards.
     config: `DCNConfig` (explicit labels).
-    job_dir: TensorBoard logs (optional).
     read_rows: Rows read from a shard at a time.
 
-  Returns:
-    Summary: `rows` by split, `examples_per_second` (training), per-epoch
-    losses, and `valid/all/rmse`, `test/all/rmse` of the last epoch.
-
   Raises:
-    DataValidationError: no interaction shards, or no `rating` column.
+    ValueError: implicit labels.
+    DataValidationError: no interaction shards, or no training rows.
   """
-  from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
-  from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
-  from tfrec_music.evaluation.rating import rating_metrics  # pylint: disable=g-import-not-at-top
-  if config.labels != "explicit":
-    raise ValueError("`stream_train` trains explicit ratings; `labels` should be 'explicit'. "
-                     f"Received: `labels` = {config.labels!r}.")
-  names = canonical.list_dir(data_dir)
-  shards = [io.join(data_dir, n) for n in names
-            if n.startswith("interactions") and n.endswith(".parquet")]
-  if not shards:
-    raise DataValidationError(
-        f"no interactions-*.parquet shards in the folder. Found: {names[:20]}.",
-        file=io.join(data_dir, "interactions-00000.parquet"),
-        fix="write the shards with `python -m tfrec_music.data.synthetic --out DIR` or "
-            "`python -m tfrec_music.data.loaders.yahoo_music --out DIR`.")
-  items = canonical.read_parquet_file(io.join(data_dir, "items.parquet"))
-  users = (canonical.read_parquet_file(io.join(data_dir, "users.parquet"))
-           if "users.parquet" in names else None)
-  items = items.drop(columns=[c for c in items.columns if c.startswith("_")])
-  items["item_id"] = items["item_id"].astype(str)
-  # Pass 1: training ids and the rating mean, two id columns at a time.
-  user_set, item_set, total, count = set(), set(), 0.0, 0
-  rows = {"train": 0, "valid": 0, "test": 0}
-  for frame in _shard_batches(shards, ("user_id", "item_id", "rating"), read_rows):
-    train = _split_mask(frame, "train")
-    bucket_valid = _split_mask(frame, "valid")
-    rows["train"] += int(train.sum())
-    rows["valid"] += int(bucket_valid.sum())
-    rows["test"] += int((~train & ~bucket_valid).sum())
-    user_set.update(frame["user_id"].astype(str)[train])
-    item_set.update(frame["item_id"].astype(str)[train])
-    total += float(frame["rating"].to_numpy(np.float64)[train].sum())
-    count += int(train.sum())
-  if count == 0:
-    raise DataValidationError("no training rows in the shards.", file=shards[0],
-                              fix="check that the shards hold interactions with ratings.")
-  spec = RankingFeatureSpec.from_tables(items, users)
-  vocabs = {"user_id": sorted(user_set), "item_id": sorted(item_set)}
-  del user_set, item_set
-  vocabs = ranking_vocabularies(spec, pd.DataFrame({"user_id": [], "item_id": []}), items,
-                                users, vocabs)
-  train_items = items[items["item_id"].isin(set(vocabs["item_id"]))]
-  mean, std = numeric_statistics(spec, train_items)
-  encoder = RankingEncoder(spec, vocabs, mean, std, name="ranking_encoder")
-  ranker = build_ranker(encoder, config, total / count)
-  model = DCNModel(ranker, "explicit")
-  model.compile(optimizer=optimizer(config))
-  item_rows = pd.Index(items["item_id"])
-  raw_items = raw_item_table(items, spec)
-  encoded_items = {}
-  for start in range(0, len(items), 8192):
-    batch = {c: tf.constant(raw_items[c][start:start + 8192]) for c in spec.item_columns}
-    for k, v in encoder.encode(batch, spec.item_columns).items():
-      encoded_items.setdefault(k, []).append(v.numpy())
-  encoded_items = {k: np.concatenate(v) for k, v in encoded_items.items()}
-  user_table = users.drop_duplicates("user_id").set_index("user_id") if users is not None else None
 
-  def encode(frame: pd.DataFrame) -> Dict[str, np.ndarray]:
+  checkpoint_every: int = 0
+  backup_dir: Optional[str] = None
+
+  def __init__(self, data_dir: str, config: DCNConfig, read_rows: int = 65_536):
+    from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
+    from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
+    if config.labels != "explicit":
+      raise ValueError("Streaming trains explicit ratings; `labels` should be 'explicit'. "
+                       f"Received: `labels` = {config.labels!r}.")
+    self.data_dir, self.config, self.read_rows = data_dir, config, read_rows
+    names = canonical.list_dir(data_dir)
+    self.shards = [io.join(data_dir, n) for n in names
+                   if n.startswith("interactions") and n.endswith(".parquet")]
+    if not self.shards:
+      raise DataValidationError(
+          f"no interactions-*.parquet shards in the folder. Found: {names[:20]}.",
+          file=io.join(data_dir, "interactions-00000.parquet"),
+          fix="write the shards with `python -m tfrec_music.data.synthetic --out DIR` or "
+              "`python -m tfrec_music.data.loaders.yahoo_music --out DIR`.")
+    items = canonical.read_parquet_file(io.join(data_dir, "items.parquet"))
+    users = (canonical.read_parquet_file(io.join(data_dir, "users.parquet"))
+             if "users.parquet" in names else None)
+    items = items.drop(columns=[c for c in items.columns if c.startswith("_")])
+    items["item_id"] = items["item_id"].astype(str)
+    # Pass 1: training ids, rating mean and range, two id columns at a time.
+    user_set, item_set, total, count = set(), set(), 0.0, 0
+    low, high = np.inf, -np.inf
+    self.rows = {"train": 0, "valid": 0, "test": 0}
+    for frame in self._read(("user_id", "item_id", "rating")):
+      train = _split_mask(frame, "train")
+      valid = _split_mask(frame, "valid")
+      self.rows["train"] += int(train.sum())
+      self.rows["valid"] += int(valid.sum())
+      self.rows["test"] += int((~train & ~valid).sum())
+      user_set.update(frame["user_id"].astype(str)[train])
+      item_set.update(frame["item_id"].astype(str)[train])
+      ratings = frame["rating"].to_numpy(np.float64)[train]
+      total += float(ratings.sum())
+      count += int(train.sum())
+      if len(ratings):
+        low, high = min(low, float(ratings.min())), max(high, float(ratings.max()))
+    if count == 0:
+      raise DataValidationError("no training rows in the shards.", file=self.shards[0],
+                                fix="check that the shards hold interactions with ratings.")
+    self.mean, self.rating_range = total / count, (low, high)
+    self.spec = RankingFeatureSpec.from_tables(items, users)
+    vocabs = {"user_id": sorted(user_set), "item_id": sorted(item_set)}
+    del user_set, item_set
+    self.vocabs = ranking_vocabularies(self.spec, pd.DataFrame({"user_id": [], "item_id": []}),
+                                       items, users, vocabs)
+    train_items = items[items["item_id"].isin(set(self.vocabs["item_id"]))]
+    mean, std = numeric_statistics(self.spec, train_items)
+    self.encoder = RankingEncoder(self.spec, self.vocabs, mean, std, name="ranking_encoder")
+    self.ranker = build_ranker(self.encoder, config, self.mean)
+    self.model = DCNModel(self.ranker, "explicit")
+    self.model.compile(optimizer=optimizer(config))
+    self.items, self.users = items, users
+    self.item_rows = pd.Index(items["item_id"])
+    self.raw_items = raw_item_table(items, self.spec)
+    encoded = {}
+    for start in range(0, len(items), 8192):
+      batch = {c: tf.constant(self.raw_items[c][start:start + 8192]) for c in self.spec.item_columns}
+      for k, v in self.encoder.encode(batch, self.spec.item_columns).items():
+        encoded.setdefault(k, []).append(v.numpy())
+    self.encoded_items = {k: np.concatenate(v) for k, v in encoded.items()}
+    self.user_table = (users.drop_duplicates("user_id").set_index("user_id")
+                       if users is not None else None)
+    probe = self.encode(pd.DataFrame({"user_id": ["x"], "item_id": ["x"], "rating": [0.0]}))
+    self.signature = feature_signature(probe)
+    self.fit_summary: Dict[str, Any] = {}
+    self._fallback: Optional[FallbackBiases] = None
+
+  def _read(self, columns: Sequence[str], paths: Optional[Sequence[str]] = None):
+    return _shard_batches(paths or self.shards, columns, self.read_rows)
+
+  def encode(self, frame: pd.DataFrame) -> Dict[str, np.ndarray]:
+    """Encoded features and `label` of rating rows (tracks missing from items: missing)."""
     user_ids = frame["user_id"].astype(str).to_numpy()
-    out = {"user_id": lookup_indices(user_ids, vocabs["user_id"])}
-    for column in spec.user_categorical:
-      values = user_table[column].reindex(user_ids).fillna("").astype(str).to_numpy()
-      out[column] = lookup_indices(values, vocabs[column])
-    row = item_rows.get_indexer(frame["item_id"].astype(str))
+    out = {"user_id": lookup_indices(user_ids, self.vocabs["user_id"])}
+    for column in self.spec.user_categorical:
+      values = self.user_table[column].reindex(user_ids).fillna("").astype(str).to_numpy()
+      out[column] = lookup_indices(values, self.vocabs[column])
+    row = self.item_rows.get_indexer(frame["item_id"].astype(str))
     known = row >= 0
-    for key, values in encoded_items.items():
-      # Tracks missing from items.parquet read as "missing" features.
+    for key, values in self.encoded_items.items():
       out[key] = np.where(known.reshape((-1,) + (1,) * (values.ndim - 1)),
                           values[np.maximum(row, 0)], 0).astype(values.dtype)
     out["label"] = frame["rating"].to_numpy(np.float32)
     return out
 
-  probe = encode(pd.DataFrame({"user_id": ["x"], "item_id": ["x"], "rating": [0.0]}))
-  signature = {k: tf.TensorSpec((None,) + v.shape[1:], tf.as_dtype(v.dtype))
-               for k, v in probe.items()}
+  def dataset(self, split: str, epoch_of: Callable[[], int] = lambda: 0) -> tf.data.Dataset:
+    """Batches of `split`'s rows; training shards in a per-epoch order, rows shuffled."""
+    config = self.config
 
-  def batches(split: str, epoch: int):
-    order = np.random.default_rng(config.seed + epoch).permutation(len(shards))
-    paths = [shards[i] for i in order] if split == "train" else shards
-    for frame in _shard_batches(paths, ("user_id", "item_id", "rating"), read_rows):
-      frame = frame[_split_mask(frame, split)]
-      if len(frame):
-        yield encode(frame)
+    def batches():
+      paths = self.shards
+      if split == "train":
+        order = np.random.default_rng(config.seed + int(epoch_of())).permutation(len(paths))
+        paths = [paths[i] for i in order]
+      for frame in self._read(("user_id", "item_id", "rating"), paths):
+        frame = frame[_split_mask(frame, split)]
+        if len(frame):
+          yield self.encode(frame)
 
-  def dataset(split: str, epoch: int) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_generator(lambda: batches(split, epoch),
-                                        output_signature=signature).unbatch()
+    ds = tf.data.Dataset.from_generator(batches, output_signature=self.signature).unbatch()
     if split == "train":
-      ds = ds.shuffle(16 * config.batch_size, seed=config.seed + epoch)
-    return ds.batch(config.batch_size).prefetch(2)
+      ds = ds.shuffle(16 * config.batch_size, seed=config.seed)
+    ds = ds.batch(config.batch_size)
+    if split == "train":
+      # A known number of steps per epoch lets BackupAndRestore resume mid-epoch.
+      steps = -(-self.rows["train"] // config.batch_size)
+      ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
+    return ds.prefetch(2)
 
-  def split_rmse(split: str) -> float:
+  def predict_split(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """([N] true, [N] predicted) ratings of a split, as served (fallback, clip)."""
     truth, pred = [], []
-    for batch in dataset(split, 0):
-      label = batch.pop("label")
-      truth.append(label.numpy())
-      pred.append(ranker(batch).numpy())
+    fallback = self.fallback_biases()
+    for batch in self.dataset(split):
+      label = batch.pop("label").numpy()
+      out = fallback.apply({k: v.numpy() for k, v in batch.items()
+                            if k in ("user_id", "item_id")}, self.ranker(batch).numpy())
+      truth.append(label)
+      pred.append(np.clip(out, *self.rating_range))
     if not truth:
-      return float("nan")
-    low, high = 1.0, 5.0
-    return rating_metrics(np.concatenate(truth), np.clip(np.concatenate(pred), low, high))["rmse"]
+      return np.zeros(0), np.zeros(0)
+    return np.concatenate(truth), np.concatenate(pred)
 
-  callbacks = ([tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", "dcn_stream"))]
-               if job_dir else [])
-  history, seconds = [], 0.0
-  for epoch in range(config.epochs):
-    start = time.perf_counter()
-    result = model.fit(dataset("train", epoch), epochs=epoch + 1, initial_epoch=epoch,
-                       verbose=0, callbacks=callbacks)
-    seconds += time.perf_counter() - start
-    loss = float(result.history["loss"][-1])
-    check_finite(loss, epoch + 1)
-    history.append({"epoch": epoch + 1, "loss": loss, "valid_rmse": split_rmse("valid")})
-    logging.info("dcn stream epoch %d: loss %.4f, valid RMSE %.4f", epoch + 1, loss,
-                 history[-1]["valid_rmse"])
-  return {"rows": rows, "users": len(vocabs["user_id"]), "items": len(items),
-          "examples_per_second": rows["train"] * len(history) / max(seconds, 1e-9),
-          "train_seconds": seconds, "history": history,
-          "valid/all/rmse": history[-1]["valid_rmse"] if history else float("nan"),
-          "test/all/rmse": split_rmse("test")}
+  def split_rmse(self, split: str) -> float:
+    """RMSE of a split's predictions (NaN when the split is empty)."""
+    truth, pred = self.predict_split(split)
+    return float(np.sqrt(np.mean((truth - pred) ** 2))) if len(truth) else float("nan")
 
+  def fallback_biases(self) -> FallbackBiases:
+    """alpha + one-step biases of each training user and track (pass 2 over the shards)."""
+    if self._fallback is None:
+      sizes = self.encoder.vocab_sizes()
+      sums = {"user_id": np.zeros(sizes["user_id"]), "item_id": np.zeros(sizes["item_id"])}
+      counts = {k: np.zeros_like(v) for k, v in sums.items()}
+      for frame in self._read(("user_id", "item_id", "rating")):
+        frame = frame[_split_mask(frame, "train")]
+        residual = frame["rating"].to_numpy(np.float64) - self.mean
+        for key in sums:
+          index = lookup_indices(frame[key].astype(str).to_numpy(), self.vocabs[key])
+          sums[key] += np.bincount(index, residual, minlength=len(sums[key]))
+          counts[key] += np.bincount(index, minlength=len(sums[key]))
+      bias = {k: sums[k] / (counts[k] + 5.0) for k in sums}
+      for values in bias.values():
+        values[:2] = 0.0  # "" and OOV
+      self._fallback = FallbackBiases(self.mean, bias["user_id"], bias["item_id"])
+    return self._fallback
+
+  def fit(self, job_dir: str) -> Dict[str, Any]:
+    """Trains with checkpoints, resume and early stopping on the validation RMSE.
+
+    Args:
+      job_dir: Logs and the resumable backup (`<job_dir>/backup` unless
+        `backup_dir` is set); a killed run rerun with the same folder resumes.
+
+    Returns:
+      Summary: `rows` by split, `examples_per_second` (training steps only),
+      per-epoch history with `valid_rmse`, best epoch, resume counters.
+    """
+    config = self.config
+    steps = -(-self.rows["train"] // config.batch_size)
+    dataset = self.dataset("train",
+                           lambda: int(self.model.optimizer.iterations.numpy()) // steps)
+    self.fallback_biases()  # before training: validation predicts as served
+    throughput = _Throughput()
+    summary = fit_with_validation(
+        self.model, dataset, epochs=config.epochs,
+        validate=lambda epoch: -self.split_rmse("valid"),
+        patience=config.early_stopping_patience, job_dir=job_dir, name="dcn_stream",
+        checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
+        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
+                                "data": self.data_dir, "rows": self.rows},
+                               sort_keys=True, default=str),
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", "dcn_stream"),
+                                                  update_freq="epoch"), throughput],
+        nan_advice="Lower the learning rate (`--set learning_rate=...`) or the number of "
+                   "cross layers (`--cross-layers`).",
+        metric_name="neg_valid_rmse")
+    for entry in summary["history"]:
+      entry["valid_rmse"] = -entry.pop("neg_valid_rmse")
+    summary["best_valid_rmse"] = -summary.pop("best_neg_valid_rmse")
+    examples = throughput.steps * self.rows["train"] / steps
+    summary.update({"rows": self.rows, "users": len(self.vocabs["user_id"]),
+                    "items": len(self.items), "steps_per_epoch": steps,
+                    "train_seconds": throughput.seconds,
+                    "examples_per_second": examples / max(throughput.seconds, 1e-9)})
+    logging.info("dcn stream: %d epochs, best valid RMSE %.4f, %.0f examples/s",
+                 summary["epochs_run"], summary["best_valid_rmse"],
+                 summary["examples_per_second"])
+    self.fit_summary = summary
+    return summary
+
+  def evaluate(self) -> Dict[str, Dict[str, float]]:
+    """RMSE / MSE / MAE of the valid and test splits (streamed), as served, beside the
+    training mean rating (`global_mean`)."""
+    from tfrec_music.evaluation.rating import rating_metrics  # pylint: disable=g-import-not-at-top
+    out = {"model": {}, "global_mean": {}}
+    for split in ("valid", "test"):
+      truth, pred = self.predict_split(split)
+      if not len(truth):
+        continue
+      for name, values in (("model", pred), ("global_mean", np.full(len(truth), self.mean))):
+        for key, value in rating_metrics(truth, values).items():
+          out[name][f"{split}/all/{key}"] = value
+    return out
+
+  def serving_module(self) -> DCNServingModule:
+    """The serving module: the in-memory DCN's signatures over this model."""
+    known = np.asarray(self.vocabs["user_id"])
+    return DCNServingModule(self.encoder, self.ranker, "explicit", self.raw_items,
+                            raw_user_table(known, self.users, self.spec), self.rating_range,
+                            self.fallback_biases())
+
+  def save(self, directory: str) -> Dict[str, str]:
+    """Writes the SavedModel (see `save_serving_module`)."""
+    return save_serving_module(self.serving_module(), directory)
