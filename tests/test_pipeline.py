@@ -97,6 +97,24 @@ def test_tfrecord_list_columns_dict_chunks_and_parallel_read(tmp_path):
     read_shards(str(tmp_path), "bad", 4)
 
 
+@pytest.mark.parametrize("high", [300, 2**62])
+def test_tfrecord_int_encoder_matches_protobuf(high):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tfrec_music.pipeline import tfrecord  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  columns = {"user": rng.integers(-high, high, 50), "history": rng.integers(-high, high, (50, 4)),
+             "item": np.zeros(50, np.int64)}
+  columns["history"][0] = [-1, 0, 127, 128]          # varint edges: 10 bytes, 1, 1, 2
+  spec = tfrecord._spec_of(columns)                   # pylint: disable=protected-access
+  data, offsets = tfrecord._encode_int_examples(columns, spec)  # pylint: disable=protected-access
+  data = data.tobytes()
+  for i in range(50):
+    expected = tf.train.Example(features=tf.train.Features(feature={
+        c: tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.atleast_1d(columns[c][i]).tolist())) for c in columns}))
+    assert tf.train.Example.FromString(data[offsets[i]:offsets[i + 1]]) == expected
+
+
 def test_causal_history_never_contains_the_target():
   frame = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b"],
                         "item_id": ["x", "y", "z", "x", "y"]})
