@@ -33,6 +33,19 @@ of the training playlists whose names hold it, shrunk toward the mean of all
 playlists (`name_shrinkage` pseudo-playlists); a name is the idf-weighted
 mean of its known tokens. A playlist with neither known seeds nor a known
 name token gets the popularity ranking (`fallback`).
+
+Serving fallbacks of the export (`serving_default(seeds [B, L], name [B])`,
+`continue_seeds(seeds)`; tested in `tests/test_serving_fallbacks_playlist.py`):
+- unknown seed ids and `""` padding are ignored; a row whose seeds are all
+  unknown, empty, or absent (a [B, 0] tensor) is served from its name, and
+  with no known name token either (or `continue_seeds`, which has no name)
+  gets the popularity ranking with `fallback = True`;
+- seeds never come back, duplicated or not (the ScaNN variant honours up to
+  `max_seeds` of them);
+- `k` (`top_k`) above the catalogue is clamped to the catalogue at export;
+  slots left once the seeds are removed come back as id `""` with score
+  `EMPTY_SCORE` (the lowest float32), always after the real results;
+- identical rows in one batch get identical outputs.
 """
 
 import argparse

@@ -1,4 +1,11 @@
-"""The popularity baseline as a trainable, exportable family (`--model popularity`)."""
+"""The popularity baseline as a trainable, exportable family (`--model popularity`).
+
+The recommender idea: recommend the most-played training tracks to everyone.
+The export's `serving_default(user_id)` answers every user id, known,
+unknown or empty, with the same ranking; `top_k` above the catalogue is
+clamped to the catalogue (every track once), so identical rows get identical
+outputs (`tests/test_serving_fallbacks_playlist.py`).
+"""
 
 import dataclasses
 from typing import Any, Dict

@@ -32,7 +32,9 @@ Training and validation loss curves go to TensorBoard (`<job_dir>/logs/taste_mlp
 Export (`saved_models/taste_mlp/<version>/`): `serving_default(user_id [B],
 item_id [B])` -> `probability [B]`, `known [B]` (the catalogue's track features
 and the users' centroids are stored; an unknown user or track gives
-`known = False` and the probability of an average user/track), and
+`known = False` and the probability of an average user/track: the mean
+taste centroid of the training users, the mean track description; `""` is
+unknown; identical rows give identical outputs; there is no `k`), and
 `score_features(track [B, F], taste [B, F])` -> `probability` for raw inputs.
 """
 

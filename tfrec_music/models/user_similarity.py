@@ -27,6 +27,13 @@ Export (`saved_models/user_similarity/<version>/`):
   new user given the tracks they played (unknown tracks are skipped).
 - `scann/`: the same signatures over a ScaNN index (the exact index is what
   stock TF Serving loads).
+- Fallbacks: there is no one to compare an unknown user (or a new user with
+  no known track, or an empty [B, 0] track list) with, so those rows answer
+  `known = False` with empty ids and zero scores rather than strangers.
+  `k` (`top_k`) is clamped to the number of users less one; a user never
+  comes back as its own neighbour; duplicated tracks count twice in a new
+  user's centroid (as repeated plays); identical rows give identical
+  outputs (`tests/test_serving_fallbacks_playlist.py`).
 - `vectors/users`, `vectors/artists`, `vectors/tracks`: the vectors, read by
   `UserSimilarity.load` and `python -m trainer.similar`.
 """
