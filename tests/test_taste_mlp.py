@@ -1,6 +1,5 @@
 """taste_mlp: leave-one-out centroids, negatives, training quality, tuning space, export."""
 
-import dataclasses
 import json
 import os
 import subprocess

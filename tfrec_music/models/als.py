@@ -69,7 +69,6 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
 from tfrec_music import io
-from tfrec_music.evaluation.rating import rating_metrics
 from tfrec_music.evaluation.retrieval import evaluate_retrieval
 from tfrec_music.export import retrieval
 from tfrec_music.models.als_solver import ALSParams
@@ -648,31 +647,14 @@ class ALSFamily(ModelFamily):
 
   def _evaluate_ratings(self, splits: Sequence[str], baselines: bool = True
                         ) -> Dict[str, Dict[str, float]]:
-    from tfrec_music.models.rating_baselines import fit_rating_baselines  # pylint: disable=g-import-not-at-top
+    """RMSE / MSE / MAE by split and item slice of the model (and the rating baselines)."""
+    from tfrec_music.models import rating_baselines  # pylint: disable=g-import-not-at-top
     scorers = {"model": lambda f: self.predict(f["user_id"], f["item_id"])}
     if baselines:
-      fits = fit_rating_baselines(self.prepared.train, self.prepared.valid,
-                                  seed=self.config.seed)
-      low, high = self.rating_range
-      scorers.update({
-          "global_mean": lambda f: fits.global_mean.predict(f["user_id"], f["item_id"]),
-          "biased": lambda f: np.clip(fits.biased.predict(f["user_id"], f["item_id"]), low, high),
-          "biased_mf": lambda f: np.clip(fits.biased_mf.predict(f["user_id"], f["item_id"]),
-                                         low, high)})
-    out: Dict[str, Dict[str, float]] = {name: {} for name in scorers}
-    for split in splits:
-      frame = getattr(self.prepared, split)
-      if len(frame) == 0:
-        continue
-      warm = self.prepared.warm_items[self.prepared.item_index(frame["item_id"])]
-      truth = frame["rating"].to_numpy(np.float64)
-      for name, scorer in scorers.items():
-        pred = scorer(frame)
-        for slice_name, mask in (("all", np.ones(len(truth), bool)), ("cold", ~warm),
-                                 ("warm", warm)):
-          if mask.any():
-            for key, value in rating_metrics(truth[mask], pred[mask]).items():
-              out[name][f"{split}/{slice_name}/{key}"] = value
+      fits = rating_baselines.fit_rating_baselines(self.prepared.train, self.prepared.valid,
+                                                   seed=self.config.seed)
+      scorers.update(rating_baselines.baseline_scorers(fits, self.rating_range))
+    out = rating_baselines.evaluate_rating_scorers(self.prepared, scorers, splits)
     if baselines:
       out["biased"]["chosen_reg"] = fits.chosen["biased/reg"]
       out["biased_mf"]["chosen_reg"] = fits.chosen["biased_mf/reg"]
