@@ -39,6 +39,7 @@ full-ranking protocol on the same users.
 """
 
 import dataclasses
+import json
 import logging
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -309,19 +310,54 @@ class CascadeFamily(ModelFamily):
     so a killed run rerun with the same command resumes the stage it was in.
     """
     self._share_checkpointing(self.retrieval, "retrieval")
-    retrieval_summary = self.retrieval.fit(io.join(job_dir, "retrieval"))
+    backup = self.backup_dir or io.join(job_dir, "backup")
+    retrieval_summary = self._fit_or_restore_retrieval(job_dir, backup)
     config = self.config
     self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
                                   self._training_candidates(), config.hard_negatives,
                                   config.random_negatives, config.recent_positives)
     self._share_checkpointing(self.ranker, "ranker")
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
+    for folder in (io.join(backup, "two_tower_dcn_retrieval"), backup):
+      if tf.io.gfile.isdir(folder) and (folder != backup or not tf.io.gfile.listdir(folder)):
+        tf.io.gfile.rmtree(folder)  # finished: the stage backups are no longer needed
     valid_hr = self._choose_blend()
     logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s)", self.blend,
                  valid_hr)
     self.fit_summary = {"retrieval": retrieval_summary, "ranker": ranker_summary,
                         "blend": self.blend, "valid_hr@10_by_blend": valid_hr}
     return self.fit_summary
+
+  def _fit_or_restore_retrieval(self, job_dir: str, backup: str) -> Dict[str, Any]:
+    """Fits the two-tower stage, or restores it when a killed run already had.
+
+    A finished retrieval stage is checkpointed (weights and summary, tagged
+    with the configuration) under `<backup>/two_tower_dcn_retrieval`, so a
+    run killed while the re-ranker trains resumes there instead of training
+    retrieval again (whose hard negatives the re-ranker's checkpoint used).
+    """
+    folder = io.join(backup, "two_tower_dcn_retrieval")
+    fingerprint = json.dumps({"config": dataclasses.asdict(self.retrieval.config),
+                              "data": self.prepared.fingerprint}, sort_keys=True, default=str)
+    summary_path = io.join(folder, "summary.json")
+    checkpoint = tf.train.Checkpoint(model=self.retrieval.model)
+    if tf.io.gfile.exists(summary_path):
+      with tf.io.gfile.GFile(summary_path) as f:
+        saved = json.load(f)
+      if saved.get("fingerprint") == fingerprint:
+        checkpoint.read(io.join(folder, "weights")).assert_existing_objects_matched()
+        logging.info("two_tower_dcn: restored the finished retrieval stage from %s.", folder)
+        self.retrieval.fit_summary = {**saved["summary"], "restored": True}
+        return self.retrieval.fit_summary
+      logging.warning("The retrieval stage in %s was written by a run with another "
+                      "configuration; training it afresh.", folder)
+    summary = self.retrieval.fit(io.join(job_dir, "retrieval"))
+    tf.io.gfile.makedirs(folder)
+    checkpoint.write(io.join(folder, "weights"))
+    with tf.io.gfile.GFile(summary_path + ".tmp", "w") as f:
+      json.dump({"fingerprint": fingerprint, "summary": summary}, f, default=str)
+    tf.io.gfile.rename(summary_path + ".tmp", summary_path, overwrite=True)
+    return summary
 
   def _share_checkpointing(self, stage: ModelFamily, name: str) -> None:
     """Gives a stage this family's checkpoint frequency and a backup folder of its own."""
