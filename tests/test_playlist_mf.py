@@ -225,6 +225,13 @@ def test_search_space_declares_the_tuned_knobs():
   assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(hp.values)
 
 
+def _newest_checkpoint(job_dir):
+  """mtime of the newest Keras backup `checkpoint` file under the job dir (0 if none)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  paths = glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True)
+  return max([os.path.getmtime(p) for p in paths] + [0.0])
+
+
 def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
   """SIGKILLs `python -m trainer.task --model <model> ...` once an epoch is validated and a
   step checkpoint exists, reruns the same command, and returns what the rerun reports.
@@ -246,6 +253,10 @@ def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
     state = os.path.join(job, "backup", f"{model}_validation", "validation_state.json")
     assert _wait_for(lambda: os.path.exists(state) and _checkpoint_written(job), first, 120), \
         "no checkpoint appeared before the run ended"
+    # Kill mid-epoch: once a step checkpoint newer than the first validated epoch exists.
+    validated_at = os.path.getmtime(state)
+    assert _wait_for(lambda: _newest_checkpoint(job) > validated_at, first, 60), \
+        "no checkpoint after the first epoch before the run ended"
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
   finally:
@@ -270,9 +281,10 @@ def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   validated, step, fit = sigkill_and_rerun(tmp_path, "playlist_mf", ["--batch-size", "16"],
                                            every, epochs)
   print(f"playlist_mf resume evidence: killed after {validated} validated epochs "
-        f"(step >= {validated * 19}), resumed at step {step}")
+        f"(step >= {validated * 19}, 19 steps/epoch), resumed at step {step}")
   assert 1 <= validated < epochs
-  assert step > 0 and step % every == 0 and step >= validated * 19 - every
+  # Past the first epoch, at a 5-step checkpoint, not before the epoch validated last but one.
+  assert step > 19 and step % every == 0 and step >= (validated - 1) * 19
   assert fit["resumed_from_step"] == step and fit["resumed_from_epoch"] == validated
   # Every epoch is in the history once, those before the kill included.
   assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
