@@ -289,3 +289,15 @@ def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   # Every epoch is in the history once, those before the kill included.
   assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
   assert fit["best_valid_ndcg"] == max(h["valid_ndcg"] for h in fit["history"])
+
+
+def test_non_finite_loss_stops_with_advice(tmp_path):
+  catalog = synthetic.generate("tiny")
+  loaded = LoadedData(tables=catalog.tables, oracle=catalog.oracle, playlists=catalog.playlists)
+  # Vectors of norm ~1e18: the L2 penalty overflows float32 at the first step.
+  config = PlaylistMFFamily.make_config("tiny", {"init_stddev": 1e18})
+  prepared = prepare(PlaylistMFFamily.select_tables(loaded, config),
+                     PrepareConfig(cold_user_share=0.2))
+  with pytest.raises(FloatingPointError, match=r"became inf at epoch 1, step 1\. Lower the "
+                                               r"learning rate \(`--learning-rate`\) or raise `--l2`"):
+    PlaylistMFFamily(config, prepared).fit(str(tmp_path))

@@ -188,3 +188,10 @@ def test_each_epoch_draws_its_own_negatives_from_the_step_counter(prepared):
     assert drawn and all(p in pairs[epoch] for p in drawn)          # this epoch's negatives
     assert np.mean([p in pairs[1 - epoch] for p in drawn]) < 0.6    # not the other epoch's
   assert len(list(dataset)) == steps
+
+
+def test_nan_loss_stops_with_advice(prepared, tmp_path):
+  family = TasteMLPFamily(TasteMLPFamily.make_config("tiny", {"learning_rate": 1e30}), prepared)
+  with pytest.raises(FloatingPointError, match=r"became nan .*Lower the learning rate "
+                                               r"\(`--learning-rate`\)"):
+    family.fit(str(tmp_path))
