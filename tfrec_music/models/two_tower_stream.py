@@ -574,7 +574,9 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     config: `TwoTowerConfig`; its `history_length` must equal the
       materialization's.
     job_dir: Run folder (logs, checkpoints, `stream_summary.json`).
-    shuffle_buffer: Rows in the read-time shuffle buffer (default 64 batches).
+    shuffle_buffer: Rows in the read-time shuffle buffer (default 16 batches;
+      rows are already mixed within each materialization chunk, and a larger
+      buffer slows the input pipeline down more than it mixes).
     num_parallel_calls: Parallel shard readers and parse calls.
     deterministic: Fixed element order for a given seed.
     measure_input: Also time one pass of the input pipeline alone (no model).
@@ -626,7 +628,7 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
   replicas = family.model.distribute_strategy.num_replicas_in_sync
   batch = config.batch_size * replicas
   dataset = read_shards(shard_dir, TRAIN, batch, shuffle=True, seed=config.seed,
-                        shuffle_buffer=shuffle_buffer or 64 * batch, lookup_fn=lookup_fn,
+                        shuffle_buffer=shuffle_buffer or 16 * batch, lookup_fn=lookup_fn,
                         num_parallel_calls=num_parallel_calls, deterministic=deterministic,
                         drop_remainder=config.cross_replica_negatives and replicas > 1)
   input_stats = input_throughput(dataset, input_batches) if measure_input else None
