@@ -194,36 +194,27 @@ def test_cli_trains_and_exports_the_cascade(tmp_path):
 def test_sigkill_during_the_reranker_then_rerun_resumes_both_stages(tmp_path):
   """Issue 9 for the cascade: a rerun restores the finished retrieval stage and resumes the
   re-ranker from its step checkpoint."""
-  import signal
   import subprocess
   import sys
   from conftest import REPO
-  from tests.test_fault_tolerance import _wait_for
+  from tests.test_dcn import kill_mid_training
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   args = [sys.executable, "-m", "trainer.task", "--model", "two_tower_dcn", "--preset", "tiny",
           "--batch-size", "64", "--epochs", "8", "--set", "hard_negatives=1",
           "--set", "random_negatives=1", "--checkpoint-every", "5", "--verbosity", "INFO",
           "--job-dir", job, "--export-dir", export]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=env)
-  try:
-    state = os.path.join(job, "ranker", "backup", "two_tower_dcn_ranker_validation",
-                         "validation_state.json")
-    assert _wait_for(lambda: os.path.exists(state), first, 150), \
-        "the re-ranker validated no epoch before the run ended"
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  assert first.returncode == -signal.SIGKILL
+  kill_mid_training(args, job, os.path.join(job, "ranker", "backup",
+                                            "two_tower_dcn_ranker_validation",
+                                            "validation_state.json"), env, timeout=150)
   second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=200, env=env)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "restored the finished retrieval stage" in second.stderr
   fit = json.load(open(os.path.join(export, "two_tower_dcn", "1", "model_card.json")))["fit"]
   assert fit["retrieval"]["restored"] is True
-  assert fit["ranker"]["resumed_from_step"] > 0 and fit["ranker"]["resumed_from_epoch"] >= 1
+  ranker = fit["ranker"]
+  assert ranker["resumed_from_step"] > ranker["steps_per_epoch"], ranker  # mid-epoch 2 or later
+  assert ranker["resumed_from_epoch"] >= 1
   assert [h["epoch"] for h in fit["ranker"]["history"]][0] == 1  # pre-kill epochs kept
   assert not os.path.exists(os.path.join(job, "backup"))  # finished: stage backups gone
   print(f"cascade resume evidence: re-ranker resumed at step "

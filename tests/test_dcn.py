@@ -268,6 +268,31 @@ def test_objective_follows_the_labels():
   assert DCNFamily.objective_for(DCNConfig(labels="implicit")) == ("valid/all/auc", "max")
 
 
+def kill_mid_training(args, job_dir, validation_state, env, timeout=120):
+  """Starts the CLI `args` and SIGKILLs it mid-epoch, after its first validated epoch.
+
+  The kill lands once a step checkpoint under `<job_dir>/backup` is newer than
+  `validation_state` (the fit loop's file, written when an epoch is validated).
+  """
+  import signal
+  import subprocess
+  from tests.test_fault_tolerance import _wait_for
+  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)
+  try:
+    assert _wait_for(lambda: os.path.exists(validation_state), first, timeout), \
+        "no epoch was validated before the run ended"
+    validated_at = os.path.getmtime(validation_state)
+    assert _wait_for(lambda: _newest_checkpoint(job_dir) > validated_at, first, 60), \
+        "no checkpoint after the first validated epoch before the run ended"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == -signal.SIGKILL
+
+
 def _newest_checkpoint(job_dir):
   """Modification time of the newest checkpoint file under the job's backup (0: none)."""
   import glob
@@ -284,11 +309,8 @@ def _newest_checkpoint(job_dir):
 @pytest.mark.parametrize("labels", ["explicit", "implicit"])
 def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
   """Issue 9 for the DCN: a SIGKILLed run rerun with the same command resumes, not restarts."""
-  import signal
   import subprocess
   import sys
-  from tests.test_fault_tolerance import _checkpoint_written
-  from tests.test_fault_tolerance import _wait_for
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   # Small batches and many epochs so training is still running when the kill lands.
   args = [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny",
@@ -296,22 +318,8 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
           "--set", "early_stopping_patience=100", "--checkpoint-every", "5",
           "--verbosity", "INFO", "--job-dir", job, "--export-dir", export]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=env)
-  try:
-    state = os.path.join(job, "backup", "dcn_validation", "validation_state.json")
-    assert _wait_for(lambda: os.path.exists(state) and _checkpoint_written(job), first, 50), \
-        "no checkpoint appeared before the run ended"
-    # Kill mid-epoch: after a step checkpoint newer than the first validated epoch.
-    validated_at = os.path.getmtime(state)
-    assert _wait_for(lambda: _newest_checkpoint(job) > validated_at, first, 30), \
-        "no checkpoint after the first epoch before the run ended"
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  assert first.returncode == -signal.SIGKILL
+  kill_mid_training(args, job, os.path.join(job, "backup", "dcn_validation",
+                                            "validation_state.json"), env)
   assert not os.path.exists(os.path.join(export, "dcn"))
 
   second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
