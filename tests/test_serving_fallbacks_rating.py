@@ -13,7 +13,7 @@ answered against the behaviour each module's docstring defines:
   history get the popularity top-k; a new user id with a history gets the
   retrieval order; empty history and empty country are served; duplicate rows
   get identical answers; `top_k` / `candidates` above the catalogue serve the
-  whole catalogue once.
+  whole catalogue once, less the user's own tracks (empty slots last).
 """
 
 import dataclasses
@@ -310,16 +310,22 @@ def test_cascade_recommend_with_empty_history_empty_country_and_new_user(cascade
 
 
 def test_cascade_k_above_the_catalogue_serves_the_catalogue_once(cascade):
+  from tfrec_music.models.cascade import EMPTY_SCORE
   family, _, wide, users, _ = cascade
   n = family.prepared.n_items
-  ids = wide["by_id"]["item_ids"]
+  catalogue = set(family.prepared.item_ids.astype(str).tolist())
+  ids, scores = wide["by_id"]["item_ids"], np.asarray(wide["by_id"]["scores"])
   assert np.asarray(ids).shape == (len(users) + 1, n)
-  for row in ids:
-    assert sorted(row) == sorted(family.prepared.item_ids.astype(str).tolist())
-  # The tracks a known user had (excluded: score -inf) come last, after every other track.
-  for row, scores in enumerate(wide["by_id"]["scores"][:len(users)]):
-    scores = np.asarray(scores)
-    assert np.all(np.diff(scores[np.isfinite(scores)]) <= 1e-6)
-    finite = np.isfinite(scores)
-    assert finite.any() and (not (~finite).any() or finite.argmin() == finite.sum())
+  excluded = family.exclusions("test")
+  for row, user in enumerate(users + ["nobody"]):
+    served = [i for i in ids[row] if i]
+    had = set(family.prepared.item_ids[excluded.get(user, [])].astype(str).tolist())
+    # Every track once, except the user's own (stored history), which are never served:
+    # their slots come last, empty.
+    assert len(served) == len(set(served)) and set(served) == catalogue - had
+    assert ids[row][len(served):] == [""] * (n - len(served))
+    assert np.all(scores[row][len(served):] == np.float32(EMPTY_SCORE))
+    assert np.all(np.isfinite(scores[row])) and np.all(np.diff(scores[row]) <= 1e-6)
+    if row < len(users):
+      assert had  # known users do have excluded tracks here
   assert wide["by_id"]["fallback"] == [False] * len(users) + [True]

@@ -32,8 +32,10 @@ a history (`recommend`) gets the retrieval order of its candidates; an
 empty country maps to the missing-value index; duplicate rows get
 identical answers. `k` is fixed at export: min(`top_k`, `candidates`,
 catalogue size), so a `top_k` or `candidates` above the catalogue serves
-the whole catalogue (ranked), never an error; `top_k` above `candidates`
-is refused by the config. Evaluation: the cascade, the two-tower retrieval alone, the
+the whole catalogue (ranked), never an error; the user's own (excluded)
+tracks are never served: the slots they would take come last as empty
+results (id "", score `EMPTY_SCORE`). `top_k` above `candidates` is
+refused by the config. Evaluation: the cascade, the two-tower retrieval alone, the
 popularity baseline and (synthetic data) the oracle, through the same
 full-ranking protocol on the same users.
 """
@@ -55,6 +57,10 @@ from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare.prepared import PreparedData
+
+
+# Score of an empty result slot (the lowest float32; JSON has no -inf).
+EMPTY_SCORE = float(np.finfo(np.float32).min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -524,7 +530,12 @@ class CascadeServingModule(tf.Module):
     position = -tf.cast(tf.range(c), tf.float32)[tf.newaxis, :]
     final = tf.where(fallback[:, tf.newaxis], position + tf.zeros_like(final), final)
     top_scores, top = tf.math.top_k(final, k=self.k)
-    return {"item_ids": tf.gather(ids, top, batch_dims=1), "scores": top_scores,
+    top_ids = tf.gather(ids, top, batch_dims=1)
+    # Slots left once the excluded tracks are set aside (k near the catalogue) are
+    # empty, as in the ALS and playlist exports: id "" and the lowest float32 score.
+    empty = tf.math.is_inf(top_scores) & (top_scores < 0)
+    return {"item_ids": tf.where(empty, tf.constant(""), top_ids),
+            "scores": tf.where(empty, tf.constant(EMPTY_SCORE, tf.float32), top_scores),
             "fallback": fallback}
 
   def signatures(self) -> Dict[str, Callable]:
