@@ -275,6 +275,7 @@ def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
   return int(validated.group(1)), int(step.group(1)), card["fit"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   # Tiny playlists: 290 training rows, batch 16 -> 19 steps an epoch, a checkpoint every 5.
   epochs, every = 30, 5

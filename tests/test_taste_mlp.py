@@ -154,6 +154,7 @@ def test_task_cli_on_tiny(tmp_path):
   assert json.loads((version / "metrics.json").read_text())["model"]["test/all/auc"] > 0.5
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   from test_playlist_mf import sigkill_and_rerun  # pylint: disable=g-import-not-at-top
   # Tiny: 2879 positives + 4 negatives each, batch 256 -> 57 steps an epoch, a checkpoint every 10.
