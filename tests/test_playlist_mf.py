@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -225,44 +224,23 @@ def test_search_space_declares_the_tuned_knobs():
   assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(hp.values)
 
 
-def _newest_checkpoint(job_dir):
-  """mtime of the newest Keras backup `checkpoint` file under the job dir (0 if none)."""
-  import glob  # pylint: disable=g-import-not-at-top
-  paths = glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True)
-  return max([os.path.getmtime(p) for p in paths] + [0.0])
-
-
 def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
-  """SIGKILLs `python -m trainer.task --model <model> ...` once an epoch is validated and a
-  step checkpoint exists, reruns the same command, and returns what the rerun reports.
+  """SIGKILLs `python -m trainer.task --model <model> ...` mid-epoch after its first validated
+  epoch, reruns the same command, and returns what the rerun reports.
 
   Returns:
     (epochs validated before the kill, step resumed at, the export's `fit` summary).
   """
-  from test_fault_tolerance import _checkpoint_written  # pylint: disable=g-import-not-at-top
-  from test_fault_tolerance import _wait_for  # pylint: disable=g-import-not-at-top
+  from tests.test_dcn import kill_mid_training  # pylint: disable=g-import-not-at-top
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   args = [sys.executable, "-m", "trainer.task", "--model", model, "--preset", "tiny",
           "--set", "early_stopping_patience=100", "--epochs", str(epochs),
           "--checkpoint-every", str(every), "--job-dir", job, "--export-dir", export,
           "--verbosity", "INFO", *flags]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=env)
-  try:
-    state = os.path.join(job, "backup", f"{model}_validation", "validation_state.json")
-    assert _wait_for(lambda: os.path.exists(state) and _checkpoint_written(job), first, 120), \
-        "no checkpoint appeared before the run ended"
-    # Kill mid-epoch: once a step checkpoint newer than the first validated epoch exists.
-    validated_at = os.path.getmtime(state)
-    assert _wait_for(lambda: _newest_checkpoint(job) > validated_at, first, 60), \
-        "no checkpoint after the first epoch before the run ended"
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  assert first.returncode == -signal.SIGKILL
+  # Killed mid-epoch, once a step checkpoint newer than the first validated epoch exists.
+  kill_mid_training(args, job, os.path.join(job, "backup", f"{model}_validation",
+                                            "validation_state.json"), env)
   assert not os.path.exists(os.path.join(job, "metrics.json"))
   second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
   assert second.returncode == 0, second.stderr[-3000:]
