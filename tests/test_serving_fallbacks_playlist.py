@@ -20,10 +20,9 @@ from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.data.registry import LoadedData
 from tfrec_music.evaluation.playlist import held_out_playlists
+from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.export.saved_model import export_versioned
 from tfrec_music.models.als import ALSFamily
-from tfrec_music.models.als import EMPTY_SCORE as ALS_EMPTY_SCORE
-from tfrec_music.models.playlist_mf import EMPTY_SCORE
 from tfrec_music.models.playlist_mf import PlaylistMFFamily
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.popularity_family import PopularityFamily
@@ -217,7 +216,7 @@ def test_als_known_unknown_and_empty_users(als):
     res = out[kind]["serve"]
     assert res["fallback"] == [False, False, True, True]
     # k above the catalogue: the catalogue less the user's training tracks, then empty slots.
-    _check_ranking(res["item_ids"][0], res["scores"][0], history, catalogue, ALS_EMPTY_SCORE)
+    _check_ranking(res["item_ids"][0], res["scores"][0], history, catalogue, EMPTY_SCORE)
     assert res["item_ids"][0] == res["item_ids"][1] and res["scores"][0] == res["scores"][1]
     # Unknown and empty user ids: the popularity ranking.
     assert res["item_ids"][2] == popular and res["item_ids"][3] == popular
@@ -229,20 +228,20 @@ def test_als_recommend_and_fold_in_fallbacks(als):
     res = out[kind]["recommend"]
     # A new user folded in from known tracks; duplicated exclusions removed once.
     assert res["fallback"] == [False, False, False, True, False]
-    _check_ranking(res["item_ids"][0], res["scores"][0], [t[2]], catalogue, ALS_EMPTY_SCORE)
+    _check_ranking(res["item_ids"][0], res["scores"][0], [t[2]], catalogue, EMPTY_SCORE)
     assert res["item_ids"][0] == res["item_ids"][1] and res["scores"][0] == res["scores"][1]
-    _check_ranking(res["item_ids"][2], res["scores"][2], [], catalogue, ALS_EMPTY_SCORE)
+    _check_ranking(res["item_ids"][2], res["scores"][2], [], catalogue, EMPTY_SCORE)
     # Unknown user with only unknown history: popularity.
     assert res["item_ids"][3] == popular
     # A known user with empty history keeps the trained vector; unknown exclusions ignored.
-    _check_ranking(res["item_ids"][4], res["scores"][4], [t[2]], catalogue, ALS_EMPTY_SCORE)
+    _check_ranking(res["item_ids"][4], res["scores"][4], [t[2]], catalogue, EMPTY_SCORE)
     empty = out[kind]["recommend_empty"]
     assert empty["fallback"] == [True, False] and empty["item_ids"][0] == popular
     # The same trained vector: the same ranking, less the track row 4 excluded.
     assert [i for i in empty["item_ids"][1] if i != t[2]] == [i for i in res["item_ids"][4] if i]
     folded = out[kind]["fold_in"]
     assert folded["fallback"] == [False, True] and folded["item_ids"][1] == popular
-    _check_ranking(folded["item_ids"][0], folded["scores"][0], t[:2], catalogue, ALS_EMPTY_SCORE)
+    _check_ranking(folded["item_ids"][0], folded["scores"][0], t[:2], catalogue, EMPTY_SCORE)
     assert not any(folded["user_vector"][1])
 
 

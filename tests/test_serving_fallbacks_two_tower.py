@@ -18,6 +18,7 @@ import pytest
 
 from conftest import make_toy_tables
 from conftest import REPO
+from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare import PrepareConfig
@@ -57,8 +58,10 @@ for variant in ("", "/scann"):
   r["excluded_target"] = tracks[5]
   out[variant or "exact"] = r
 big_model = tf.saved_model.load(big)
-out["big_k"] = [len(x) for x in ids(big_model.signatures["serving_default"](
-    user_id=tf.constant([users[0], "nobody"])))]
+big_answer = big_model.signatures["serving_default"](user_id=tf.constant([users[0], "nobody"]))
+out["big_k"] = [len(x) for x in ids(big_answer)]
+out["big_known_ids"] = ids(big_answer)[0]
+out["big_known_scores"] = big_answer["scores"].numpy()[0].tolist()
 big_scann = tf.saved_model.load(big + "/scann")
 out["big_k_scann"] = [len(x) for x in ids(big_scann.signatures["serving_default"](
     user_id=tf.constant([users[0], "nobody"])))]
@@ -128,5 +131,12 @@ def test_k_above_catalogue_and_towers(exports):
   result, _, prepared = exports
   assert result["big_k"] == [prepared.n_items] * 2
   assert result["big_k_scann"] == [prepared.n_items] * 2
+  # A known user's stored history is excluded: with k = the catalogue, those
+  # slots come back empty ("" / EMPTY_SCORE) after the real results.
+  ids, scores = result["big_known_ids"], result["big_known_scores"]
+  n_empty = ids.count("")
+  assert n_empty > 0 and ids[-n_empty:] == [""] * n_empty
+  assert scores[-n_empty:] == [EMPTY_SCORE] * n_empty
+  assert all(np.isfinite(scores[:-n_empty])) and len(set(ids[:-n_empty])) == len(ids) - n_empty
   assert result["query_finite"]
   assert result["query_unknown_track_ignored"] < 1e-5

@@ -30,6 +30,10 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_music import io
 
+# Score of a result slot no track is left for (k at the catalogue size, minus
+# the excluded tracks): the lowest float32, with item id "".
+EMPTY_SCORE = float(np.finfo(np.float32).min)
+
 
 def make_scann_index(candidates: np.ndarray, identifiers: np.ndarray, k: int,
                     scann_options: Optional[Dict[str, int]] = None
@@ -198,8 +202,13 @@ class RetrievalServingModule(tf.Module):
     fb_ids = tf.tile(self.fallback_ids[tf.newaxis, :self.k], [batch, 1])
     fb_scores = tf.tile(self.fallback_scores[tf.newaxis, :self.k], [batch, 1])
     use = has_history[:, tf.newaxis]
-    return {"item_ids": tf.where(use, ids, fb_ids),
-            "scores": tf.where(use, scores, fb_scores),
+    ids, scores = tf.where(use, ids, fb_ids), tf.where(use, scores, fb_scores)
+    # With k near the catalogue size fewer than k tracks remain once the
+    # excluded ones are removed: those slots come back as "" / EMPTY_SCORE,
+    # after the real results, never as an excluded track at -inf.
+    empty = tf.equal(scores, tf.constant(-np.inf, scores.dtype))
+    return {"item_ids": tf.where(empty, tf.constant("", tf.string), ids),
+            "scores": tf.where(empty, tf.constant(EMPTY_SCORE, scores.dtype), scores),
             "fallback": tf.logical_not(has_history)}
 
   def signatures(self) -> Dict[str, Callable]:

@@ -53,7 +53,7 @@ and `""` padding are ignored; an empty [B, 0] history counts as none);
 excluded tracks never come back, duplicated or not (unknown ones are
 ignored); `k` (`top_k`) above the catalogue is clamped to it at export, and
 the slots left after the exclusions come back as id `""` with score
-`EMPTY_SCORE`, after the real results; identical rows give identical outputs.
+`retrieval.EMPTY_SCORE`, after the real results; identical rows give identical outputs.
 """
 
 import argparse
@@ -84,9 +84,6 @@ from tfrec_music.prepare.prepared import PreparedData
 
 RATING_TABLE_KEYS = ("test/all/rmse", "test/all/mae", "test/cold/rmse", "test/warm/rmse")
 CENTERS = ("biases", "mean", "none")
-# Score of result slots left empty (id "") when fewer than `k` tracks remain
-# after the exclusions (as in the playlist export).
-EMPTY_SCORE = float(np.finfo(np.float32).min)
 # Explicit feedback: a random ratio split of the rating rows, no held-out users
 # (the question is how well held-out ratings of known users are predicted).
 EXPLICIT_PREPARE = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}
@@ -853,20 +850,6 @@ class ALSServingModule(retrieval.RetrievalServingModule):
       return out
 
     self.fold_in = fold
-
-  def _recommend(self, features, exclude, known):
-    """The retrieval answer with the slots no track is left for emptied.
-
-    With `k` at (or clamped to) the catalogue size, fewer than `k` tracks
-    remain once the excluded ones are removed; those slots come back as id
-    `""` and score `EMPTY_SCORE` (the lowest float32), never as an excluded
-    track at -inf.
-    """
-    out = super()._recommend(features, exclude, known)
-    empty = tf.math.is_inf(out["scores"])
-    out["item_ids"] = tf.where(empty, tf.constant("", tf.string), out["item_ids"])
-    out["scores"] = tf.where(empty, tf.constant(EMPTY_SCORE, tf.float32), out["scores"])
-    return out
 
   def signatures(self) -> Dict[str, Callable]:
     """`serving_default`, `recommend` and `fold_in`."""

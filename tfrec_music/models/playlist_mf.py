@@ -76,6 +76,7 @@ from tfrec_music.evaluation.playlist import seen_queries
 from tfrec_music.evaluation.playlist import unseen_tail_queries
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.export.projector import write_item_projector
+from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
@@ -84,9 +85,6 @@ from tfrec_music.prepare.prepared import PreparedData
 
 SAMPLING = ("uniform", "popularity")
 ITEM_FEATURES = ("artist", "album")
-# Score of result slots left empty when fewer tracks than `k` remain after
-# removing the seeds (their item id is "").
-EMPTY_SCORE = float(np.finfo(np.float32).min)
 
 
 @dataclasses.dataclass(frozen=True)
