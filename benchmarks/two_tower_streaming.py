@@ -133,7 +133,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     results[name] = {
         "interactions": data["n_interactions"], "data_write_seconds": data["write_seconds"],
         "materialize_seconds": mat["seconds"], "materialize_reused": mat["reused"],
-        "materialize_peak_rss_mb": mat["peak_rss_mb"], "materialize_wall_seconds": round(mat_wall, 1),
+        "materialize_peak_rss_mb": mat["peak_rss_mb"],
+        "materialize_wall_seconds": round(mat_wall, 1),
         "train_rows": r["rows"]["train"], "users": r["users"], "items": r["items"],
         "peak_rss_mb": r["peak_rss_mb"], "rss_after_imports_mb": r["rss_after_imports_mb"],
         "id_tables_mb": round(table_mb, 1),
@@ -146,10 +147,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "popularity_test_hr@10": r["popularity"].get("test/all/hr@10"),
         "eval_users": r["eval_users"]}
     x = results[name]
+    written = (f"written in {x['data_write_seconds']}s" if x["data_write_seconds"] is not None
+               else f"reused from {base}")
     print(f"{name}: {x['interactions']} interactions ({x['train_rows']} train rows, {x['users']} "
-          f"users, {x['items']} tracks); data written in {x['data_write_seconds']}s, "
-          f"materialized in {x['materialize_seconds']}s (peak RSS {x['materialize_peak_rss_mb']:.0f} "
-          f"MB); training peak RSS {x['peak_rss_mb']:.0f} MB (after imports "
+          f"users, {x['items']} tracks); data {written}, materialized in "
+          f"{x['materialize_seconds']}s{' (reused)' if x['materialize_reused'] else ''} (peak RSS "
+          f"{x['materialize_peak_rss_mb']:.0f} MB); training peak RSS {x['peak_rss_mb']:.0f} MB "
+          f"(after imports "
           f"{x['rss_after_imports_mb']:.0f} MB, id tables {x['id_tables_mb']:.0f} MB); "
           f"{x['train_examples_per_second']:.0f} train ex/s, input alone "
           f"{x['input_examples_per_second']:.0f} ex/s ({x['input_to_train_ratio']:.1f}x); "

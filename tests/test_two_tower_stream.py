@@ -1,4 +1,4 @@
-"""Streamed two-tower: materialize -> TFRecord round trip, causal history, training, reuse, export."""
+"""Streamed two-tower: materialize, TFRecord round trip, causal history, training, reuse, export."""
 
 import json
 import os
@@ -155,7 +155,8 @@ import json, tfrec_music, tensorflow as tf
 m = tf.saved_model.load({export!r})
 a = m.signatures['serving_default'](user_id=tf.constant([{user!r}]))
 b = m.signatures['recommend'](user_id=tf.constant([{user!r}]), history=tf.constant([{history!r}]),
-                              country=tf.constant([{country!r}]), exclude=tf.constant([{history!r}]))
+                              country=tf.constant([{country!r}]),
+                              exclude=tf.constant([{history!r}]))
 print(json.dumps({{"a": a['item_ids'].numpy().astype(str).tolist()[0],
                   "fallback": bool(a['fallback'].numpy()[0]),
                   "b": b['item_ids'].numpy().astype(str).tolist()[0]}}))

@@ -304,7 +304,8 @@ def materialize(data_dir: str, out_dir: str, history_length: int = 20, *,
   from tfrec_music.data.loaders import canonical  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   files = _interaction_files(data_dir)
-  params = {"version": _FORMAT_VERSION, "source": [list(s) for s in _source_signature(data_dir, files)],
+  params = {"version": _FORMAT_VERSION,
+            "source": [list(s) for s in _source_signature(data_dir, files)],
             "history_length": int(history_length), "eval_users": int(eval_users),
             "seed": int(seed)}
   done = _is_complete(out_dir, params)
