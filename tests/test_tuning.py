@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tfrec_music.models.two_tower import TwoTowerFamily
 
 TUNE = [sys.executable, "-m", "tuning.tune", "--model", "two_tower", "--preset", "tiny",
         "--verbosity", "WARNING"]
@@ -44,6 +45,14 @@ def test_random_search_writes_best_and_resumes(tmp_path):
   assert best["objective"]["value"] == max(r["validation"]["valid/all/hr@10"]
                                            for r, _ in results.values())
   assert best["hparams"]["epochs"] == 2  # fixed flags stay in every trial
+  # Trial 0 is the default preset's configuration; trial 1 is searched.
+  defaults = TwoTowerFamily.make_config("default", {})
+  first_trial = results["0"][0]["hparams"]
+  for name in ("embedding_dim", "learning_rate", "temperature", "batch_size", "optimizer",
+               "mixed_negatives", "history_length", "user_id_dropout", "item_id_dropout"):
+    assert first_trial[name] == getattr(defaults, name), name
+  assert first_trial["layer_sizes"] == list(defaults.layer_sizes)
+  assert results["1"][0]["hparams"] != first_trial
   assert {"embedding_dim", "learning_rate", "temperature", "mixed_negatives",
           "optimizer", "layer_sizes"} <= set(best["hparams"])
   # Every trial is a run in TensorBoard's HParams dashboard.

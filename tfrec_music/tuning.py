@@ -178,6 +178,31 @@ def tunable_models() -> list:
   return names
 
 
+class _DefaultsFirst:
+  """Oracle mixin: the first trial of a search runs the space's defaults.
+
+  The families declare each hyperparameter's default as the preset's value,
+  so trial 0 is the hand-tuned configuration, scored under the same
+  conditions as every other trial: the search's best is compared with the
+  defaults inside one search, and the search never reports a best below them.
+  """
+
+  def populate_space(self, trial_id):
+    """Defaults for the first trial of a fresh search; the oracle's choice after."""
+    if not self.trials and self.hyperparameters.space:
+      values = {hp.name: hp.default for hp in self.hyperparameters.space}
+      return {"status": "RUNNING", "values": values}
+    return super().populate_space(trial_id)
+
+
+class DefaultsFirstRandomSearchOracle(_DefaultsFirst, kt.oracles.RandomSearchOracle):
+  """Random search whose first trial is the defaults."""
+
+
+class DefaultsFirstBayesianOracle(_DefaultsFirst, kt.oracles.BayesianOptimizationOracle):
+  """Bayesian optimization whose first trial is the defaults."""
+
+
 def make_oracle(tuner: str, family_cls: Type[ModelFamily], max_trials: int, seed: int,
                 max_epochs: int = 12, config: Any = None):
   """The Keras Tuner oracle of `--tuner` with the family's objective for `config`.
@@ -188,14 +213,16 @@ def make_oracle(tuner: str, family_cls: Type[ModelFamily], max_trials: int, seed
   metric, direction = (family_cls.objective_for(config) if config is not None
                        else family_cls.objective)
   objective = kt.Objective(objective_tag(metric), direction=direction)
+  # Random and Bayesian searches start from the defaults (trial 0); Hyperband's
+  # brackets sample their own starting points.
   if tuner == "random":
-    return kt.oracles.RandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
+    return DefaultsFirstRandomSearchOracle(objective=objective, max_trials=max_trials, seed=seed)
   if tuner == "bayesian":
     # Keras Tuner's default starts with 3 random trials per hyperparameter, which
-    # is the whole budget of a small search; a third of it is random here.
-    return kt.oracles.BayesianOptimizationOracle(objective=objective, max_trials=max_trials,
-                                                 num_initial_points=max(2, max_trials // 3),
-                                                 seed=seed)
+    # is the whole budget of a small search; a third of it (the defaults
+    # included) is not model-guided here.
+    return DefaultsFirstBayesianOracle(objective=objective, max_trials=max_trials,
+                                       num_initial_points=max(2, max_trials // 3), seed=seed)
   if tuner == "hyperband":
     return kt.oracles.HyperbandOracle(objective=objective, max_epochs=max_epochs, factor=3,
                                       hyperband_iterations=1, seed=seed)

@@ -249,13 +249,28 @@ class TwoTowerFamily(ModelFamily):
 
   @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:
-    """Embedding and layer sizes, learning rate and optimizer, temperature and negatives."""
-    return {"embedding_dim": hp.Choice("embedding_dim", [32, 64, 128]),
-            "layer_sizes": (hp.Choice("layer_size", [64, 128, 256]),),
-            "learning_rate": hp.Float("learning_rate", 1e-3, 1e-2, sampling="log"),
-            "optimizer": hp.Choice("optimizer", ["adam", "adagrad"]),
-            "temperature": hp.Float("temperature", 0.02, 0.2, sampling="log"),
-            "mixed_negatives": hp.Choice("mixed_negatives", [0, 256, 1024])}
+    """Embedding and layer sizes, learning rate and optimizer, temperature and negatives,
+    batch size (the in-batch negatives), history length and the id dropouts.
+
+    Each default is the `default` preset's value, so a search's first trial
+    (see `tfrec_music.tuning`) is the hand-tuned configuration.
+    """
+    d = cls.make_config("default", {})
+    return {"embedding_dim": hp.Choice("embedding_dim", [32, 64, 128], default=d.embedding_dim),
+            "layer_sizes": (hp.Choice("layer_size", [64, 128, 256],
+                                      default=d.layer_sizes[0]),),
+            "learning_rate": hp.Float("learning_rate", 1e-3, 3e-2, sampling="log",
+                                      default=d.learning_rate),
+            "optimizer": hp.Choice("optimizer", ["adam", "adagrad"], default=d.optimizer),
+            "temperature": hp.Float("temperature", 0.02, 0.2, sampling="log",
+                                    default=d.temperature),
+            "mixed_negatives": hp.Choice("mixed_negatives", [0, 256, 1024],
+                                         default=d.mixed_negatives),
+            "batch_size": hp.Choice("batch_size", [512, 1024, 2048], default=d.batch_size),
+            "history_length": hp.Choice("history_length", [10, 20, 50],
+                                        default=d.history_length),
+            "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.5, default=d.user_id_dropout),
+            "item_id_dropout": hp.Float("item_id_dropout", 0.0, 0.6, default=d.item_id_dropout)}
 
   def __init__(self, config: TwoTowerConfig, prepared: PreparedData):
     super().__init__(config, prepared)
