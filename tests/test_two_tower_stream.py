@@ -165,3 +165,42 @@ print(json.dumps({{"a": a['item_ids'].numpy().astype(str).tolist()[0],
   assert not result["fallback"] and len(result["a"]) == 10
   assert set(result["a"]) <= set(data.prepared.item_ids)
   assert result["a"] == result["b"]
+
+
+def test_trainer_task_stream_trains_evaluates_and_exports(materialized, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  data_dir = materialized[0]
+  job, export = tmp_path / "job", tmp_path / "export"
+
+  def task(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.task", "--preset", "tiny", "--data", "parquet",
+         "--data-dir", data_dir, "--stream", "--job-dir", str(job), "--export-dir", str(export),
+         *args], capture_output=True, text=True, timeout=600, cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+  proc = task("--model", "two_tower", "--epochs", "3", "--set", "history_length=10")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  metrics = json.loads((job / "metrics.json").read_text())
+  model, popular = metrics["model"], metrics["popularity"]
+  assert model["test/all/hr@10"] > popular["test/all/hr@10"]
+  assert "valid/all/hr@10" in model and "test/cold/hr@10" in model
+  version = export / "two_tower" / "1"
+  assert json.loads((version / "metrics.json").read_text()) == metrics
+  card = json.loads((version / "model_card.json").read_text())
+  assert card["fit"]["materialization"]["rows"]["train"] > 0
+  assert card["fit"]["materialization_reused"] is False
+  assert (job / "stream_shards").is_dir()
+  # A rerun reuses the materialization; a family without streaming is a clear error.
+  proc = task("--model", "two_tower", "--epochs", "1", "--set", "history_length=10",
+              "--no-export")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  stream_report = json.loads((job / "data_report.json").read_text())["stream"]
+  assert stream_report["materialization_reused"] is True
+  rows = json.loads((job / "data_report.json").read_text())["stream/materialized_rows"]
+  assert rows["dropped_unknown_item"] == 0 and rows["read"] == sum(
+      rows[k] for k in ("train", "valid", "test", "dropped_unknown_item"))
+  proc = task("--model", "als")
+  assert proc.returncode == 2 and "`--stream` is not available for `--model als`" in proc.stderr

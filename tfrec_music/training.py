@@ -42,6 +42,8 @@ class RunConfig:
     columns: Column mapping text `canonical=source,...`.
     unknown_items: `error` or `drop`.
     bad_slices: `error` or `drop` for unreadable slice files (`--data mpd`).
+    stream: Train from Parquet shards without loading them whole (`--stream`,
+      families with `stream_train`).
     kcore: k of the k-core filter.
     warm_share: Share of items marked warm.
     cold_user_share: Share of users held out as cold users.
@@ -61,6 +63,7 @@ class RunConfig:
   columns: str = ""
   unknown_items: str = "error"
   bad_slices: str = "error"
+  stream: bool = False
   kcore: int = 5
   warm_share: float = 0.2
   cold_user_share: float = 0.05
@@ -143,6 +146,8 @@ def run(config: RunConfig) -> RunResult:
   if not distribute.is_chief():
     config = dataclasses.replace(config, job_dir=distribute.scratch_dir(config.job_dir),
                                  export_dir=distribute.scratch_dir(config.export_dir))
+  if config.stream:
+    return _run_streaming(config, strategy, backup_dir)
   family_cls, model_config, loaded, prepared, report, timings = load_and_prepare(config)
   with strategy.scope():
     family = family_cls(model_config, prepared)
@@ -181,6 +186,64 @@ def run(config: RunConfig) -> RunResult:
                                          "report": report.as_dict()},
             "fit": fit_summary, "signatures": signatures}
     export_path = export_versioned(_save, config.export_dir, family.name,
+                                   metrics=metrics, model_card=card)
+  return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
+                   report=report, model_config=model_config)
+
+
+def _run_streaming(config: RunConfig, strategy: Any, backup_dir: str) -> RunResult:
+  """`--stream`: the family trains from Parquet shards (`ModelFamily.stream_train`).
+
+  Nothing is loaded whole: no k-core filter and no in-memory split run, so the
+  family's own streaming split and evaluation sample apply (its docstring
+  says which). Writes `config.json` and `metrics.json` to the job dir and
+  exports atomically like `run`.
+  """
+  if config.data != "parquet" or not config.data_dir:
+    raise ValueError("`--stream` reads canonical Parquet shards: use `--data parquet "
+                     "--data-dir DIR` (write them with `python -m tfrec_music.data.synthetic "
+                     "--preset large --out DIR`, or `python -m "
+                     "tfrec_music.data.loaders.yahoo_music --out DIR`).")
+  family_cls = get_family(config.model)
+  model_config = family_cls.make_config(config.preset, dict(config.hparams))
+  _set_seeds(config.seed)
+  io.makedirs(config.job_dir)
+  resolved = {"run": dataclasses.asdict(config), "model": dataclasses.asdict(model_config)}
+  start = time.perf_counter()
+  with strategy.scope():
+    metrics, fit_summary, save_fn = family_cls.stream_train(
+        config.data_dir, model_config, config.job_dir,
+        checkpoint_every=config.checkpoint_every, backup_dir=backup_dir)
+  fit_seconds = time.perf_counter() - start
+  objective = family_cls.objective_for(model_config)[0]
+  report_objective(objective, metrics["model"].get(objective))
+  report = DataReport()
+  # Scalars of the summary, and its flat dicts (row counts: read, per split and
+  # dropped) as their own steps, so dropped rows are counted in the report.
+  report.record("stream", **{k: v for k, v in fit_summary.items()
+                             if isinstance(v, (int, float, str))})
+  for key, value in fit_summary.items():
+    if isinstance(value, dict) and value and all(
+        isinstance(v, (int, float)) for v in value.values()):
+      report.record(f"stream/{key}", **value)
+  report.record("timings", fit_seconds=round(fit_seconds, 3))
+  report.write(io.join(config.job_dir, "data_report.json"))
+  write_json(io.join(config.job_dir, "config.json"), resolved)
+  write_json(io.join(config.job_dir, "metrics.json"), metrics)
+  logging.info("Streamed training and evaluation in %.1fs", fit_seconds)
+  export_path = None
+  if config.export:
+    from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
+    signatures = {}
+
+    def _save(directory):
+      result = save_fn(directory)
+      signatures.update(result if isinstance(result, dict) else {})
+
+    card = {"config": resolved, "data": {"name": "parquet-stream", "dir": config.data_dir,
+                                         "report": report.as_dict()},
+            "fit": fit_summary, "signatures": signatures}
+    export_path = export_versioned(_save, config.export_dir, family_cls.name,
                                    metrics=metrics, model_card=card)
   return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
                    report=report, model_config=model_config)

@@ -62,6 +62,9 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   p.add_argument("--unknown-items", choices=("error", "drop"), default="error",
                  help="Interactions whose item is missing from items: fail, or drop "
                       "and count them in the data report.")
+  p.add_argument("--stream", action="store_true",
+                 help="Train from canonical Parquet shards (--data parquet) without loading "
+                      "them whole: two_tower (materialized once as TFRecords) and dcn.")
   p.add_argument("--bad-slices", choices=("error", "drop"), default="error",
                  help="Unreadable slice files of `--data mpd` (truncated or malformed JSON): "
                       "error (default) stops with the file and position; drop skips the whole "
@@ -158,7 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset,
       seed=args.seed, job_dir=args.job_dir or training.default_job_dir(args.model),
       export_dir=args.export_dir, columns=args.columns, unknown_items=args.unknown_items,
-      bad_slices=args.bad_slices,
+      bad_slices=args.bad_slices, stream=args.stream,
       kcore=args.kcore, warm_share=args.warm_share, cold_user_share=args.cold_user_share,
       hparams=resolve_hparams(args), export=not args.no_export,
       distribution=args.distribution, checkpoint_every=args.checkpoint_every)

@@ -137,6 +137,32 @@ class ModelFamily(abc.ABC):
     """
     raise NotImplementedError(f"Model `{cls.name}` has no tuning search space.")
 
+  @classmethod
+  def stream_train(cls, data_dir: str, config: Any, job_dir: str, *, checkpoint_every: int = 0,
+                   backup_dir: Optional[str] = None
+                   ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Any], Callable[[str], Any]]:
+    """Trains from canonical Parquet shards without loading them whole (`--stream`).
+
+    Args:
+      data_dir: Folder of `items.parquet`, optional `users.parquet` and the
+        `interactions-*.parquet` shards.
+      config: The family's config.
+      job_dir: Run folder (logs, checkpoints, materialized shards).
+      checkpoint_every: Checkpoint every this many steps (0: every epoch).
+      backup_dir: Shared backup folder.
+
+    Returns:
+      `(metrics, fit_summary, save_fn)`: metrics as `{"model": {...},
+      "popularity": ...}` with DESIGN.md's keys, what training reports
+      (examples/s, epochs, ...), and the function that writes the trained
+      model's SavedModel into a folder (the export contract of `save`).
+
+    Raises:
+      ValueError: the family cannot stream.
+    """
+    raise ValueError(f"`--stream` is not available for `--model {cls.name}`; models that train "
+                     "from shards: two_tower, dcn. Drop `--stream` to load the data in memory.")
+
   def validation_metrics(self) -> Dict[str, float]:
     """Validation-split metrics only (what tuning and early stopping may look at).
 

@@ -272,6 +272,30 @@ class TwoTowerFamily(ModelFamily):
             "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.5, default=d.user_id_dropout),
             "item_id_dropout": hp.Float("item_id_dropout", 0.0, 0.6, default=d.item_id_dropout)}
 
+  @classmethod
+  def stream_train(cls, data_dir, config, job_dir, *, checkpoint_every=0, backup_dir=None):
+    """`--stream`: materializes the Parquet shards once as TFRecords, then streams them.
+
+    The TFRecord shards go to `<job_dir>/stream_shards` and are reused by a
+    rerun on the same files (see `two_tower_stream.materialize`); training
+    and evaluation (a sample of users, each user's last two plays held out)
+    are `two_tower_stream.stream_fit`'s, the export its `stream_export`.
+    """
+    from tfrec_music.models import two_tower_stream  # pylint: disable=g-import-not-at-top
+    shard_dir = io.join(job_dir, "stream_shards")
+    manifest = two_tower_stream.materialize(data_dir, shard_dir, config.history_length,
+                                            seed=config.seed)
+    kept = {}
+    summary = two_tower_stream.stream_fit(
+        shard_dir, config, job_dir, checkpoint_every=checkpoint_every, backup_dir=backup_dir,
+        exporter=lambda save_fn, _: kept.setdefault("save", save_fn) and None)
+    summary["materialization"] = {k: manifest[k] for k in ("rows", "reused") if k in manifest}
+    summary["materialization_reused"] = bool(manifest.get("reused"))
+    summary["materialized_rows"] = dict(manifest["rows"])
+    model = {k: v for k, v in summary.items()
+             if k.count("/") >= 2 and isinstance(v, (int, float))}
+    return {"model": model, "popularity": dict(summary["popularity"])}, summary, kept["save"]
+
   def __init__(self, config: TwoTowerConfig, prepared: PreparedData):
     super().__init__(config, prepared)
     self.use_content = config.features == "all"

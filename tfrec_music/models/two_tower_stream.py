@@ -37,7 +37,7 @@ import io as _pyio
 import json
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -557,7 +557,8 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
                shuffle_buffer: Optional[int] = None, num_parallel_calls: int = tf.data.AUTOTUNE,
                deterministic: bool = True, measure_input: bool = True,
                input_batches: Optional[int] = None, checkpoint_every: int = 0,
-               backup_dir: Optional[str] = None, export_dir: Optional[str] = None
+               backup_dir: Optional[str] = None, export_dir: Optional[str] = None,
+               exporter: Optional[Callable[[Callable[[str], Any], Dict[str, Any]], str]] = None
                ) -> Dict[str, Any]:
   """Trains the two-tower model from a materialization (see `materialize`).
 
@@ -587,6 +588,10 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     export_dir: When given, also writes the two-tower export there
       (`TwoTowerFamily.save`: exact and ScaNN retrieval SavedModels, towers,
       candidates), serving known users from their stored recent tracks.
+    exporter: Instead of `export_dir`: `exporter(save_fn, summary)` is called
+      with the function that writes that export into a folder (e.g. to keep
+      it for `export.saved_model.export_versioned`); a path it returns is
+      recorded as `export`.
 
   Returns:
     Summary: `rows`, `users`, `items`, `epochs_run`, `best_epoch`, `history`,
@@ -701,6 +706,10 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
   summary["id_table_bytes"] = id_table_bytes(family.model)
   if export_dir:
     summary["export"] = stream_export(family, data, export_dir)
+  elif exporter is not None:
+    path = exporter(lambda directory: stream_export(family, data, directory), summary)
+    if path:
+      summary["export"] = path
   io.write_text(io.join(job_dir, "stream_summary.json"),
                 json.dumps(summary, indent=2, default=float) + "\n")
   logging.info("two_tower stream: %d epochs, %.0f examples/s training, valid HR@10 %.4f, "
