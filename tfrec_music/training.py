@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from tfrec_music import io
 from tfrec_music.data.registry import load_data
@@ -175,20 +175,26 @@ def run(config: RunConfig) -> RunResult:
 
   export_path = None
   if config.export:
-    from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
-    signatures = {}
-
-    def _save(directory):
-      signatures.update(family.save(directory))
-
-    card = {"config": resolved, "data": {"name": prepared.name,
-                                         "fingerprint": prepared.fingerprint,
-                                         "report": report.as_dict()},
-            "fit": fit_summary, "signatures": signatures}
-    export_path = export_versioned(_save, config.export_dir, family.name,
-                                   metrics=metrics, model_card=card)
+    export_path = _export(config, family.name, family.save, metrics, resolved,
+                          {"name": prepared.name, "fingerprint": prepared.fingerprint,
+                           "report": report.as_dict()}, fit_summary)
   return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
                    report=report, model_config=model_config)
+
+
+def _export(config: RunConfig, name: str, save_fn: Callable[[str], Any],
+            metrics: Mapping[str, Any], resolved: Mapping[str, Any], data: Mapping[str, Any],
+            fit_summary: Mapping[str, Any]) -> str:
+  """Writes the next version of `<export_dir>/<name>` atomically, with metrics and model card."""
+  from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
+  signatures = {}
+
+  def _save(directory):
+    result = save_fn(directory)
+    signatures.update(result if isinstance(result, dict) else {})
+
+  card = {"config": resolved, "data": data, "fit": fit_summary, "signatures": signatures}
+  return export_versioned(_save, config.export_dir, name, metrics=metrics, model_card=card)
 
 
 def _run_streaming(config: RunConfig, strategy: Any, backup_dir: str) -> RunResult:
@@ -233,18 +239,9 @@ def _run_streaming(config: RunConfig, strategy: Any, backup_dir: str) -> RunResu
   logging.info("Streamed training and evaluation in %.1fs", fit_seconds)
   export_path = None
   if config.export:
-    from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
-    signatures = {}
-
-    def _save(directory):
-      result = save_fn(directory)
-      signatures.update(result if isinstance(result, dict) else {})
-
-    card = {"config": resolved, "data": {"name": "parquet-stream", "dir": config.data_dir,
-                                         "report": report.as_dict()},
-            "fit": fit_summary, "signatures": signatures}
-    export_path = export_versioned(_save, config.export_dir, family_cls.name,
-                                   metrics=metrics, model_card=card)
+    export_path = _export(config, family_cls.name, save_fn, metrics, resolved,
+                          {"name": "parquet-stream", "dir": config.data_dir,
+                           "report": report.as_dict()}, fit_summary)
   return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
                    report=report, model_config=model_config)
 
