@@ -402,3 +402,25 @@ print(json.dumps({{"inputs": sorted(specs),
         f"{model['test/all/rmse']:.4f} (global mean "
         f"{result['metrics']['global_mean']['test/all/rmse']:.4f}); served from the export "
         f"{got['rmse']:.4f} with {got['fallback']} of {got['n']} rows on the fallback")
+
+
+def test_cli_stream_trains_from_shards_and_exports(tmp_path):
+  """`python -m trainer.task --model dcn --data parquet --data-dir DIR --stream`."""
+  import subprocess
+  import sys
+  folder = str(tmp_path / "shards")
+  synthetic.write_large(folder, preset="tiny", shard_rows=1500)
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny", "--data",
+       "parquet", "--data-dir", folder, "--stream", "--epochs", "2",
+       "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export")],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  export = tmp_path / "export" / "dcn" / "1"
+  metrics = json.load(open(export / "metrics.json"))
+  assert metrics["model"]["test/all/rmse"] < metrics["global_mean"]["test/all/rmse"]
+  card = json.load(open(export / "model_card.json"))
+  assert card["fit"]["examples_per_second"] > 0 and card["fit"]["epochs_run"] == 2
+  assert "serving_default" in card["signatures"]
+  assert json.load(open(tmp_path / "job" / "data_report.json"))

@@ -52,15 +52,12 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
 from tfrec_music import io
+from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare.prepared import PreparedData
-
-
-# Score of an empty result slot (the lowest float32; JSON has no -inf).
-EMPTY_SCORE = float(np.finfo(np.float32).min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -523,8 +520,10 @@ class CascadeServingModule(tf.Module):
     # "") keep the retrieval order, as in `CascadeFamily._final`.
     unknown_user = self.ranker.encoder.lookups["user_id"](user_id) < 2
     final = tf.where(unknown_user[:, tf.newaxis], self.inverse_temperature * scores, final)
-    # Excluded tracks (retrieval score -inf) stay last, whatever the blend.
-    final = tf.where(tf.math.is_inf(scores) & (scores < 0), scores, final)
+    # Slots the retrieval stage left empty (id "": every other track excluded) and
+    # excluded tracks (score -inf) stay last, whatever the blend.
+    empty_in = tf.equal(ids, "") | (tf.math.is_inf(scores) & (scores < 0))
+    final = tf.where(empty_in, tf.constant(-np.inf, tf.float32), final)
     # Fallback users (no history, unknown id) keep the popularity order.
     position = -tf.cast(tf.range(c), tf.float32)[tf.newaxis, :]
     final = tf.where(fallback[:, tf.newaxis], position + tf.zeros_like(final), final)

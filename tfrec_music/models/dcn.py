@@ -993,6 +993,26 @@ class DCNFamily(ModelFamily):
     return save_serving_module(self.serving_module(), directory)
 
   @classmethod
+  def stream_train(cls, data_dir: str, config: DCNConfig, job_dir: str, *,
+                   checkpoint_every: int = 0, backup_dir: Optional[str] = None,
+                   read_rows: int = 65_536
+                   ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Any], Callable[[str], Any]]:
+    """`--stream`: trains from Parquet shards (`StreamedDCN`); see `ModelFamily.stream_train`.
+
+    The split is the hashed 80/10/10 split of `split_buckets` (no k-core);
+    metrics are RMSE / MSE / MAE of the valid and test rows beside the
+    training mean (`global_mean`).
+
+    Returns:
+      `(metrics, fit_summary, save_fn)`; `save_fn(directory)` writes the
+      in-memory DCN's export contract and returns the signature descriptions.
+    """
+    streamed = StreamedDCN(data_dir, config, read_rows)
+    streamed.checkpoint_every, streamed.backup_dir = checkpoint_every, backup_dir
+    fit = streamed.fit(job_dir)
+    return streamed.evaluate(), fit, streamed.save
+
+  @classmethod
   def stream_run(cls, data_dir: str, config: DCNConfig, job_dir: str,
                  export_root: Optional[str] = None, *, checkpoint_every: int = 0,
                  read_rows: int = 65_536) -> Dict[str, Any]:
@@ -1020,10 +1040,9 @@ class DCNFamily(ModelFamily):
     """
     from tfrec_music.export.saved_model import export_versioned  # pylint: disable=g-import-not-at-top
     from tfrec_music.export.saved_model import write_json  # pylint: disable=g-import-not-at-top
-    streamed = StreamedDCN(data_dir, config, read_rows)
-    streamed.checkpoint_every = checkpoint_every
-    fit = streamed.fit(job_dir)
-    metrics = streamed.evaluate()
+    metrics, fit, save_fn = cls.stream_train(data_dir, config, job_dir,
+                                             checkpoint_every=checkpoint_every,
+                                             read_rows=read_rows)
     resolved = {"model": dataclasses.asdict(config),
                 "stream": {"data_dir": data_dir, "read_rows": read_rows,
                            "split": "hashed 80/10/10 (split_buckets)",
@@ -1035,7 +1054,7 @@ class DCNFamily(ModelFamily):
       signatures = {}
       card = {"config": resolved, "data": {"name": "stream", "rows": fit["rows"]},
               "fit": fit, "signatures": signatures}
-      export_path = export_versioned(lambda d: signatures.update(streamed.save(d)),
+      export_path = export_versioned(lambda d: signatures.update(save_fn(d)),
                                      export_root, cls.name, metrics=metrics, model_card=card)
     return {"metrics": metrics, "fit": fit, "examples_per_second": fit["examples_per_second"],
             "export_path": export_path}
