@@ -435,3 +435,36 @@ def test_rating_metrics_rejects_bad_inputs(y_true, y_pred, match):
 def test_binary_metrics_rejects_bad_inputs(labels, probabilities, match):
   with pytest.raises(ValueError, match=match):
     binary_metrics(labels, probabilities)
+
+
+def test_top_k_lists_match_a_full_sort_with_ties_and_exclusions():
+  # Integer scores make many exact ties; excluded items (+inf negated) must come
+  # last and be reported as -1. Reference: a full stable sort per row.
+  from tfrec_music.evaluation.retrieval import _top_negated  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  for dtype in (np.float32, np.float64):
+    neg = -rng.integers(0, 6, size=(40, 30)).astype(dtype)
+    neg[rng.random(neg.shape) < 0.3] = np.inf
+    neg[0, :] = np.inf                                   # a row with nothing eligible
+    neg[1, 2:] = np.inf                                  # fewer eligible items than k
+    for k in (1, 5, 29):
+      idx, vals = _top_negated(neg.copy(), k, np.inf)
+      order = np.argsort(neg, axis=1, kind="stable")[:, :k]
+      want = np.where(np.take_along_axis(neg, order, axis=1) == np.inf, -1, order)
+      np.testing.assert_array_equal(idx, want)
+      np.testing.assert_array_equal(vals, np.take_along_axis(neg, order, axis=1))
+
+
+def test_rank_metrics_without_lists_are_the_same_numbers():
+  rng = np.random.default_rng(3)
+  queries, items = rng.standard_normal((300, 8)), rng.standard_normal((500, 8))
+  targets = rng.integers(0, 500, 300)
+  exclude = [rng.integers(0, 500, 5) for _ in range(300)]
+  slices = {"cold": np.arange(500) % 3 == 0}
+  full = evaluate_embeddings(queries, items, targets, exclude=exclude, item_slices=slices,
+                             item_popularity=np.arange(500.0))
+  ranks_only = evaluate_embeddings(queries, items, targets, exclude=exclude, item_slices=slices,
+                                   item_popularity=np.arange(500.0), lists=False)
+  assert ranks_only == {k: v for k, v in full.items()
+                        if "coverage" not in k and "avg_popularity" not in k}
+  assert any("coverage" in k for k in full)

@@ -76,7 +76,8 @@ def evaluation_rows(prepared: PreparedData, split: str):
 def evaluate_scorer(scorer: Scorer, prepared: PreparedData,
                     splits: Iterable[str] = ("valid", "test"),
                     ks: Sequence[int] = DEFAULT_KS,
-                    cold_users: bool = True, chunk_size: int = 512) -> Dict[str, float]:
+                    cold_users: bool = True, chunk_size: int = 512,
+                    lists: bool = True) -> Dict[str, float]:
   """Full-ranking metrics of one scorer with DESIGN.md's keys.
 
   Args:
@@ -90,6 +91,8 @@ def evaluate_scorer(scorer: Scorer, prepared: PreparedData,
     cold_users: Also evaluate the `cold_user` slice of the test split (when
       the preparation held users out).
     chunk_size: Users scored per call of `score_fn`.
+    lists: Also report the top-K list metrics (coverage, average popularity);
+      False: rank metrics only, faster (early stopping, validation).
 
   Returns:
     `{"test/all/hr@10": ..., "test/cold/ndcg@10": ..., "test/cold_user/hr@10": ...}`.
@@ -102,13 +105,15 @@ def evaluate_scorer(scorer: Scorer, prepared: PreparedData,
       continue
     result = evaluate_retrieval(scorer(split), users, targets, n_items=prepared.n_items,
                                 exclude=exclude, item_slices=slices, ks=tuple(ks),
-                                chunk_size=chunk_size, item_popularity=popularity)
+                                chunk_size=chunk_size, item_popularity=popularity,
+                                lists=lists)
     metrics.update({f"{split}/{key}": value for key, value in result.items()})
   if cold_users and "test" in splits and len(prepared.cold_user_test):
     users, targets, exclude, _ = evaluation_rows(prepared, "cold_user")
     result = evaluate_retrieval(scorer("cold_user"), users, targets, n_items=prepared.n_items,
                                 exclude=exclude, item_slices={}, ks=tuple(ks),
-                                chunk_size=chunk_size, item_popularity=popularity)
+                                chunk_size=chunk_size, item_popularity=popularity,
+                                lists=lists)
     metrics.update({f"test/cold_user/{key.split('/', 1)[1]}": value
                     for key, value in result.items() if key.startswith("all/")})
   return metrics

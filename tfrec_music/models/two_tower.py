@@ -433,7 +433,8 @@ class TwoTowerFamily(ModelFamily):
       keep = set(rng.choice(valid_users, size=n, replace=False).tolist())
       subset = dataclasses.replace(self.prepared,
                                    valid=self.prepared.valid[self.prepared.valid["user_id"].isin(keep)])
-    metrics = evaluate_scorer(self.scorer, subset, splits=("valid",), ks=(10,), cold_users=False)
+    metrics = evaluate_scorer(self.scorer, subset, splits=("valid",), ks=(10,), cold_users=False,
+                              lists=False)
     return float(metrics["valid/all/hr@10"])
 
   # ---------------------------------------------------------------- scoring

@@ -654,7 +654,8 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     exclude = [indices[indptr[r]:indptr[r + 1]] for r in rows]
     metrics = evaluate_embeddings(queries, family.item_embeddings(), ev[f"{split}_item"][rows],
                                   exclude=exclude, item_slices=slices,
-                                  ks=(10,) if split == "valid" else (10, 50))
+                                  ks=(10,) if split == "valid" else (10, 50),
+                                  lists=split != "valid")
     return {f"{split}/{k}": v for k, v in metrics.items()}
 
   def validate(epoch: int) -> float:
