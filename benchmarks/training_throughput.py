@@ -30,6 +30,7 @@ Target of issue 10: ours >= 2x the reference's examples per second.
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
@@ -154,10 +155,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--ref-train-metrics", nargs="+", default=["on", "off"],
                       choices=["on", "off"])
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="Two-tower override for ours (JSON values), e.g. layer_sizes=[].")
   parser.add_argument("--json", default=None, help="Also write the report to this file.")
   args = parser.parse_args(argv)
 
   hparams: Dict[str, Any] = {"features": "ids"}
+  for item in args.set:
+    name, value = item.split("=", 1)
+    try:
+      hparams[name] = json.loads(value)
+    except json.JSONDecodeError:
+      hparams[name] = value
   if args.batch_size:
     hparams["batch_size"] = args.batch_size
   if args.embedding_dim:

@@ -29,11 +29,12 @@ def _dataset(nan_batch=None, batches=10):
 
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   model = _model()
-  with pytest.raises(FloatingPointError, match=r"at epoch 1, step 7\..*learning rate"):
+  with pytest.raises(FloatingPointError, match=r"at epoch 1, by step 8\..*learning rate"):
     fit_with_validation(model, _dataset(nan_batch=6), epochs=3, validate=lambda e: 0.0,
                         patience=5, job_dir=str(tmp_path), name="toy", checkpoint_every=2,
                         nan_advice="Lower the learning rate.")
-  # The step-6 checkpoint (before the bad step 7) is still there, with finite weights.
+  # The loss is read where checkpoints are written (every 2 steps): the bad step 7
+  # is caught at step 8, before its checkpoint; the step-6 one stays, finite.
   index = glob.glob(str(tmp_path / "backup" / "toy" / "**" / "*.index"), recursive=True)
   assert index, os.listdir(tmp_path)
   reader = tf.train.load_checkpoint(os.path.dirname(index[0]))

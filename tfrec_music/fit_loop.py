@@ -4,8 +4,9 @@ The recommender idea: a ranking metric on held-out users (validation HR@10,
 RMSE, ...) decides when to stop and which weights to keep, not the training
 loss. This loop runs one `model.fit` over all epochs with three callbacks:
 
-- `NaNGuard` stops at the first non-finite batch loss with a clear message,
-  before that step can be checkpointed, so the last good checkpoint stays.
+- `NaNGuard` stops on a non-finite loss with a clear message, checked at
+  every step a checkpoint is written and at each epoch's end, before the
+  checkpoint, so the last good checkpoint stays.
 - `tf.keras.callbacks.BackupAndRestore` saves weights, optimizer state and
   the epoch/step counters every `checkpoint_every` steps (or every epoch) in
   `<job_dir>/backup`; a killed job rerun with the same command resumes there
@@ -35,29 +36,53 @@ __all__ = ["NaNGuard", "ValidationStopping", "fit_with_validation"]
 
 
 class NaNGuard(tf.keras.callbacks.Callback):
-  """Raises `FloatingPointError` at the first non-finite batch loss.
+  """Raises `FloatingPointError` when the training loss is no longer finite.
 
-  Raising (instead of `stop_training`) skips `on_train_end`, so
-  `BackupAndRestore` keeps the last checkpoint written before the bad step.
+  The loss is read at every step where `BackupAndRestore` saves (every
+  `check_every` batches since training began, as its counter) and at each
+  epoch's end (the epoch mean, NaN if any batch was), always before the
+  backup callback runs. A NaN step makes every later loss NaN, so no
+  checkpoint is ever written after one; reading the loss only there keeps
+  the steps between free of a device-to-host sync. Raising (instead of
+  `stop_training`) skips `on_train_end`, so `BackupAndRestore` keeps the
+  last checkpoint written before the bad step.
 
   Args:
     advice: What to change, appended to the message.
+    check_every: Batches between checks (the checkpoint frequency); 0 checks
+      at epoch ends only.
   """
 
-  def __init__(self, advice: str):
+  def __init__(self, advice: str, check_every: int = 1):
     super().__init__()
+    self._supports_tf_logs = True  # Batch logs stay tensors: no sync on unchecked steps.
     self.advice = advice
+    self.check_every = int(check_every)
     self.epoch = 0
+    self._batches = 0
+
+  def on_train_begin(self, logs=None):
+    self._batches = 0
 
   def on_epoch_begin(self, epoch, logs=None):
     self.epoch = epoch
 
-  def on_train_batch_end(self, batch, logs=None):
+  def _check(self, logs, where: str) -> None:
     loss = (logs or {}).get("loss")
     if loss is not None and not np.isfinite(float(loss)):
       raise FloatingPointError(
-          f"Training loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}. "
+          f"Training loss became {float(loss)} {where}. "
           f"{self.advice} The last good checkpoint is kept in the job dir's backup folder.")
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.check_every <= 0:
+      return
+    self._batches += 1
+    if self._batches % self.check_every == 0:
+      self._check(logs, f"at epoch {self.epoch + 1}, by step {batch + 1}")
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check(logs, f"at epoch {epoch + 1}")
 
 
 class ValidationStopping(tf.keras.callbacks.Callback):
@@ -229,7 +254,8 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
   _build(model, dataset)
   # NaNGuard first: it must raise before BackupAndRestore saves the bad step.
   model.fit(dataset, epochs=epochs, verbose=0,
-            callbacks=[NaNGuard(nan_advice), backup, stopping, *callbacks])
+            callbacks=[NaNGuard(nan_advice, check_every=checkpoint_every), backup, stopping,
+                       *callbacks])
   if stopping.best_weights is not None:
     model.set_weights(stopping.best_weights)
   tf.io.gfile.remove(io.join(job_dir, "backup", f"{name}_config.json"))
