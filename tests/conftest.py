@@ -1,8 +1,11 @@
 """Shared fixtures: a small latent-factor data set built in memory, and helpers."""
 
+import glob
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -62,3 +65,50 @@ def run_python(code: str, timeout: int = 300, cwd: str = REPO) -> str:
                         timeout=timeout, cwd=cwd, env=env)
   assert proc.returncode == 0, f"fresh process failed:\n{proc.stderr[-4000:]}"
   return proc.stdout
+
+
+def wait_for(predicate, proc, timeout: float) -> bool:
+  """Polls `predicate` until it holds (True), `proc` exits or `timeout` s pass (False)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.05)
+  return False
+
+
+def newest_checkpoint(job_dir: str) -> float:
+  """Modification time of the newest checkpoint file under `<job_dir>/backup` (0: none)."""
+  newest = 0.0
+  for path in glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True):
+    try:
+      newest = max(newest, os.path.getmtime(path))
+    except OSError:  # replaced by the next checkpoint meanwhile
+      pass
+  return newest
+
+
+def kill_mid_training(args, job_dir: str, validation_state: str, env=None,
+                      timeout: float = 120) -> None:
+  """Starts the CLI `args` and SIGKILLs it mid-epoch, after its first validated epoch.
+
+  The kill lands once a step checkpoint under `<job_dir>/backup` is newer than
+  `validation_state` (the fit loop's file, written when an epoch is validated),
+  so a rerun must resume past the first epoch.
+  """
+  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=env)
+  try:
+    assert wait_for(lambda: os.path.exists(validation_state), first, timeout), \
+        "no epoch was validated before the run ended"
+    validated_at = os.path.getmtime(validation_state)
+    assert wait_for(lambda: newest_checkpoint(job_dir) > validated_at, first, 60), \
+        "no checkpoint after the first validated epoch before the run ended"
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == -signal.SIGKILL

@@ -197,7 +197,7 @@ def test_sigkill_during_the_reranker_then_rerun_resumes_both_stages(tmp_path):
   import subprocess
   import sys
   from conftest import REPO
-  from tests.test_dcn import kill_mid_training
+  from conftest import kill_mid_training
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   args = [sys.executable, "-m", "trainer.task", "--model", "two_tower_dcn", "--preset", "tiny",
           "--batch-size", "64", "--epochs", "8", "--set", "hard_negatives=1",

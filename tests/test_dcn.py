@@ -268,49 +268,13 @@ def test_objective_follows_the_labels():
   assert DCNFamily.objective_for(DCNConfig(labels="implicit")) == ("valid/all/auc", "max")
 
 
-def kill_mid_training(args, job_dir, validation_state, env, timeout=120):
-  """Starts the CLI `args` and SIGKILLs it mid-epoch, after its first validated epoch.
-
-  The kill lands once a step checkpoint under `<job_dir>/backup` is newer than
-  `validation_state` (the fit loop's file, written when an epoch is validated).
-  """
-  import signal
-  import subprocess
-  from tests.test_fault_tolerance import _wait_for
-  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=env)
-  try:
-    assert _wait_for(lambda: os.path.exists(validation_state), first, timeout), \
-        "no epoch was validated before the run ended"
-    validated_at = os.path.getmtime(validation_state)
-    assert _wait_for(lambda: _newest_checkpoint(job_dir) > validated_at, first, 60), \
-        "no checkpoint after the first validated epoch before the run ended"
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  assert first.returncode == -signal.SIGKILL
-
-
-def _newest_checkpoint(job_dir):
-  """Modification time of the newest checkpoint file under the job's backup (0: none)."""
-  import glob
-  newest = 0.0
-  for path in glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True):
-    try:
-      newest = max(newest, os.path.getmtime(path))
-    except OSError:  # replaced by the next checkpoint meanwhile
-      pass
-  return newest
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("labels", ["explicit", "implicit"])
 def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
   """Issue 9 for the DCN: a SIGKILLed run rerun with the same command resumes, not restarts."""
   import subprocess
   import sys
+  from conftest import kill_mid_training
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   # Small batches and many epochs so training is still running when the kill lands.
   args = [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny",

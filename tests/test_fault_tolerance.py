@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import kill_mid_training
+from tests.conftest import newest_checkpoint
+from tests.conftest import wait_for
 
 TRAIN = [sys.executable, "-m", "trainer.task", "--model", "two_tower", "--preset", "tiny",
          "--set", "early_stopping_patience=100", "--verbosity", "INFO"]
@@ -70,18 +72,7 @@ def test_replica_losses_add_up_to_the_global_batch_loss():
 
 
 def _checkpoint_written(job_dir):
-  return bool(glob.glob(os.path.join(job_dir, "backup", "**", "checkpoint"), recursive=True))
-
-
-def _wait_for(predicate, proc, timeout):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if predicate():
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.05)
-  return False
+  return newest_checkpoint(job_dir) > 0
 
 
 def _metrics(job_dir):
@@ -94,19 +85,9 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_the_checkpoint(tmp_path):
   job = str(tmp_path / "killed")
   # Enough epochs that a quick machine is still training when the kill lands.
   args = TRAIN + ["--epochs", "8", "--checkpoint-every", "3", "--no-export", "--job-dir", job]
-  first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
-  try:
-    # Kill once the second epoch is under way and a step checkpoint exists.
-    log = os.path.join(job, "backup", "two_tower_validation", "validation_state.json")
-    assert _wait_for(lambda: os.path.exists(log) and _checkpoint_written(job), first, 240), \
-        "no checkpoint appeared before the run ended"
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  assert first.returncode == -signal.SIGKILL
+  # Killed mid-epoch, once a step checkpoint newer than the first validated epoch exists.
+  kill_mid_training(args, job, os.path.join(job, "backup", "two_tower_validation",
+                                            "validation_state.json"), timeout=240)
   assert not os.path.exists(os.path.join(job, "metrics.json"))
 
   second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -162,7 +143,7 @@ def test_two_workers_train_one_model_and_survive_a_killed_worker(tmp_path):
   procs = _start_workers(tmp_path, ports, "first")
   try:
     chief_job = str(tmp_path / "job")
-    assert _wait_for(lambda: _checkpoint_written(chief_job), procs[0], 300), \
+    assert wait_for(lambda: _checkpoint_written(chief_job), procs[0], 300), \
         (tmp_path / "first-worker0.log").read_text()[-3000:]
     procs[1].send_signal(signal.SIGKILL)
     try:  # the survivor notices the lost peer and fails, or is stopped by the operator

@@ -231,7 +231,7 @@ def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
   Returns:
     (epochs validated before the kill, step resumed at, the export's `fit` summary).
   """
-  from tests.test_dcn import kill_mid_training  # pylint: disable=g-import-not-at-top
+  from conftest import kill_mid_training  # pylint: disable=g-import-not-at-top
   job, export = str(tmp_path / "job"), str(tmp_path / "export")
   args = [sys.executable, "-m", "trainer.task", "--model", model, "--preset", "tiny",
           "--set", "early_stopping_patience=100", "--epochs", str(epochs),
