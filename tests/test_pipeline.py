@@ -97,6 +97,25 @@ def test_tfrecord_list_columns_dict_chunks_and_parallel_read(tmp_path):
     read_shards(str(tmp_path), "bad", 4)
 
 
+def test_tfrecord_block_reads_keep_every_row_once_and_cut_full_batches(tmp_path):
+  history = np.arange(300, dtype=np.int64).reshape(100, 3)
+  write_shards([{"user": np.arange(100), "history": history}], str(tmp_path), "rows",
+               shard_rows=30)
+  def read(**kwargs):
+    return list(read_shards(str(tmp_path), "rows", 16, shuffle=True, seed=5, block_rows=8,
+                            shuffle_buffer=64, **kwargs))
+  batches = read()
+  users = np.concatenate([b["user"].numpy() for b in batches])
+  assert sorted(users.tolist()) == list(range(100))            # every row exactly once
+  assert [len(b["user"]) for b in batches] == [16] * 6 + [4]   # re-cut across blocks
+  for b in batches:
+    np.testing.assert_array_equal(b["history"].numpy(), history[b["user"].numpy()])
+  assert users.tolist() != list(range(100))                    # shuffled
+  again = np.concatenate([b["user"].numpy() for b in read()])
+  np.testing.assert_array_equal(users, again)                  # seeded: the same order
+  assert [len(b["user"]) for b in read(drop_remainder=True)] == [16] * 6
+
+
 @pytest.mark.parametrize("high", [300, 2**62])
 def test_tfrecord_int_encoder_matches_protobuf(high):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

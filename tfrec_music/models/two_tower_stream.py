@@ -16,7 +16,7 @@ space, trained with in-batch softmax. What changes is where the rows live:
 2. `stream_fit` builds the very `TwoTowerFamily` towers and `TwoTowerModel`
    (from a catalogue-only `PreparedData`: items, users, vocabularies and
    training counts, no interaction frames), reads the shards with parallel
-   interleave, shuffle, batch-then-parse, and trains with
+   interleave, block shuffle, batch-then-parse, and trains with
    `fit_with_validation` (checkpoints, resume, NaN guard, early stopping).
 
 Split (temporal leave-one-out, as `prepare`): a user's rows must be contiguous
@@ -554,7 +554,8 @@ def input_throughput(dataset: tf.data.Dataset, max_batches: Optional[int] = None
 
 
 def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
-               shuffle_buffer: Optional[int] = None, num_parallel_calls: int = tf.data.AUTOTUNE,
+               shuffle_buffer: Optional[int] = None, block_rows: int = 256,
+               num_parallel_calls: int = tf.data.AUTOTUNE,
                deterministic: bool = True, measure_input: bool = True,
                input_batches: Optional[int] = None, checkpoint_every: int = 0,
                backup_dir: Optional[str] = None, export_dir: Optional[str] = None,
@@ -579,6 +580,11 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     shuffle_buffer: Rows in the read-time shuffle buffer (default 16 batches;
       rows are already mixed within each materialization chunk, and a larger
       buffer slows the input pipeline down more than it mixes).
+    block_rows: Rows read, shuffled and handed on as one block (see
+      `pipeline.tfrecord.read_shards`): the materialization already mixed the
+      rows of each chunk, so a block is a random sample of its chunk, and the
+      input pipeline handles one element per block instead of one per row.
+      0 shuffles single rows (several times slower).
     num_parallel_calls: Parallel shard readers and parse calls.
     deterministic: Fixed element order for a given seed.
     measure_input: Also time one pass of the input pipeline alone (no model).
@@ -634,7 +640,8 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
   replicas = family.model.distribute_strategy.num_replicas_in_sync
   batch = config.batch_size * replicas
   dataset = read_shards(shard_dir, TRAIN, batch, shuffle=True, seed=config.seed,
-                        shuffle_buffer=shuffle_buffer or 16 * batch, lookup_fn=lookup_fn,
+                        shuffle_buffer=shuffle_buffer or 16 * batch, block_rows=block_rows,
+                        lookup_fn=lookup_fn,
                         num_parallel_calls=num_parallel_calls, deterministic=deterministic,
                         drop_remainder=config.cross_replica_negatives and replicas > 1)
   input_stats = input_throughput(dataset, input_batches) if measure_input else None
