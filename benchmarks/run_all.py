@@ -380,7 +380,11 @@ def render_markdown(report: Dict[str, Any]) -> str:
   lines = ["# Benchmarks", "",
            f"Written by `python -m benchmarks.run_all{' --quick' if report['quick'] else ''}` "
            f"on {report['date']} in {report['total_seconds'] / 60:.1f} min. "
-           "Figures are median [min, max] over the runs each script states.", "",
+           "Figures are median [min, max] over the runs each script states."]
+  for rerun in report.get("reruns", []):
+    lines.append(f"Rerun on {rerun['date']} ({rerun['seconds'] / 60:.1f} min, `--update`): "
+                 + ", ".join(rerun["names"]) + "; their sections below are from that rerun.")
+  lines += ["",
            "## Machine", ""]
   lines += _table(["", ""], [[k, v] for k, v in m.items()])
   figures = {r["name"]: r.get("figures") for r in report["records"] if r.get("figures")}
@@ -391,7 +395,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
     if record.get("skipped"):
       lines += ["", f"Not run: {record['skipped']}."]
       continue
-    lines += ["", f"Exit status {record['returncode']}, {record['seconds']:.1f} s.", ""]
+    rerun = f" (rerun on {record['rerun']})" if record.get("rerun") else ""
+    lines += ["", f"Exit status {record['returncode']}, {record['seconds']:.1f} s{rerun}.", ""]
     fig = record.get("figures")
     module = (fig or {}).get("benchmark") if isinstance(fig, dict) else None
     try:
@@ -425,6 +430,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--list", action="store_true", help="Print the entries and exit.")
   parser.add_argument("--render", default=None, metavar="JSON",
                       help="Only rewrite --md from an earlier run's JSON report.")
+  parser.add_argument("--update", default=None, metavar="JSON",
+                      help="Rerun the selected entries (--only) and replace their records in "
+                           "this earlier report; the report notes which were rerun and when.")
   args = parser.parse_args(argv)
   if args.render:
     with open(args.render, encoding="utf-8") as f:
@@ -461,6 +469,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
             "total_seconds": time.perf_counter() - start, "machine": _stats.machine(),
             "records": records}
+  if args.update:
+    with open(args.update, encoding="utf-8") as f:
+      earlier = json.load(f)
+    rerun = {r["name"]: dict(r, rerun=report["date"]) for r in records}
+    earlier["records"] = [rerun.pop(r["name"], r) for r in earlier["records"]] + list(
+        rerun.values())
+    earlier.setdefault("reruns", []).append(
+        {"date": report["date"], "names": [r["name"] for r in records],
+         "seconds": report["total_seconds"]})
+    report = earlier
   with open(args.json, "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2, default=float)
   with open(args.md, "w", encoding="utf-8") as f:

@@ -74,8 +74,9 @@ def build_module(items: np.ndarray, index_kind: str, k: int,
 
   The query model is the identity on a `query` feature, so what is timed is
   the index (plus the module's id lookups and exclusion filtering), not a tower.
-  Every request carries a one-item `history`, so no row takes the popularity
-  fallback.
+  Every request carries a one-item `history` of a catalogue track, so no row
+  takes the popularity fallback (`top_ids` checks it: a fallback row would
+  make both indexes agree trivially).
   """
   dim = items.shape[1]
   ids = np.array([f"t{i}" for i in range(len(items))], dtype=object)
@@ -93,14 +94,18 @@ def build_module(items: np.ndarray, index_kind: str, k: int,
 def _request(queries: np.ndarray) -> Dict[str, tf.Tensor]:
   n = len(queries)
   return {"user_id": tf.fill([n], "new"), "query": tf.constant(queries),
-          "history": tf.fill([n, 1], "h"), "exclude": tf.fill([n, 1], "")}
+          "history": tf.fill([n, 1], "t0"), "exclude": tf.fill([n, 1], "")}
 
 
 def top_ids(module, queries: np.ndarray, batch: int) -> np.ndarray:
   """Top-k ids [Q, k] (bytes) of `queries`, asked `batch` rows at a time."""
   out = []
   for start in range(0, len(queries), batch):
-    out.append(module.recommend(_request(queries[start:start + batch]))["item_ids"].numpy())
+    answer = module.recommend(_request(queries[start:start + batch]))
+    if answer["fallback"].numpy().any():
+      raise RuntimeError("A benchmark request took the popularity fallback; the recall "
+                         "would compare fallback lists, not the indexes.")
+    out.append(answer["item_ids"].numpy())
   return np.concatenate(out)
 
 

@@ -167,3 +167,26 @@ def test_run_all_quick_subprocess(tmp_path):
   (record,) = report["records"]
   assert record["returncode"] == 0 and record["figures"]["rows"][0]["n_items"] == 5000
   assert "## scann_recall" in md.read_text() and "recall@10" in md.read_text()
+  # The ScaNN rows are real index answers, not the popularity fallback (which
+  # would make both indexes agree trivially): recall below 1 on random vectors
+  # is possible, and every row reports its recall from 200 queries.
+  assert record["figures"]["rows"][0]["recall_queries"] == 200
+
+  # --update reruns one entry and splices it into an earlier report.
+  earlier = tmp_path / "earlier.json"
+  earlier.write_text(json.dumps({**report, "records": [
+      {"name": "scann_recall", "what": "w", "command": "old", "returncode": 0, "seconds": 1.0,
+       "figures": None, "stdout_tail": "old"},
+      {"name": "kept", "what": "w", "command": "c", "returncode": 0, "seconds": 2.0,
+       "figures": None, "stdout_tail": "kept text"}]}))
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.run_all", "--quick", "--only", "scann_recall",
+       "--update", str(earlier), "--md", str(md), "--json", str(out)], cwd=REPO,
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  updated = json.loads(out.read_text())
+  assert [r["name"] for r in updated["records"]] == ["scann_recall", "kept"]
+  assert updated["records"][0]["rerun"] and updated["records"][0]["figures"]["rows"]
+  assert updated["records"][1]["stdout_tail"] == "kept text"
+  text = md.read_text()
+  assert "Rerun on" in text and "scann_recall; their sections" in text and "kept text" in text

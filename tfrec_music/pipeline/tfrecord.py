@@ -265,30 +265,22 @@ def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = T
                      "Write them with `write_shards` first.")
   spec = feature_spec(directory, name)
   files = tf.data.Dataset.list_files(pattern, shuffle=shuffle, seed=seed)
-  parse = lambda x: tf.io.parse_example(x, spec)  # noqa: E731
   if block_rows > 0:
-    ds = files.interleave(lambda path: tf.data.TFRecordDataset(path).batch(block_rows),
-                          cycle_length=cycle_length or num_parallel_calls,
-                          num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    if shuffle:
-      ds = ds.shuffle(max(1, shuffle_buffer // block_rows), seed=seed,
-                      reshuffle_each_iteration=True)
-    if repeat:
-      ds = ds.repeat()
-    ds = ds.rebatch(batch_size, drop_remainder=drop_remainder).map(
-        parse, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    if lookup_fn is not None:
-      ds = ds.map(lookup_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-    return ds.prefetch(tf.data.AUTOTUNE)
-  ds = files.interleave(tf.data.TFRecordDataset,
-                        cycle_length=cycle_length or num_parallel_calls,
+    read = lambda path: tf.data.TFRecordDataset(path).batch(block_rows)  # noqa: E731
+    buffer = max(1, shuffle_buffer // block_rows)
+  else:
+    read, buffer = tf.data.TFRecordDataset, shuffle_buffer
+  ds = files.interleave(read, cycle_length=cycle_length or num_parallel_calls,
                         num_parallel_calls=num_parallel_calls, deterministic=deterministic)
   if shuffle:
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
-      parse, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+  # Blocks are re-cut into batches of rows; single records are batched.
+  cut = ds.rebatch if block_rows > 0 else ds.batch
+  ds = cut(batch_size, drop_remainder=drop_remainder).map(
+      lambda x: tf.io.parse_example(x, spec), num_parallel_calls=num_parallel_calls,
+      deterministic=deterministic)
   if lookup_fn is not None:
     ds = ds.map(lookup_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
   return ds.prefetch(tf.data.AUTOTUNE)
