@@ -364,7 +364,7 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def _load_npy(path: str) -> np.ndarray:
-  return np.load(_pyio.BytesIO(_read_bytes(path)))
+  return np.load(_pyio.BytesIO(_read_bytes(path)), allow_pickle=False)
 
 
 def _csr(lists: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
@@ -494,7 +494,8 @@ def load_stream_data(shard_dir: str) -> StreamData:
       if column in table.columns and column in vocabs:
         values = table[column].reindex(user_order).fillna("").astype(str).to_numpy()
         user_columns[column] = lookup_indices(values, vocabs[column])
-  eval_arrays = dict(np.load(_pyio.BytesIO(_read_bytes(io.join(shard_dir, "eval.npz")))))
+  eval_arrays = dict(np.load(_pyio.BytesIO(_read_bytes(io.join(shard_dir, "eval.npz"))),
+                             allow_pickle=False))
   serving = _load_npy(io.join(shard_dir, "serving_history.npy"))
   return StreamData(prepared, user_lookup, item_lookup, user_columns, eval_arrays, manifest,
                     user_order, serving)
