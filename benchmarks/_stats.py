@@ -125,6 +125,18 @@ def print_seed_table(rows: List[Dict[str, float]], title: str, json_path: Option
       json.dump(rows, f, indent=2)
 
 
+def parse_sets(items: List[str]) -> Dict[str, Any]:
+  """`--set NAME=VALUE` flags as a dict; values are JSON where they parse, else strings."""
+  out: Dict[str, Any] = {}
+  for item in items:
+    name, value = item.split("=", 1)
+    try:
+      out[name] = json.loads(value)
+    except json.JSONDecodeError:
+      out[name] = value
+  return out
+
+
 def rss_mb() -> float:
   """Current resident set size of this process in MiB (Linux `/proc`), NaN elsewhere."""
   try:

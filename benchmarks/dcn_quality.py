@@ -19,8 +19,8 @@ from typing import Dict, List
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
+from benchmarks._stats import parse_sets
 from benchmarks._stats import print_seed_table
-from benchmarks.two_tower_quality import _parse_sets
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeFamily
 from tfrec_music.models.dcn import DCNFamily
@@ -77,7 +77,7 @@ def main() -> None:
                       help="DCN config override (rating DCN only).")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
   args = parser.parse_args()
-  overrides = _parse_sets(args.set)
+  overrides = parse_sets(args.set)
   catalog = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:

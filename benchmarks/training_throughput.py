@@ -30,7 +30,6 @@ Target of issue 10: ours >= 2x the reference's examples per second.
 
 import argparse
 import dataclasses
-import json
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
@@ -160,13 +159,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--json", default=None, help="Also write the report to this file.")
   args = parser.parse_args(argv)
 
-  hparams: Dict[str, Any] = {"features": "ids"}
-  for item in args.set:
-    name, value = item.split("=", 1)
-    try:
-      hparams[name] = json.loads(value)
-    except json.JSONDecodeError:
-      hparams[name] = value
+  hparams: Dict[str, Any] = {"features": "ids", **_stats.parse_sets(args.set)}
   if args.batch_size:
     hparams["batch_size"] = args.batch_size
   if args.embedding_dim:

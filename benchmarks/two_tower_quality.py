@@ -12,12 +12,12 @@ two-tower issue's figures and the benchmark issue's quality table):
 """
 
 import argparse
-import json
 import time
-from typing import Dict, List
+from typing import Dict
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
+from benchmarks._stats import parse_sets
 from benchmarks._stats import print_seed_table
 from tfrec_music.data import synthetic
 from tfrec_music.evaluation.protocol import evaluate_scorer
@@ -30,17 +30,6 @@ from tfrec_music.prepare import prepare
 
 KEYS = tuple(f"test/{group}/{metric}@10" for metric in ("hr", "ndcg")
              for group in ("all", "cold", "warm", "cold_user"))
-
-
-def _parse_sets(items: List[str]) -> Dict[str, object]:
-  out = {}
-  for item in items:
-    name, value = item.split("=", 1)
-    try:
-      out[name] = json.loads(value)
-    except json.JSONDecodeError:
-      out[name] = value
-  return out
 
 
 def run_seed(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
@@ -83,7 +72,7 @@ def main() -> None:
   parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
   args = parser.parse_args()
-  overrides = _parse_sets(args.set)
+  overrides = parse_sets(args.set)
   catalog = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:

@@ -111,13 +111,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                       metavar="KEY=VALUE", help="TwoTowerConfig overrides (JSON values).")
   parser.add_argument("--json", default=None, help="Also write the report to this file.")
   args = parser.parse_args(argv)
-  overrides = {"epochs": 1, "history_length": 20}
-  for item in args.set:
-    key, value = item.split("=", 1)
-    try:
-      overrides[key] = json.loads(value)
-    except json.JSONDecodeError:
-      overrides[key] = value
+  overrides = {"epochs": 1, "history_length": 20, **_stats.parse_sets(args.set)}
   results = {}
   for target in args.targets:
     name = f"{target}_{args.grow}"

@@ -224,9 +224,13 @@ def test_search_space_declares_the_tuned_knobs():
   assert {"embedding_dim", "l2", "negatives", "learning_rate"} <= set(hp.values)
 
 
-def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
+def sigkill_and_rerun(tmp_path, model, flags, every, epochs, steps_per_epoch, metric):
   """SIGKILLs `python -m trainer.task --model <model> ...` mid-epoch after its first validated
-  epoch, reruns the same command, and returns what the rerun reports.
+  epoch, reruns the same command, checks the resume and returns what the rerun reports.
+
+  Checked: the kill landed past the first epoch at a checkpoint step (every `every` steps),
+  not before the epoch validated last but one; the rerun resumed there; the history holds
+  every epoch once; the best `metric` is the history's best.
 
   Returns:
     (epochs validated before the kill, step resumed at, the export's `fit` summary).
@@ -250,24 +254,25 @@ def sigkill_and_rerun(tmp_path, model, flags, every, epochs):
   assert not os.path.exists(os.path.join(job, "backup", model))  # finished: backup gone
   assert os.path.exists(os.path.join(job, "metrics.json"))
   card = json.loads(open(os.path.join(export, model, "1", "model_card.json")).read())
-  return int(validated.group(1)), int(step.group(1)), card["fit"]
+  validated, step, fit = int(validated.group(1)), int(step.group(1)), card["fit"]
+  print(f"{model} resume evidence: killed after {validated} validated epochs "
+        f"(step >= {validated * steps_per_epoch}, {steps_per_epoch} steps/epoch), "
+        f"resumed at step {step}")
+  assert 1 <= validated < epochs
+  assert step > steps_per_epoch and step % every == 0
+  assert step >= (validated - 1) * steps_per_epoch
+  assert fit["resumed_from_step"] == step and fit["resumed_from_epoch"] == validated
+  assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
+  assert fit[f"best_{metric}"] == max(h[metric] for h in fit["history"])
+  return validated, step, fit
 
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   # Tiny playlists: 290 training rows, batch 16 -> 19 steps an epoch, a checkpoint every 5.
   epochs, every = 30, 5
-  validated, step, fit = sigkill_and_rerun(tmp_path, "playlist_mf", ["--batch-size", "16"],
-                                           every, epochs)
-  print(f"playlist_mf resume evidence: killed after {validated} validated epochs "
-        f"(step >= {validated * 19}, 19 steps/epoch), resumed at step {step}")
-  assert 1 <= validated < epochs
-  # Past the first epoch, at a 5-step checkpoint, not before the epoch validated last but one.
-  assert step > 19 and step % every == 0 and step >= (validated - 1) * 19
-  assert fit["resumed_from_step"] == step and fit["resumed_from_epoch"] == validated
-  # Every epoch is in the history once, those before the kill included.
-  assert [h["epoch"] for h in fit["history"]] == list(range(1, epochs + 1))
-  assert fit["best_valid_ndcg"] == max(h["valid_ndcg"] for h in fit["history"])
+  sigkill_and_rerun(tmp_path, "playlist_mf", ["--batch-size", "16"], every, epochs,
+                    steps_per_epoch=19, metric="valid_ndcg")
 
 
 def test_non_finite_loss_stops_with_advice(tmp_path):

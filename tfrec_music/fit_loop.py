@@ -19,6 +19,7 @@ loss. This loop runs one `model.fit` over all epochs with three callbacks:
 A run that finishes deletes its backup; only an interrupted run leaves one.
 """
 
+import dataclasses
 import io as io_lib
 import json
 import logging
@@ -32,7 +33,7 @@ import tensorflow as tf
 
 from tfrec_music import io
 
-__all__ = ["NaNGuard", "ValidationStopping", "fit_with_validation"]
+__all__ = ["NaNGuard", "ValidationStopping", "config_fingerprint", "fit_with_validation"]
 
 
 class NaNGuard(tf.keras.callbacks.Callback):
@@ -205,6 +206,17 @@ def _discard_foreign_backup(path: str, fingerprint: str, folders: Sequence[str])
   tf.io.gfile.makedirs(os.path.dirname(path))
   with tf.io.gfile.GFile(path, "w") as f:
     f.write(fingerprint)
+
+
+def config_fingerprint(config: Any, **data: Any) -> str:
+  """The `fingerprint` of `fit_with_validation` for a dataclass config and its data.
+
+  `epochs` is left out, so a rerun asking for more epochs still resumes;
+  `data` holds what identifies the training data (e.g. the prepared data's
+  fingerprint).
+  """
+  return json.dumps({**dataclasses.asdict(config), "epochs": None, **data}, sort_keys=True,
+                    default=str)
 
 
 def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,

@@ -58,7 +58,6 @@ Parquet shards larger than memory, exported with the same signatures.
 
 import argparse
 import dataclasses
-import json
 import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -73,6 +72,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_music import io
 from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.rating import binary_metrics
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rating_baselines import baseline_scorers
@@ -816,10 +816,8 @@ class DCNFamily(ModelFamily):
         validate=lambda epoch: -self._valid_loss(valid),
         patience=config.early_stopping_patience, job_dir=job_dir, name=self.fit_name,
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
-        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                                "family": type(self).__name__,
-                                "data": self.prepared.fingerprint},
-                               sort_keys=True, default=str),
+        fingerprint=config_fingerprint(config, family=type(self).__name__,
+                                       data=self.prepared.fingerprint),
         callbacks=[tensorboard, throughput],
         nan_advice="Lower the learning rate (`--set learning_rate=...`) or the number of "
                    "cross layers (`--cross-layers`).",
@@ -1336,9 +1334,7 @@ class StreamedDCN:
         validate=lambda epoch: -self.split_rmse("valid"),
         patience=config.early_stopping_patience, job_dir=job_dir, name="dcn_stream",
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
-        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                                "data": self.data_dir, "rows": self.rows},
-                               sort_keys=True, default=str),
+        fingerprint=config_fingerprint(config, data=self.data_dir, rows=self.rows),
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", "dcn_stream"),
                                                   update_freq="epoch"), throughput],
         nan_advice="Lower the learning rate (`--set learning_rate=...`) or the number of "

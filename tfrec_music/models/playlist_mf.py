@@ -50,7 +50,6 @@ Serving fallbacks of the export (`serving_default(seeds [B, L], name [B])`,
 
 import argparse
 import dataclasses
-import json
 import logging
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -77,6 +76,7 @@ from tfrec_music.evaluation.playlist import unseen_tail_queries
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.export.projector import write_item_projector
 from tfrec_music.export.retrieval import EMPTY_SCORE
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
@@ -664,8 +664,7 @@ class PlaylistMFFamily(ModelFamily):
         self.model, dataset, epochs=config.epochs, validate=validate,
         patience=config.early_stopping_patience, job_dir=job_dir, name=self.name,
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
-        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
+        fingerprint=config_fingerprint(config, data=self.prepared.fingerprint),
         callbacks=[tensorboard], metric_name="valid_ndcg",
         nan_advice="Lower the learning rate (`--learning-rate`) or raise `--l2`.")
     self._module = None

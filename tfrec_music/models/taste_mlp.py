@@ -40,7 +40,6 @@ unknown; identical rows give identical outputs; there is no `k`), and
 
 import argparse
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -59,6 +58,7 @@ from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.evaluation.similarity import pair_auc
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.popularity import PopularityModel
@@ -457,8 +457,7 @@ class TasteMLPFamily(ModelFamily):
         self.model, self.epoch_dataset(), epochs=config.epochs, validate=validate,
         patience=config.early_stopping_patience, job_dir=job_dir, name=self.name,
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
-        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
+        fingerprint=config_fingerprint(config, data=self.prepared.fingerprint),
         callbacks=[tensorboard], metric_name="valid_auc",
         nan_advice="Lower the learning rate (`--learning-rate`) or raise `--weight-decay`.")
     for row in summary["history"]:

@@ -11,7 +11,6 @@ users never seen in training get personal recommendations.
 """
 
 import dataclasses
-import json
 import logging
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -25,6 +24,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_music import io
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.export.projector import write_item_projector
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.family import ModelFamily
@@ -413,8 +413,7 @@ class TwoTowerFamily(ModelFamily):
         self.model, dataset, epochs=config.epochs, validate=validate,
         patience=config.early_stopping_patience, job_dir=job_dir, name="two_tower",
         checkpoint_every=self.checkpoint_every, backup_dir=self.backup_dir,
-        fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                                "data": self.prepared.fingerprint}, sort_keys=True, default=str),
+        fingerprint=config_fingerprint(config, data=self.prepared.fingerprint),
         callbacks=[tensorboard],
         nan_advice="Lower the learning rate (`--set learning_rate=...`) or raise the "
                    "temperature.")

@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.evaluation.retrieval import evaluate_embeddings
 from tfrec_music.evaluation.retrieval import evaluate_retrieval
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.two_tower import TwoTowerConfig
 from tfrec_music.models.two_tower import TwoTowerFamily
@@ -684,8 +685,7 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
       family.model, dataset, epochs=config.epochs, validate=validate,
       patience=config.early_stopping_patience, job_dir=job_dir, name="two_tower_stream",
       checkpoint_every=checkpoint_every, backup_dir=backup_dir,
-      fingerprint=json.dumps({**dataclasses.asdict(config), "epochs": None,
-                              "data": data.prepared.fingerprint}, sort_keys=True, default=str),
+      fingerprint=config_fingerprint(config, data=data.prepared.fingerprint),
       callbacks=[timer, loss_logger, tensorboard],
       nan_advice="Lower the learning rate (`--set learning_rate=...`) or raise the temperature.")
   train_seconds = float(sum(timer.seconds))
