@@ -87,6 +87,25 @@ def test_other_tuners(tmp_path, tuner):
   assert best["trials_completed"] >= 2
 
 
+def test_executions_per_trial_average_model_seeds(tmp_path):
+  job = str(tmp_path / "exec")
+  result = _run(TUNE + ["--max-trials", "1", "--executions-per-trial", "2", "--seed", "3",
+                        "--job-dir", job, "--set", "epochs=1"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  project = os.path.join(job, "two_tower_random")
+  (trial, _), = _trial_results(project).values()
+  runs = trial["executions"]
+  assert [r["seed"] for r in runs] == [3, 4]  # model seeds; the split is --seed's
+  values = [r["validation"]["valid/all/hr@10"] for r in runs]
+  assert trial["validation"]["valid/all/hr@10"] == pytest.approx(sum(values) / 2)
+  # Each execution fitted in its own folder (no checkpoint shared between seeds).
+  for e in range(2):
+    assert os.path.isdir(os.path.join(project, "trial_0", f"execution_{e}"))
+  with open(os.path.join(job, "best_hparams.json")) as f:
+    best = json.load(f)
+  assert best["objective"]["value"] == pytest.approx(sum(values) / 2)
+
+
 def test_model_without_search_space_is_refused(tmp_path):
   result = _run([sys.executable, "-m", "tuning.tune", "--model", "popularity", "--preset",
                  "tiny", "--job-dir", str(tmp_path)])

@@ -69,20 +69,29 @@ class FamilyTuner(kt.engine.base_tuner.BaseTuner):
     prepared: Prepared data shared by every trial (None on the oracle chief).
     preset: Model preset the trials start from.
     fixed: Config overrides every trial keeps (flags not under search).
-    seed: Seed of every trial's initialization and shuffling.
+    seed: Seed of every trial's initialization and shuffling (its first
+      execution's; execution e uses `seed + e`).
     directory: Tuning folder (the job dir); trials and state live here.
     project_name: Sub-folder of this search.
     overwrite: Start afresh instead of resuming.
+    executions_per_trial: Fits per configuration, each with its own model
+      seed on the same data split; the objective is their mean, so a trial's
+      score is less a matter of initialization luck (Keras Tuner's own
+      `executions_per_trial`).
   """
 
   def __init__(self, oracle, family_cls: Type[ModelFamily], prepared: Optional[PreparedData],
                preset: str, fixed: Mapping[str, Any], seed: int, directory: str,
-               project_name: str, overwrite: bool = False):
+               project_name: str, overwrite: bool = False, executions_per_trial: int = 1):
+    if int(executions_per_trial) < 1:
+      raise ValueError("`executions_per_trial` should be a positive integer. Received: "
+                       f"`executions_per_trial` = {executions_per_trial!r}.")
     self.family_cls = family_cls
     self.prepared = prepared
     self.preset = preset
     self.fixed = dict(fixed)
     self.seed = seed
+    self.executions_per_trial = int(executions_per_trial)
     self.objective_metric = family_cls.objective_for(family_cls.make_config(preset, fixed))
     super().__init__(oracle=oracle, hypermodel=FamilySpace(family_cls), directory=directory,
                      project_name=project_name, overwrite=overwrite)
@@ -95,37 +104,58 @@ class FamilyTuner(kt.engine.base_tuner.BaseTuner):
     return overrides
 
   def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
-    """Builds, fits and scores one configuration; returns `{objective: value}`."""
+    """Builds, fits and scores one configuration; returns `{objective: mean value}`.
+
+    With several executions each fits in `<trial dir>/execution_<e>` with
+    model seed `seed + e` (same data split); `result.json` keeps each
+    execution's validation metrics and their mean.
+    """
     del args, kwargs
     hp = trial.hyperparameters
     overrides = self.trial_overrides(hp)
-    config = self.family_cls.make_config(self.preset, overrides)
-    if "seed" in {f.name for f in dataclasses.fields(config)}:
-      config = dataclasses.replace(config, seed=self.seed)
-    random.seed(self.seed)
-    np.random.seed(self.seed)
-    tf.keras.utils.set_random_seed(self.seed)
     trial_dir = self.get_trial_dir(trial.trial_id)
-    start = time.perf_counter()
-    family = self.family_cls(config, self.prepared)
-    family.fit(trial_dir)
-    metrics = family.validation_metrics()
-    seconds = time.perf_counter() - start
     metric, _ = self.objective_metric
-    if metric not in metrics:
-      raise kt.errors.FailedTrialError(
-          f"Model `{self.family_cls.name}` did not report its objective `{metric}`; "
-          f"it reported {sorted(metrics)}.")
-    value = float(metrics[metric])
+    start = time.perf_counter()
+    runs = []
+    for execution in range(self.executions_per_trial):
+      seed = self.seed + execution
+      run_dir = (trial_dir if self.executions_per_trial == 1
+                 else io.join(trial_dir, f"execution_{execution}"))
+      metrics = self._fit_once(overrides, seed, run_dir)
+      if metric not in metrics:
+        raise kt.errors.FailedTrialError(
+            f"Model `{self.family_cls.name}` did not report its objective `{metric}`; "
+            f"it reported {sorted(metrics)}.")
+      runs.append({"seed": seed, "validation": metrics})
+    seconds = time.perf_counter() - start
+    mean = {k: float(np.mean([r["validation"][k] for r in runs]))
+            for k in runs[0]["validation"]
+            if all(k in r["validation"] for r in runs)}
+    value = mean[metric]
     _log_hparams(io.join(self.project_dir, "logs", trial.trial_id), hp.values, metric, value,
                  seconds)
-    write_json(io.join(trial_dir, "result.json"),
-               {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
-                "hparams": _jsonable(overrides),
-                "validation": metrics, "seconds": seconds})
-    logging.info("Trial %s: %s = %.4f in %.0fs (%s)", trial.trial_id, metric, value, seconds,
+    result = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id,
+              "hparams": _jsonable(overrides), "validation": mean, "seconds": seconds}
+    if self.executions_per_trial > 1:
+      result["executions"] = runs
+      result["objective_std"] = float(np.std([r["validation"][metric] for r in runs]))
+    write_json(io.join(trial_dir, "result.json"), result)
+    logging.info("Trial %s: %s = %.4f (%s) in %.0fs (%s)", trial.trial_id, metric, value,
+                 ", ".join(f"{r['validation'][metric]:.4f}" for r in runs), seconds,
                  json.dumps(_jsonable(hp.values)))
     return {objective_tag(metric): value}
+
+  def _fit_once(self, overrides: Mapping[str, Any], seed: int, run_dir: str) -> Dict[str, float]:
+    """Fits the configuration with model seed `seed`; its validation metrics."""
+    config = self.family_cls.make_config(self.preset, dict(overrides))
+    if "seed" in {f.name for f in dataclasses.fields(config)}:
+      config = dataclasses.replace(config, seed=seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    tf.keras.utils.set_random_seed(seed)
+    family = self.family_cls(config, self.prepared)
+    family.fit(run_dir)
+    return {k: float(v) for k, v in family.validation_metrics().items()}
 
   def on_trial_end(self, trial):
     """Logs why a trial failed (Keras Tuner only stores the traceback)."""

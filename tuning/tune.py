@@ -35,6 +35,9 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   group.add_argument("--max-trials", type=int, default=10,
                      help="Trials of random / Bayesian search (Hyperband sizes itself).")
   group.add_argument("--max-epochs", type=int, default=12, help="Hyperband's largest budget.")
+  group.add_argument("--executions-per-trial", type=int, default=1,
+                     help="Fits per configuration, with model seeds --seed, --seed+1, ... on "
+                          "the same split; the objective is their mean (less seed noise).")
   group.add_argument("--overwrite", action="store_true",
                      help="Discard the search state in the job dir and start afresh.")
   group.add_argument("--output", default=None,
@@ -68,6 +71,9 @@ def main(argv: Optional[List[str]] = None) -> int:
       raise ValueError(f"{e} Tunable models: {', '.join(tuning.tunable_models())}.") from e
     if args.max_trials <= 0:
       raise ValueError(f"`--max-trials` should be positive. Received: {args.max_trials}.")
+    if args.executions_per_trial <= 0:
+      raise ValueError("`--executions-per-trial` should be positive. "
+                       f"Received: {args.executions_per_trial}.")
     prepared = None
     if not tuning.is_chief_oracle():  # the chief only serves the oracle
       _, _, _, prepared, report, _ = training.load_and_prepare(config)
@@ -78,7 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     tuner = tuning.FamilyTuner(oracle, family_cls, prepared, preset=args.preset, fixed=fixed,
                                seed=args.seed, directory=job_dir,
                                project_name=f"{args.model}_{args.tuner}",
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite,
+                               executions_per_trial=args.executions_per_trial)
   except (DataValidationError, ValueError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
