@@ -167,7 +167,7 @@ def test_served_top_k_is_the_python_cascade_on_the_served_candidates(trained):
   # Recompute the final score of the served tracks in Python: DCN logit + blend * retrieval.
   ids = served["item_ids"].numpy().astype(str)[0]
   index = family.prepared.item_index(ids)
-  logits = family._candidate_logits(np.array([user]), index[None, :])[0]  # pylint: disable=protected-access
+  logits = family._candidate_logits(np.array([user]), index[None, :], "test")[0]  # pylint: disable=protected-access
   query = family.retrieval.query_embeddings([user], "test")
   retrieval = (query @ family.retrieval.item_embeddings()[index].T)[0]
   want = family._final(logits, retrieval, family.blend)  # pylint: disable=protected-access

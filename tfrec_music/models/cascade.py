@@ -53,11 +53,133 @@ import tensorflow as tf
 
 from tfrec_music import io
 from tfrec_music.export.retrieval import EMPTY_SCORE
+from tfrec_music.models import history as history_lib
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare.prepared import PreparedData
+
+
+# Catalogue columns whose share in the user's history is a pair feature, then
+# the candidate's popularity among other listeners.
+HISTORY_COLUMNS = ("artist", "album", "genre", "parent_genre", "mood")
+HISTORY_FEATURES = HISTORY_COLUMNS + ("popularity",)
+
+
+class HistoryFeatures(tf.Module):
+  """Features of (user history, candidate track) pairs, the same in training and serving.
+
+  For a candidate track and the user's recent history (catalogue rows, -1
+  for padding or tracks outside the catalogue), per row:
+
+  - for each catalogue column of `columns` (artist, album, genre, parent
+    genre, mood): the share of the history's tracks with the candidate's
+    value (0 when the candidate has none);
+  - `history_fill`: history tracks / `length` (how much the shares rest on);
+  - `popularity` (if asked): log(1 + the candidate's training plays by other
+    listeners) / log(1 + the most plays of any track). A training positive's
+    own play is not counted (`own`), so positives and held-out targets are
+    measured alike.
+
+  One TensorFlow implementation (`__call__`) serves the Python training and
+  evaluation and the exported SavedModel.
+
+  Args:
+    items: The catalogue (catalogue-index order).
+    train_counts: [n_items] training plays per track.
+    names: Requested features (`HISTORY_FEATURES` subset).
+    length: History length the shares are measured over (the retrieval's).
+  """
+
+  def __init__(self, items: pd.DataFrame, train_counts: np.ndarray, names: Sequence[str],
+               length: int):
+    super().__init__()
+    self.columns = tuple(c for c in HISTORY_COLUMNS if c in names and c in items.columns)
+    self.popularity = "popularity" in names
+    self.length = int(length)
+    self.n_items = len(items)
+    codes = []
+    for column in self.columns:
+      values = items[column]
+      missing = values.isna() | (values.astype(str) == "")
+      code = pd.factorize(values.astype(str))[0].astype(np.int64)
+      # The last row stands for "no track" (padding, unknown ids); -1 never matches.
+      codes.append(np.append(np.where(missing, -1, code), -1))
+    self.codes = tf.constant(np.stack(codes) if codes else np.zeros((0, self.n_items + 1),
+                                                                     np.int64))
+    counts = np.append(np.asarray(train_counts, np.float64), 0.0)
+    self.counts = tf.constant(counts.astype(np.float32))
+    self.pop_scale = tf.constant(float(1.0 / np.log1p(max(counts.max(), 1.0))), tf.float32)
+    self.names = (tuple(f"{c}_share" for c in self.columns) + ("history_fill",)
+                  + (("popularity",) if self.popularity else ()))
+
+  @property
+  def size(self) -> int:
+    """Features per row P."""
+    return len(self.names)
+
+  def __call__(self, history: tf.Tensor, candidates: tf.Tensor,
+               own: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """[N, P] float32 features.
+
+    Args:
+      history: [N, H] int64 catalogue rows of the history (-1: none).
+      candidates: [N] int64 catalogue rows of the candidates (-1: none).
+      own: [N] bool, True where the candidate is a training play of this user
+        (training positives), whose own play leaves the popularity.
+    """
+    history = tf.cast(history, tf.int64)
+    candidates = tf.cast(candidates, tf.int64)
+    pad = tf.constant(self.n_items, tf.int64)
+    present = history >= 0
+    history = tf.where(present, history, pad)
+    candidates = tf.where(candidates >= 0, candidates, pad)
+    n = tf.reduce_sum(tf.cast(present, tf.float32), axis=1)
+    out = []
+    for k in range(len(self.columns)):
+      codes = self.codes[k]
+      mine = tf.gather(codes, candidates)[:, tf.newaxis]
+      match = tf.equal(tf.gather(codes, history), mine) & (mine >= 0)
+      out.append(tf.reduce_sum(tf.cast(match, tf.float32), axis=1) / tf.maximum(n, 1.0))
+    out.append(n / float(self.length))
+    if self.popularity:
+      count = tf.gather(self.counts, candidates)
+      if own is not None:
+        count = tf.maximum(count - tf.cast(own, tf.float32), 0.0)
+      out.append(tf.math.log1p(count) * self.pop_scale)
+    return tf.stack(out, axis=1)
+
+  def numpy(self, history: np.ndarray, candidates: np.ndarray,
+            own: Optional[np.ndarray] = None, chunk: int = 65_536) -> np.ndarray:
+    """`__call__` over numpy arrays in chunks of rows: [N, P] float32."""
+    n = len(candidates)
+    if own is None:
+      own = np.zeros(n, bool)
+    parts = [self(tf.constant(history[s:s + chunk]), tf.constant(candidates[s:s + chunk]),
+                  tf.constant(own[s:s + chunk])).numpy() for s in range(0, n, chunk)]
+    return np.concatenate(parts) if parts else np.zeros((0, self.size), np.float32)
+
+
+def causal_rows(frame: pd.DataFrame, item_index: np.ndarray, length: int) -> np.ndarray:
+  """[N, length] catalogue rows of the tracks each row's user played before it (-1 pad).
+
+  Args:
+    frame: Interactions sorted by user, then time (as `prepare` returns them).
+    item_index: [N] catalogue rows of `frame`'s tracks.
+    length: Tracks kept (most recent last; padded with -1 at the front).
+  """
+  users = frame["user_id"].to_numpy()
+  n = len(frame)
+  start = np.ones(n, dtype=bool)
+  start[1:] = users[1:] != users[:-1]
+  first = np.flatnonzero(start)
+  position = np.arange(n) - first[np.cumsum(start) - 1]
+  out = np.full((n, length), -1, dtype=np.int64)
+  for offset in range(1, length + 1):
+    rows = np.flatnonzero(position >= offset)
+    out[rows, length - offset] = item_index[rows - offset]
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +206,10 @@ class CascadeConfig:
     recent_positives: Train the re-ranker on each user's last N training
       interactions only (tastes drift; 0 = all of them). 20 was chosen on the
       default preset by validation HR@10 (0.2463 vs 0.2400 with all).
+    history_features: The (user history, candidate) pair features the
+      re-ranker reads (see `HistoryFeatures`): any of `HISTORY_FEATURES`
+      (columns the catalogue lacks are skipped); empty = none (the re-ranker
+      then sees user and track features only).
     retrieval_preset: Two-tower preset (set from `--preset`).
     retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
     seed: Seed of both models and the negative sampling.
@@ -102,6 +228,7 @@ class CascadeConfig:
   batch_size: int = 1024
   epochs: int = 6
   recent_positives: int = 20
+  history_features: Tuple[str, ...] = HISTORY_FEATURES
   retrieval_preset: str = "default"
   retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
   seed: int = 0
@@ -128,6 +255,13 @@ class CascadeConfig:
                        f"Received: {self.blend_weights!r}.")
     object.__setattr__(self, "blend_weights", weights)
     object.__setattr__(self, "deep_layers", tuple(int(n) for n in self.deep_layers))
+    features = ((self.history_features,) if isinstance(self.history_features, str)
+                else tuple(self.history_features))
+    unknown = [f for f in features if f not in HISTORY_FEATURES]
+    if unknown:
+      raise ValueError(f"`history_features` should be among {HISTORY_FEATURES}. "
+                       f"Received: {unknown!r}.")
+    object.__setattr__(self, "history_features", features)
     overrides = self.retrieval_overrides
     if isinstance(overrides, dict):
       overrides = tuple(sorted(overrides.items()))
@@ -159,24 +293,65 @@ class HardNegativeDCN(DCNFamily):
       tracks (training tracks already excluded).
     hard: Hard negatives per positive.
     uniform: Uniform negatives per positive.
+    recent: Positives are each user's last `recent` training rows (0: all).
+    history_features: `HistoryFeatures` of (history, candidate) pairs fed to
+      the network as its `dense` input (None: none). A training positive's
+      history is the `length` tracks its user played strictly before it, and
+      its negatives share that history; a validation row's is the user's
+      last `length` training tracks (as the retrieval sees them).
   """
 
   def __init__(self, config: DCNConfig, prepared: PreparedData,
                candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int,
-               recent: int = 0):
+               recent: int = 0, history_features: Optional[HistoryFeatures] = None):
     super().__init__(config, prepared)
     self.candidates_of = candidates_of
     self.hard, self.uniform, self.recent = hard, uniform, recent
+    # The network reads the pair features as its `dense` input (beside the embeddings).
+    self.history_features = history_features
 
   fit_name = "two_tower_dcn_ranker"
 
   def training_features(self, epoch: int = 0) -> Dict[str, np.ndarray]:
     """Positives (each user's last `recent`, or all) with fresh negatives every epoch."""
     train = self.prepared.train
+    history = None
+    if self.history_features is not None:
+      if not hasattr(self, "_train_history"):
+        self._train_history = causal_rows(train, self.prepared.item_index(train["item_id"]),
+                                          self.history_features.length)
+      history = self._train_history
     if self.recent:
-      # `prepare` keeps each user's rows in time order.
+      # `prepare` keeps each user's rows in time order (and a RangeIndex).
       train = train.groupby("user_id", sort=False).tail(self.recent)
-    return self._implicit_rows(train, self.config.seed * 1000 + epoch)
+    if history is not None:
+      history = history[train.index.to_numpy()]
+    return self._implicit_rows(train, self.config.seed * 1000 + epoch, history,
+                               own_positives=True)
+
+  def _valid_features(self) -> Optional[Dict[str, np.ndarray]]:
+    valid = self.prepared.valid
+    if len(valid) == 0:
+      return None
+    return self._implicit_rows(valid, self.config.seed + 10_007, self.last_rows(valid))
+
+  def last_rows(self, frame: pd.DataFrame) -> Optional[np.ndarray]:
+    """[N, length] each row's user's last training tracks (None without history features)."""
+    if self.history_features is None:
+      return None
+    length = self.history_features.length
+    histories = history_lib.last_items(self.prepared.train, length)
+    matrix = history_lib.history_matrix(frame["user_id"].astype(str).to_numpy(), histories,
+                                        length)
+    return self.prepared.item_index(matrix.reshape(-1)).reshape(matrix.shape).astype(np.int64)
+
+  def with_history(self, features: Dict[str, np.ndarray], history: np.ndarray,
+                   candidates: np.ndarray, own: Optional[np.ndarray] = None
+                   ) -> Dict[str, np.ndarray]:
+    """`features` plus the `dense` pair features of (history [N, H], candidate [N]) rows."""
+    if self.history_features is not None:
+      features["dense"] = self.history_features.numpy(history, candidates, own)
+    return features
 
   def _pair_codes(self, user_ids, item_index: np.ndarray) -> np.ndarray:
     """[N] int64 code of each (user, catalogue item) pair (users outside training share -1)."""
@@ -185,28 +360,48 @@ class HardNegativeDCN(DCNFamily):
     users = self._user_codes.get_indexer(np.asarray(user_ids).astype(str)).astype(np.int64)
     return (users + 1) * (self.prepared.n_items + 1) + np.asarray(item_index, np.int64)
 
-  def _implicit_rows(self, frame: pd.DataFrame, seed: int) -> Dict[str, np.ndarray]:
-    """Positives of `frame`, `hard` retrieved and `uniform` random negatives each (label 0)."""
+  def _implicit_rows(self, frame: pd.DataFrame, seed: int,
+                     history: Optional[np.ndarray] = None,
+                     own_positives: bool = False) -> Dict[str, np.ndarray]:
+    """Positives of `frame`, `hard` retrieved and `uniform` random negatives each (label 0).
+
+    `history` ([N, H] catalogue rows aligned with `frame`): each positive's
+    history, shared by its negatives (default: the users' last training
+    tracks). `own_positives`: `frame` holds training rows (their plays leave
+    the popularity feature).
+    """
     rng = np.random.default_rng(seed)
     users = frame["user_id"].to_numpy().astype(str)
     pos = self.prepared.item_index(frame["item_id"])
-    parts_users, parts_items = [], []
+    parts_users, parts_items, parts_rows = [], [], []
+    row = np.arange(len(users))
     if self.hard:
       pools = self.candidates_of(users)  # [N, C]
       pick = rng.integers(0, pools.shape[1], size=(len(users), self.hard))
       parts_users.append(np.repeat(users, self.hard))
       parts_items.append(np.take_along_axis(pools, pick, axis=1).reshape(-1))
+      parts_rows.append(np.repeat(row, self.hard))
     if self.uniform:
       parts_users.append(np.repeat(users, self.uniform))
       parts_items.append(rng.integers(0, self.prepared.n_items, size=len(users) * self.uniform))
+      parts_rows.append(np.repeat(row, self.uniform))
     neg_users, neg = np.concatenate(parts_users), np.concatenate(parts_items)
+    neg_rows = np.concatenate(parts_rows)
     # A negative that is one of the user's own tracks is no negative: drop it.
     train = self.prepared.train
     known = np.concatenate([self._pair_codes(train["user_id"], self.prepared.item_index(
         train["item_id"])), self._pair_codes(users, pos)])
     keep = ~np.isin(self._pair_codes(neg_users, neg), known)
-    neg_users, neg = neg_users[keep], neg[keep]
-    features = self.pair_features(np.concatenate([users, neg_users]), np.concatenate([pos, neg]))
+    neg_users, neg, neg_rows = neg_users[keep], neg[keep], neg_rows[keep]
+    items = np.concatenate([pos, neg])
+    features = self.pair_features(np.concatenate([users, neg_users]), items)
+    if self.history_features is not None:
+      if history is None:
+        history = self.last_rows(frame)
+      # A training positive is one of its user's own plays: its popularity
+      # counts the other listeners only, like any held-out track's.
+      own = np.concatenate([np.full(len(pos), own_positives), np.zeros(len(neg), bool)])
+      self.with_history(features, history[np.concatenate([row, neg_rows])], items, own)
     features["label"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
     return features
 
@@ -320,7 +515,8 @@ class CascadeFamily(ModelFamily):
     config = self.config
     self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
                                   self._training_candidates(), config.hard_negatives,
-                                  config.random_negatives, config.recent_positives)
+                                  config.random_negatives, config.recent_positives,
+                                  self.history_features())
     self._share_checkpointing(self.ranker, "ranker")
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
     for folder in (io.join(backup, "two_tower_dcn_retrieval"), backup):
@@ -369,11 +565,28 @@ class CascadeFamily(ModelFamily):
     stage.checkpoint_every = self.checkpoint_every
     stage.backup_dir = io.join(self.backup_dir, name) if self.backup_dir else None
 
-  def _candidate_logits(self, user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """[B, C] re-ranker logits of each user's candidates."""
+  def history_features(self) -> Optional[HistoryFeatures]:
+    """The re-ranker's pair features over the retrieval's history length (None: none)."""
+    features = HistoryFeatures(self.prepared.items, self.prepared.item_train_counts,
+                               self.config.history_features,
+                               self.retrieval.config.history_length)
+    return features if self.config.history_features else None
+
+  def history_rows(self, user_ids: Sequence[str], split: str) -> np.ndarray:
+    """[B, H] catalogue rows of each user's history before `split` (-1: padding)."""
+    history = self.retrieval.raw_query_features(np.asarray(user_ids).astype(str),
+                                                split)["history"]
+    return self.prepared.item_index(history.reshape(-1)).reshape(history.shape).astype(np.int64)
+
+  def _candidate_logits(self, user_ids: np.ndarray, candidates: np.ndarray,
+                        split: str) -> np.ndarray:
+    """[B, C] re-ranker logits of each user's candidates (history before `split`)."""
     b, c = candidates.shape
     features = self.ranker.pair_features(np.repeat(np.asarray(user_ids).astype(str), c),
                                          candidates.reshape(-1))
+    if self.ranker.history_features is not None:
+      history = np.repeat(self.history_rows(user_ids, split), c, axis=0)
+      self.ranker.with_history(features, history, candidates.reshape(-1))
     return self.ranker.predict_encoded(features).reshape(b, c)
 
   def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float,
@@ -399,7 +612,7 @@ class CascadeFamily(ModelFamily):
     users = valid["user_id"].astype(str).to_numpy()
     targets = self.prepared.item_index(valid["item_id"])
     candidates, scores = self.retrieve(users, "valid")
-    logits = self._candidate_logits(users, candidates)
+    logits = self._candidate_logits(users, candidates, "valid")
     k = min(10, candidates.shape[1])
     result = {}
     for weight in self.config.blend_weights:
@@ -418,8 +631,8 @@ class CascadeFamily(ModelFamily):
       user_ids = np.asarray(user_ids).astype(str)
       all_scores = self.retrieval.scorer(split)(user_ids).astype(np.float64)
       candidates, scores = self._top_candidates(user_ids, all_scores, split)
-      final = self._final(self._candidate_logits(user_ids, candidates), scores, self.blend,
-                          user_ids)
+      final = self._final(self._candidate_logits(user_ids, candidates, split), scores,
+                          self.blend, user_ids)
       # Non-candidates keep their retrieval order, strictly below every candidate.
       out = all_scores - (np.abs(all_scores).max() + 1.0) * 2.0
       floor = out.max(axis=1, keepdims=True)
@@ -457,7 +670,8 @@ class CascadeFamily(ModelFamily):
         r.query_model(), r.query_signature(), r.item_embeddings(), self.prepared.item_ids,
         "exact", known, stored, popular_ids, popular_scores, c)
     return CascadeServingModule(stage_one, self.ranker.serving_module(), r.query_signature(),
-                                self.blend, self.temperature, self.config.top_k)
+                                self.blend, self.temperature, self.config.top_k,
+                                self.ranker.history_features)
 
   def save(self, directory: str) -> Dict[str, str]:
     """One SavedModel: retrieval, candidate features and the re-ranker inside."""
@@ -482,12 +696,21 @@ class CascadeServingModule(tf.Module):
     blend: Weight of the retrieval score in the final score.
     temperature: The two-tower softmax temperature (retrieval logit scale).
     k: Results served.
+    history_features: The re-ranker's `HistoryFeatures` (None: it reads none),
+      computed in the graph from the request's `history` (`recommend`) or the
+      stored history of a known user (`serving_default`).
   """
 
   def __init__(self, retrieval, ranker, query_signature: Dict[str, tf.TensorSpec],
-               blend: float, temperature: float, k: int):
+               blend: float, temperature: float, k: int,
+               history_features: Optional[HistoryFeatures] = None):
     super().__init__()
     self.retrieval, self.ranker = retrieval, ranker
+    self.history_features = history_features
+    if history_features is not None:
+      # The re-ranker's own signatures score pairs without a history, which
+      # this network cannot: only its tables, encoder and network are kept.
+      ranker.serve = ranker.score_ids = None
     self.k = int(min(k, retrieval.k))
     self.weight = tf.constant(float(blend) / float(temperature), tf.float32)
     self.inverse_temperature = tf.constant(1.0 / float(temperature), tf.float32)
@@ -498,23 +721,53 @@ class CascadeServingModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id")])
     def serve(user_id):
-      return self._rerank(user_id, self.retrieval.serve(user_id), {})
+      return self._rerank(user_id, self.retrieval.serve(user_id), {},
+                          self._stored_history(user_id))
 
     @tf.function(input_signature=[recommend_spec])
     def recommend(inputs):
       given = {c: inputs[c] for c in self.user_columns}
-      return self._rerank(inputs["user_id"], self.retrieval.recommend(inputs), given)
+      return self._rerank(inputs["user_id"], self.retrieval.recommend(inputs), given,
+                          inputs.get("history"))
 
     self.serve, self.recommend = serve, recommend
 
-  def _rerank(self, user_id, stage_one, given):
-    ids, scores, fallback = stage_one["item_ids"], stage_one["scores"], stage_one["fallback"]
+  def _stored_history(self, user_id):
+    """[B, H] stored history of known users ("" for unknown ones), as the retrieval reads it."""
+    if "history" not in self.retrieval.stored:
+      return None
+    rows = self.retrieval.user_table.lookup(user_id)
+    history = tf.gather(self.retrieval.stored["history"], tf.maximum(rows, 0))
+    return tf.where((rows >= 0)[:, tf.newaxis], history, tf.fill(tf.shape(history), ""))
+
+  def _logits(self, users, ids, given, history):
+    """[B, C] re-ranker logits of the candidates `ids` [B, C] (as `HardNegativeDCN` predicts)."""
     batch, c = tf.shape(ids)[0], tf.shape(ids)[1]
-    users = tf.reshape(tf.tile(user_id[:, tf.newaxis], [1, c]), [-1])
-    raw = self.ranker.features_from_ids(users, tf.reshape(ids, [-1]))
+    flat_users = tf.reshape(tf.tile(users[:, tf.newaxis], [1, c]), [-1])
+    flat_ids = tf.reshape(ids, [-1])
+    raw = self.ranker.features_from_ids(flat_users, flat_ids)
     for column, values in given.items():
       raw[column] = tf.reshape(tf.tile(values[:, tf.newaxis], [1, c]), [-1])
-    logits = tf.reshape(self.ranker._predict(raw)["logit"], [batch, c])  # pylint: disable=protected-access
+    if self.history_features is None:
+      return tf.reshape(self.ranker._predict(raw)["logit"], [batch, c])  # pylint: disable=protected-access
+    if history is None:
+      history = tf.fill([batch, 1], "")
+    table = self.retrieval.item_table  # catalogue id -> catalogue row (-1: unknown)
+    rows = tf.repeat(table.lookup(history), c, axis=0)  # [B * C, H]
+    encoded = self.ranker.encoder(raw)
+    encoded["dense"] = self.history_features(rows, table.lookup(flat_ids))
+    out = self.ranker.ranker(encoded)
+    # As `DCNServingModule._predict`: ids the network never trained on get the fallback.
+    user, item = encoded["user_id"], encoded["item_id"]
+    unknown = (user < 2) | (item < 2)
+    base = (self.ranker.fallback_offset + tf.gather(self.ranker.fallback_user, user)
+            + tf.gather(self.ranker.fallback_item, item))
+    return tf.reshape(tf.where(unknown, base, out), [batch, c])
+
+  def _rerank(self, user_id, stage_one, given, history=None):
+    ids, scores, fallback = stage_one["item_ids"], stage_one["scores"], stage_one["fallback"]
+    logits = self._logits(user_id, ids, given, history)
+    c = tf.shape(ids)[1]
     final = logits + self.weight * scores
     # Users the re-ranker never trained on (new ids served from their history,
     # "") keep the retrieval order, as in `CascadeFamily._final`.

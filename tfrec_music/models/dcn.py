@@ -365,13 +365,20 @@ class DCNRanker(tf.keras.Model):
     return x
 
   def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    """Encoded features (ints [B], `numeric` [B, F]) -> [B] outputs."""
+    """Encoded features (ints [B], `numeric` [B, F]) -> [B] outputs.
+
+    An optional `dense` [B, P] input (numbers the caller computed per row,
+    e.g. the cascade's history features) joins x0 beside the numeric ones;
+    the plain DCN never passes it.
+    """
     parts = [self.embeddings[c](features[c]) for c in self.feature_names]
     if training and self.l2 > 0:
       self.add_loss(self.l2 * tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts])
                     / tf.cast(tf.shape(parts[0])[0], tf.float32))
     if self.n_numeric:
       parts.append(features["numeric"])
+    if "dense" in features:
+      parts.append(tf.cast(features["dense"], tf.float32))
     x0 = tf.concat(parts, axis=1)
     x = x0
     for layer in self.cross:
