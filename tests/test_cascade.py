@@ -1,9 +1,11 @@
-"""Retrieve then rank: config checks, hard negatives, evaluation beside retrieval, export round trip."""
+"""Retrieve then rank: config checks, history pair features, hard negatives, evaluation beside
+retrieval, export round trip."""
 
 import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import tfrec_music  # noqa: F401
@@ -13,6 +15,8 @@ from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeConfig
 from tfrec_music.models.cascade import CascadeFamily
+from tfrec_music.models.cascade import HistoryFeatures
+from tfrec_music.models.cascade import causal_rows
 from tfrec_music.models.family import EvalContext
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -39,10 +43,48 @@ def trained(catalog, tmp_path_factory):
     ({"blend_weights": (0.5, -1.0)}, "`blend_weights`"),
     ({"candidates": 0}, "`candidates`"),
     ({"recent_positives": -1}, "`recent_positives`"),
+    ({"history_features": ("artist", "tempo")}, "`history_features`"),
 ])
 def test_config_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):
     CascadeConfig(**overrides)
+
+
+def test_history_features_golden_numbers():
+  items = pd.DataFrame({"item_id": ["t0", "t1", "t2", "t3"],
+                        "artist": ["a", "a", "b", "b"],
+                        "album": ["x", "y", "z", ""],
+                        "genre": ["rock", "rock", "rock", "jazz"]})
+  counts = np.array([3.0, 0.0, 7.0, 1.0])
+  features = HistoryFeatures(items, counts, ("artist", "album", "genre", "popularity"), length=4)
+  assert features.names == ("artist_share", "album_share", "genre_share", "history_fill",
+                            "popularity")
+  history = np.array([[-1, 0, 1, 2],    # 3 tracks: artists a a b, albums x y z, all rock
+                      [-1, -1, -1, -1],  # no history
+                      [-1, -1, 3, 3]])   # t3 twice: artist b, album missing, jazz
+  candidates = np.array([1, 0, 3])
+  own = np.array([True, False, False])
+  got = features.numpy(history, candidates, own)["dense"]
+  scale = 1.0 / np.log1p(7.0)  # the most played track: 7 plays
+  want = [
+      # t1 (artist a: t0, t1 of 3; album y: t1 of 3; rock: 3 of 3); 3 of 4 slots;
+      # own play: max(0 - 1, 0) = 0 other plays.
+      [2 / 3, 1 / 3, 3 / 3, 3 / 4, 0.0],
+      # Empty history: shares 0 (no division by zero); t0 has 3 plays by others.
+      [0.0, 0.0, 0.0, 0.0, np.log1p(3.0) * scale],
+      # t3 against t3 t3: artist 2/2; its album is missing, which never matches; jazz 2/2.
+      [1.0, 0.0, 1.0, 2 / 4, np.log1p(1.0) * scale]]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # Unknown candidates (-1) match nothing and have no plays.
+  np.testing.assert_allclose(features.numpy(history[:1], np.array([-1]))["dense"],
+                             [[0.0, 0.0, 0.0, 3 / 4, 0.0]], atol=1e-7)
+
+
+def test_causal_rows_hold_the_tracks_strictly_before_each_row():
+  frame = pd.DataFrame({"user_id": ["u", "u", "u", "v", "v"]})
+  rows = causal_rows(frame, np.array([5, 6, 7, 8, 9]), length=2)
+  # u: [], [5], [5, 6]; v starts afresh: [], [8]. Padding -1 in front.
+  assert rows.tolist() == [[-1, -1], [-1, 5], [5, 6], [-1, -1], [-1, 8]]
 
 
 def test_presets_follow_the_retrieval_preset():
@@ -89,6 +131,36 @@ def test_hard_negatives_come_from_retrieved_tracks_the_user_never_had(trained):
   pools = encoded_item[family._training_candidates()(np.array([by_user[u] for u in users]))]  # pylint: disable=protected-access
   assert (pools == items[:, None]).any(axis=1).mean() < 0.5
   assert not any((u, i) in seen for u, i in zip(users, items))
+
+
+def test_training_rows_carry_the_history_before_the_positive(trained):
+  """A positive's history is what its user played before it (never itself), its
+  negatives share it, and its own play is left out of its popularity."""
+  family, _, _ = trained
+  ranker = family.ranker
+  features = ranker.history_features
+  assert features is not None and ranker.config.labels == "implicit"
+  train = family.prepared.train
+  rows = ranker.training_features(0)
+  positives = int(rows["label"].sum())
+  recent = train.groupby("user_id", sort=False).tail(family.config.recent_positives)
+  assert positives == len(recent)
+  item = family.prepared.item_index(recent["item_id"])
+  history = causal_rows(train, family.prepared.item_index(train["item_id"]),
+                        features.length)[recent.index.to_numpy()]
+  assert not (history == item[:, None]).any()
+  # The pooled history ids are the re-ranker's lookup indices of exactly those tracks.
+  encoded = np.append(ranker.encoded_items["item_id"], 0)
+  np.testing.assert_array_equal(rows["history_item_id"][:positives], encoded[history])
+  want = features.numpy(history, item, np.ones(len(item), bool))["dense"]
+  np.testing.assert_allclose(rows["dense"][:positives], want, rtol=1e-6)
+  pop = features.names.index("popularity")
+  counts = family.prepared.item_train_counts[item]
+  scale = 1.0 / np.log1p(family.prepared.item_train_counts.max())
+  np.testing.assert_allclose(want[:, pop], np.log1p(counts - 1.0) * scale, rtol=1e-5)
+  # Each negative shares its positive's history: the shares are computed against it.
+  negatives = rows["dense"][positives:]
+  assert len(negatives) > 0 and (negatives[:, features.names.index("history_fill")] > 0).any()
 
 
 def test_cascade_reorders_only_the_retrieved_candidates(trained):
@@ -172,6 +244,31 @@ def test_served_top_k_is_the_python_cascade_on_the_served_candidates(trained):
   retrieval = (query @ family.retrieval.item_embeddings()[index].T)[0]
   want = family._final(logits, retrieval, family.blend)  # pylint: disable=protected-access
   np.testing.assert_allclose(served["scores"].numpy()[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_served_reranking_reads_the_request_history(trained):
+  """`recommend` computes the history features in the graph from the history it is sent:
+  the same user and candidates with another history get other re-ranker scores."""
+  family, export, _ = trained
+  module = tf.saved_model.load(export)
+  user = str(family.prepared.test["user_id"].iloc[0])
+  raw = family.retrieval.raw_query_features([user], "test")
+  history = raw["history"].astype(str)
+  inputs = {"user_id": tf.constant([user, user]),
+            "history": tf.constant(np.concatenate([history, history])),
+            "exclude": tf.constant(np.concatenate([history, history]))}
+  for column in family.retrieval.user_features:
+    inputs[column] = tf.constant(np.repeat(raw[column].astype(str), 2))
+  same = module.signatures["recommend"](**inputs)
+  np.testing.assert_array_equal(same["item_ids"].numpy()[0], same["item_ids"].numpy()[1])
+  # Python: the re-ranker logits of these candidates with the user's history, then with
+  # the history of another user: they differ, so the history is really read.
+  index = family.prepared.item_index(same["item_ids"].numpy().astype(str)[0])[None, :]
+  own = family._candidate_logits(np.array([user]), index, "test")  # pylint: disable=protected-access
+  features = family.ranker.pair_features(np.repeat([user], index.shape[1]), index[0])
+  other = family.history_rows([str(family.prepared.test["user_id"].iloc[1])], "test")
+  family.ranker.with_history(features, np.repeat(other, index.shape[1], axis=0), index[0])
+  assert not np.allclose(own[0], family.ranker.predict_encoded(features))
 
 
 @pytest.mark.slow

@@ -13,19 +13,47 @@ drift); each positive's negatives are `hard_negatives` tracks drawn from the
 retrieval model's own top candidates for that user (tracks the user did
 not play: the mistakes the re-ranker must fix) and
 `random_negatives` uniform tracks (so it still knows the rest of the
-catalogue). The final score of a candidate is
+catalogue).
+
+History-aware pair features: a user id embedding learnt from ~20 positives
+knows a user's taste poorly, while the query tower reads the recent
+history. So the re-ranker reads the same history (the retrieval's last
+`history_length` tracks) for every (user, candidate) pair:
+
+- `history_features` (`HistoryFeatures`, the classic music re-ranking
+  features): the share of the history's tracks by the candidate's artist,
+  on its album, in its genre, parent genre and mood; how full the history
+  is; the candidate's log popularity among other listeners;
+- `history_pooling` (`HistoryDCNRanker`): the mean of the network's own
+  embeddings of the history's track ids, artists and genres joins x0, so the
+  cross layers learn candidate x history interactions.
+
+They are computed causally: a training positive's history is the tracks
+its user played strictly before it (never the positive itself), and its
+negatives share that history; a positive's own play is left out of its
+popularity, so it is measured like a held-out track's. Validation uses the
+last training tracks, test the last training + validation tracks, as the
+retrieval does. No retrieval output is a feature (the two-tower model saw
+the training positives, so their scores and embedding similarities are
+inflated against held-out tracks'). One TensorFlow implementation computes
+them in training, evaluation and the export.
+
+The final score of a candidate is
 
   dcn_logit + blend * retrieval_score / temperature
 
 where the retrieval term keeps what the two-tower model knows that the
-ranker does not (the user's recent history); `blend` is chosen from
-`blend_weights` by validation HR@10 (never the test split).
+ranker does not; `blend` is chosen from `blend_weights` by validation
+HR@10 (never the test split).
 
 Export (`saved_models/two_tower_dcn/<version>/`), one SavedModel:
 `serving_default(user_id)` (stored history of known users; unknown users get
 the popularity fallback) and `recommend(user_id, history, <user features>,
 exclude)` (all raw) -> `item_ids` [B, top_k], `scores` [B, top_k],
-`fallback` [B]. Serving fallbacks: an unknown (or empty) user id with no
+`fallback` [B]. The history features are computed inside the graph: history
+ids -> catalogue rows -> artist / album / genre codes, pooled lookup indices
+and play counts stored in the model (the stored history for
+`serving_default`, the request's `history` for `recommend`). Serving fallbacks: an unknown (or empty) user id with no
 catalogue track in its history gets the popularity top-k in popularity
 order (`fallback` true); a user id the re-ranker never trained on but with
 a history (`recommend`) gets the retrieval order of its candidates; an
@@ -56,6 +84,9 @@ from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
+from tfrec_music.models.dcn import DCNModel
+from tfrec_music.models.dcn import DCNRanker
+from tfrec_music.models.dcn import optimizer
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare.prepared import PreparedData
@@ -113,6 +144,25 @@ class HistoryFeatures(tf.Module):
     self.pop_scale = tf.constant(float(1.0 / np.log1p(max(counts.max(), 1.0))), tf.float32)
     self.names = (tuple(f"{c}_share" for c in self.columns) + ("history_fill",)
                   + (("popularity",) if self.popularity else ()))
+    self.pooled: Dict[str, tf.Tensor] = {}
+
+  def pool(self, encoded_items: Dict[str, np.ndarray], columns: Sequence[str]) -> None:
+    """Also hand the network the history's own lookup indices of `columns`.
+
+    Args:
+      encoded_items: Column -> [n_items] the re-ranker's lookup index of each
+        catalogue track's value (its `encoded_items`).
+      columns: Columns whose history embeddings the network pools
+        (`history_<column>` [N, H] inputs; padding is index 0, "missing").
+    """
+    self.pooled = {c: tf.constant(np.append(np.asarray(encoded_items[c], np.int64), 0))
+                   for c in columns if c in encoded_items}
+
+  def history_indices(self, history: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """`history_<column>` [N, H] lookup indices of the history's tracks (0: padding)."""
+    history = tf.cast(history, tf.int64)
+    rows = tf.where(history >= 0, history, tf.constant(self.n_items, tf.int64))
+    return {f"history_{c}": tf.gather(codes, rows) for c, codes in self.pooled.items()}
 
   @property
   def size(self) -> int:
@@ -151,14 +201,27 @@ class HistoryFeatures(tf.Module):
     return tf.stack(out, axis=1)
 
   def numpy(self, history: np.ndarray, candidates: np.ndarray,
-            own: Optional[np.ndarray] = None, chunk: int = 65_536) -> np.ndarray:
-    """`__call__` over numpy arrays in chunks of rows: [N, P] float32."""
+            own: Optional[np.ndarray] = None, chunk: int = 65_536) -> Dict[str, np.ndarray]:
+    """The network's history inputs of numpy rows, in chunks: `dense` [N, P] float32 and
+    the `history_<column>` [N, H] indices of `history_indices`."""
     n = len(candidates)
     if own is None:
       own = np.zeros(n, bool)
-    parts = [self(tf.constant(history[s:s + chunk]), tf.constant(candidates[s:s + chunk]),
-                  tf.constant(own[s:s + chunk])).numpy() for s in range(0, n, chunk)]
-    return np.concatenate(parts) if parts else np.zeros((0, self.size), np.float32)
+    parts: Dict[str, list] = {}
+    for s in range(0, n, chunk):
+      rows = tf.constant(history[s:s + chunk])
+      out = {"dense": self(rows, tf.constant(candidates[s:s + chunk]),
+                           tf.constant(own[s:s + chunk]))}
+      out.update(self.history_indices(rows))
+      for key, value in out.items():
+        value = value.numpy()
+        # int32 indices: half the memory of the fresh rows drawn every epoch.
+        parts.setdefault(key, []).append(value.astype(np.int32) if key != "dense" else value)
+    if not parts:
+      return {"dense": np.zeros((0, self.size), np.float32),
+              **{f"history_{c}": np.zeros((0, history.shape[1]), np.int32)
+                 for c in self.pooled}}
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def causal_rows(frame: pd.DataFrame, item_index: np.ndarray, length: int) -> np.ndarray:
@@ -203,6 +266,8 @@ class CascadeConfig:
     learning_rate: DCN Adam learning rate.
     batch_size: DCN batch size.
     epochs: DCN maximum epochs (early stopping on validation log loss).
+    l2: DCN L2 weight on the embeddings of each batch.
+    dropout: DCN dropout rate of the deep layers.
     recent_positives: Train the re-ranker on each user's last N training
       interactions only (tastes drift; 0 = all of them). 20 was chosen on the
       default preset by validation HR@10 (0.2463 vs 0.2400 with all).
@@ -210,6 +275,10 @@ class CascadeConfig:
       re-ranker reads (see `HistoryFeatures`): any of `HISTORY_FEATURES`
       (columns the catalogue lacks are skipped); empty = none (the re-ranker
       then sees user and track features only).
+    history_pooling: Columns whose embeddings of the history's tracks the
+      re-ranker mean-pools into its input (`HistoryDCNRanker`); empty = none.
+    user_id_embedding: With history pooling, whether the re-ranker also
+      embeds the user id (off: a user is their history and country).
     retrieval_preset: Two-tower preset (set from `--preset`).
     retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
     seed: Seed of both models and the negative sampling.
@@ -227,8 +296,12 @@ class CascadeConfig:
   learning_rate: float = 0.002
   batch_size: int = 1024
   epochs: int = 6
+  l2: float = 1e-5
+  dropout: float = 0.0
   recent_positives: int = 20
   history_features: Tuple[str, ...] = HISTORY_FEATURES
+  history_pooling: Tuple[str, ...] = ("item_id", "artist", "genre")
+  user_id_embedding: bool = True
   retrieval_preset: str = "default"
   retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
   seed: int = 0
@@ -262,6 +335,9 @@ class CascadeConfig:
       raise ValueError(f"`history_features` should be among {HISTORY_FEATURES}. "
                        f"Received: {unknown!r}.")
     object.__setattr__(self, "history_features", features)
+    pooling = ((self.history_pooling,) if isinstance(self.history_pooling, str)
+               else tuple(self.history_pooling))
+    object.__setattr__(self, "history_pooling", pooling)
     overrides = self.retrieval_overrides
     if isinstance(overrides, dict):
       overrides = tuple(sorted(overrides.items()))
@@ -274,9 +350,49 @@ class CascadeConfig:
     return DCNConfig(labels="implicit", embedding_dim=self.embedding_dim,
                      cross_layers=self.cross_layers, projection_dim=self.projection_dim,
                      deep_layers=self.deep_layers, learning_rate=self.learning_rate,
-                     batch_size=self.batch_size, epochs=self.epochs,
+                     batch_size=self.batch_size, epochs=self.epochs, l2=self.l2,
+                     dropout=self.dropout,
                      negatives=max(1, self.hard_negatives + self.random_negatives),
                      seed=self.seed)
+
+
+class HistoryDCNRanker(DCNRanker):
+  """The DCN with the user's history inside: mean-pooled history embeddings join x0.
+
+  Beside the user's and the candidate's embeddings, x0 holds the mean of the
+  network's own embeddings of the history's tracks (their ids, artists,
+  genres: `history_<column>` [B, H] lookup indices, 0 for padding); the
+  cross layers then multiply them with the candidate's (a learned
+  candidate x history interaction), as the two-tower query tower pools its
+  history, but crossed with every other feature.
+
+  Args:
+    pooled: Columns whose history embeddings are pooled.
+    (others as `DCNRanker`)
+  """
+
+  def __init__(self, vocab_sizes: Dict[str, int], n_numeric: int, config: DCNConfig,
+               output_bias: float = 0.0, pooled: Sequence[str] = (), user_id: bool = True,
+               **kwargs):
+    super().__init__(vocab_sizes, n_numeric, config, output_bias, **kwargs)
+    self.pooled = tuple(pooled)
+    self.use_user_id = user_id
+
+  def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """Encoded features plus `history_<column>` [B, H] -> [B] logits."""
+    features = dict(features)
+    if not self.use_user_id:
+      # Every user reads one (missing-value) row: the user is their history.
+      features["user_id"] = tf.zeros_like(features["user_id"])
+    parts = [features.pop("dense")] if "dense" in features else []
+    for column in self.pooled:
+      index = features.pop(f"history_{column}")
+      mask = tf.cast(index > 1, tf.float32)[:, :, tf.newaxis]  # "" and OOV pool as nothing
+      total = tf.reduce_sum(self.embeddings[column](index) * mask, axis=1)
+      parts.append(total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
+    if parts:
+      features["dense"] = tf.concat([tf.cast(p, tf.float32) for p in parts], axis=1)
+    return super().call(features, training=training)
 
 
 class HardNegativeDCN(DCNFamily):
@@ -299,16 +415,29 @@ class HardNegativeDCN(DCNFamily):
       history is the `length` tracks its user played strictly before it, and
       its negatives share that history; a validation row's is the user's
       last `length` training tracks (as the retrieval sees them).
+    pooled: Columns whose embeddings (the network's own) of the history's
+      tracks the network mean-pools into x0 (`HistoryDCNRanker`); needs
+      `history_features`.
   """
 
   def __init__(self, config: DCNConfig, prepared: PreparedData,
                candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int,
-               recent: int = 0, history_features: Optional[HistoryFeatures] = None):
+               recent: int = 0, history_features: Optional[HistoryFeatures] = None,
+               pooled: Sequence[str] = (), user_id: bool = True):
     super().__init__(config, prepared)
     self.candidates_of = candidates_of
     self.hard, self.uniform, self.recent = hard, uniform, recent
-    # The network reads the pair features as its `dense` input (beside the embeddings).
+    # The network reads the pair features as its `dense` input (beside the
+    # embeddings) and pools the embeddings of the history's tracks.
     self.history_features = history_features
+    if history_features is not None and pooled:
+      history_features.pool(self.encoded_items, pooled)
+      tf.keras.utils.set_random_seed(config.seed)
+      self.ranker = HistoryDCNRanker(self.encoder.vocab_sizes(), len(self.spec.numeric), config,
+                                     pooled=tuple(history_features.pooled), user_id=user_id,
+                                     name="dcn_ranker")
+      self.model = DCNModel(self.ranker, config.labels)
+      self.model.compile(optimizer=optimizer(config))
 
   fit_name = "two_tower_dcn_ranker"
 
@@ -350,7 +479,7 @@ class HardNegativeDCN(DCNFamily):
                    ) -> Dict[str, np.ndarray]:
     """`features` plus the `dense` pair features of (history [N, H], candidate [N]) rows."""
     if self.history_features is not None:
-      features["dense"] = self.history_features.numpy(history, candidates, own)
+      features.update(self.history_features.numpy(history, candidates, own))
     return features
 
   def _pair_codes(self, user_ids, item_index: np.ndarray) -> np.ndarray:
@@ -516,7 +645,8 @@ class CascadeFamily(ModelFamily):
     self.ranker = HardNegativeDCN(config.ranker_config(), self.prepared,
                                   self._training_candidates(), config.hard_negatives,
                                   config.random_negatives, config.recent_positives,
-                                  self.history_features())
+                                  self.history_features(), config.history_pooling,
+                                  config.user_id_embedding)
     self._share_checkpointing(self.ranker, "ranker")
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
     for folder in (io.join(backup, "two_tower_dcn_retrieval"), backup):
@@ -570,7 +700,8 @@ class CascadeFamily(ModelFamily):
     features = HistoryFeatures(self.prepared.items, self.prepared.item_train_counts,
                                self.config.history_features,
                                self.retrieval.config.history_length)
-    return features if self.config.history_features else None
+    return (features if self.config.history_features or self.config.history_pooling
+            else None)
 
   def history_rows(self, user_ids: Sequence[str], split: str) -> np.ndarray:
     """[B, H] catalogue rows of each user's history before `split` (-1: padding)."""
@@ -756,6 +887,7 @@ class CascadeServingModule(tf.Module):
     rows = tf.repeat(table.lookup(history), c, axis=0)  # [B * C, H]
     encoded = self.ranker.encoder(raw)
     encoded["dense"] = self.history_features(rows, table.lookup(flat_ids))
+    encoded.update(self.history_features.history_indices(rows))
     out = self.ranker.ranker(encoded)
     # As `DCNServingModule._predict`: ids the network never trained on get the fallback.
     user, item = encoded["user_id"], encoded["item_id"]
