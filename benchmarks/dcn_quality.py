@@ -8,14 +8,17 @@ with `--data-seed`):
   `ratio/dcn_vs_biased` < 0.97 is the issue's "at least 3% lower".
 - `cascade` (with `--cascade`): the two_tower_dcn cascade's test HR@10 beside
   the two-tower retrieval alone on the same users; `ratio/cascade_vs_retrieval`
-  >= 1.05 is the issue's "at least 5% above".
+  >= 1.05 is the issue's "at least 5% above". Also the validation HR@10 of
+  each blend weight (the blend is chosen on it) and the validation ratio.
+  `--cascade-set k=v` overrides the cascade's config (e.g.
+  `history_features=[]` for the re-ranker without history features).
 
   python -m benchmarks.dcn_quality --seeds 0 1 2 [--preset default] [--cascade] [--set k=v]
 """
 
 import argparse
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
@@ -47,11 +50,13 @@ def dcn_row(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Di
   return row
 
 
-def cascade_row(catalog, preset: str, seed: int) -> Dict[str, float]:
+def cascade_row(catalog, preset: str, seed: int,
+                overrides: Optional[Dict[str, object]] = None) -> Dict[str, float]:
   """Test HR@10 of the cascade and of retrieval alone (same users) for one seed."""
   prepared = prepare(catalog.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
                                                       "seed": seed}))
-  family = CascadeFamily(CascadeFamily.make_config(preset, {"seed": seed}), prepared)
+  family = CascadeFamily(CascadeFamily.make_config(preset, {**(overrides or {}), "seed": seed}),
+                         prepared)
   start = time.perf_counter()
   family.fit(f"/tmp/dcn_quality/cascade-{seed}")
   row = {"cascade/fit_seconds": time.perf_counter() - start, "cascade/blend": family.blend}
@@ -62,6 +67,11 @@ def cascade_row(catalog, preset: str, seed: int) -> Dict[str, float]:
         row[f"{name}/{key}"] = metrics[name][key]
   row["ratio/cascade_vs_retrieval"] = (row["model/test/all/hr@10"]
                                        / max(row["two_tower/test/all/hr@10"], 1e-12))
+  # The validation figures the blend was chosen on (the cascade's is its chosen blend's).
+  row["ratio/valid_cascade_vs_retrieval"] = (row["model/valid/all/hr@10"]
+                                             / max(row["two_tower/valid/all/hr@10"], 1e-12))
+  for weight, hr in family.fit_summary.get("valid_hr@10_by_blend", {}).items():
+    row[f"cascade/valid_hr@10_blend_{weight}"] = hr
   return row
 
 
@@ -75,6 +85,8 @@ def main() -> None:
   parser.add_argument("--no-dcn", action="store_true", help="Skip the rating DCN.")
   parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                       help="DCN config override (rating DCN only).")
+  parser.add_argument("--cascade-set", action="append", default=[], metavar="NAME=VALUE",
+                      help="Cascade config override.")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
@@ -83,7 +95,7 @@ def main() -> None:
   for seed in args.seeds:
     row = {} if args.no_dcn else dcn_row(catalog, args.preset, seed, overrides)
     if args.cascade:
-      row.update(cascade_row(catalog, args.preset, seed))
+      row.update(cascade_row(catalog, args.preset, seed, parse_sets(args.cascade_set)))
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
   print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",

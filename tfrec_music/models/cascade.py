@@ -254,6 +254,8 @@ class CascadeConfig:
     top_k: Tracks served after re-ranking.
     hard_negatives: Negatives per positive drawn from the user's top
       `candidates` retrieved tracks (excluding the user's training tracks).
+      12 (with 4 uniform) was chosen on the default preset, seed 0, by
+      validation HR@10 with the history features: 0.2486 vs 0.2469 with 4 + 4.
     random_negatives: Uniform negatives per positive.
     blend_weights: Candidate weights of the retrieval score in the final
       score; the one with the best validation HR@10 is used. (A grid up to
@@ -286,7 +288,7 @@ class CascadeConfig:
 
   candidates: int = 100
   top_k: int = 10
-  hard_negatives: int = 4
+  hard_negatives: int = 12
   random_negatives: int = 4
   blend_weights: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
   embedding_dim: int = 16
