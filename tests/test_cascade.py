@@ -15,8 +15,8 @@ from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeConfig
 from tfrec_music.models.cascade import CascadeFamily
-from tfrec_music.models.cascade import HistoryFeatures
-from tfrec_music.models.cascade import causal_rows
+from tfrec_music.models.rerank_features import HistoryFeatures
+from tfrec_music.models.rerank_features import causal_rows
 from tfrec_music.models.family import EvalContext
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
