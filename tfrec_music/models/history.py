@@ -26,17 +26,30 @@ def causal_history(frame: pd.DataFrame, vocabulary: List[str], length: int) -> n
     int64 array aligned with `frame` rows.
   """
   items = lookup_indices(frame["item_id"], vocabulary)
-  users = frame["user_id"].to_numpy()
-  n = len(frame)
+  return causal_window(frame["user_id"].to_numpy(), items, length, pad=0)
+
+
+def causal_window(users: np.ndarray, values: np.ndarray, length: int, pad: int) -> np.ndarray:
+  """[N, length] the `values` of each row's user's previous rows (most recent last).
+
+  Args:
+    users: [N] user of each row; rows sorted by user, then time.
+    values: [N] int value of each row (a lookup index, a catalogue row).
+    length: Previous rows kept.
+    pad: Value of the slots before a user's first row.
+
+  Returns:
+    int64 array aligned with the rows; a row's own value is never in it.
+  """
+  n = len(users)
   block_start = np.ones(n, dtype=bool)
   block_start[1:] = users[1:] != users[:-1]
   first = np.flatnonzero(block_start)
   position = np.arange(n) - first[np.cumsum(block_start) - 1]
-  history = np.zeros((n, length), dtype=np.int64)
+  history = np.full((n, length), pad, dtype=np.int64)
   for offset in range(1, length + 1):
-    valid = position >= offset
-    rows = np.flatnonzero(valid)
-    history[rows, length - offset] = items[rows - offset]
+    rows = np.flatnonzero(position >= offset)
+    history[rows, length - offset] = values[rows - offset]
   return history
 
 

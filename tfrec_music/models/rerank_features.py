@@ -19,6 +19,7 @@ import pandas as pd
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music.models import history as history_lib
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNRanker
 
@@ -163,17 +164,8 @@ def causal_rows(frame: pd.DataFrame, item_index: np.ndarray, length: int) -> np.
     item_index: [N] catalogue rows of `frame`'s tracks.
     length: Tracks kept (most recent last; padded with -1 at the front).
   """
-  users = frame["user_id"].to_numpy()
-  n = len(frame)
-  start = np.ones(n, dtype=bool)
-  start[1:] = users[1:] != users[:-1]
-  first = np.flatnonzero(start)
-  position = np.arange(n) - first[np.cumsum(start) - 1]
-  out = np.full((n, length), -1, dtype=np.int64)
-  for offset in range(1, length + 1):
-    rows = np.flatnonzero(position >= offset)
-    out[rows, length - offset] = item_index[rows - offset]
-  return out
+  return history_lib.causal_window(frame["user_id"].to_numpy(), np.asarray(item_index),
+                                   length, pad=-1)
 
 
 class HistoryDCNRanker(DCNRanker):
