@@ -410,3 +410,16 @@ def test_tfds_error_names_the_example_and_the_feature():
   # The feature's own name, with the canonical column it is read as.
   assert error.column == "user_rating" and "read as `rating`" in str(error)
   assert "example 2" in str(error)
+
+
+def test_lastfm_misspelt_optional_column_is_reported_not_silently_lost(tmp_path):
+  folder = _copy(LASTFM, tmp_path)
+  users = (folder / "users.csv").read_text()
+  (folder / "users.csv").write_text(users.replace("loved_tracks", "loved_trakcs", 1))
+  clean_report, report = DataReport(), DataReport()
+  clean = load_lastfm_loved(LASTFM, report=clean_report)
+  tables = load_lastfm_loved(str(folder), report=report)
+  # The loved-only pairs are gone, and the report says which column was not read.
+  assert len(tables.interactions) == len(clean.interactions) - 2
+  assert report.get("load", "ignored_columns")["users.csv"] == ["realname", "loved_trakcs"]
+  assert clean_report.get("load", "ignored_columns") == {"users.csv": ["realname"]}

@@ -13,6 +13,7 @@ Literals are parsed with `ast.literal_eval` only: a cell is data, never code.
 """
 
 import ast
+import logging
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -38,6 +39,23 @@ def _require(frame: pd.DataFrame, path: str, names: List[str]) -> None:
           f"(columns present: {present}).", file=path, column=name,
           fix=(f"this loader reads {', '.join(FILES)} as written by the Last.fm "
                "export; for other layouts use `--data csv` with `--columns`."))
+
+
+# Columns each file's reader uses; any other column is listed in the data
+# report (`ignored_columns`) so a misspelt optional column is not lost silently.
+READ_COLUMNS = {"users.csv": ("name", "country", "loved_tracks"),
+                "items.csv": ("trackName", "artistName", "tags"),
+                "interactions.csv": ("username", "track_name", "date_time")}
+
+
+def _note_ignored(frame: pd.DataFrame, name: str, report: DataReport) -> None:
+  """Records (and logs) the columns of `name` that this loader does not read."""
+  ignored = [str(c) for c in frame.columns if c != ROW_COLUMN and c not in READ_COLUMNS[name]]
+  if ignored:
+    logging.info("lastfm-loved: %s columns not read: %s (read: %s)", name, ignored,
+                 list(READ_COLUMNS[name]))
+    report.record("load", ignored_columns={**report.get("load", "ignored_columns", {}),
+                                           name: ignored})
 
 
 def _is_missing(value) -> bool:
@@ -183,6 +201,7 @@ def load_lastfm_loved(data_dir: str, unknown_items: str = "error",
   if "users.csv" in names:
     path = paths["users.csv"]
     raw = canonical.read_csv_file(path)
+    _note_ignored(raw, "users.csv", report)
     _require(raw, path, ["name"])
     users = pd.DataFrame({"user_id": raw["name"], "username": raw["name"]})
     if "country" in raw.columns:
@@ -198,6 +217,7 @@ def load_lastfm_loved(data_dir: str, unknown_items: str = "error",
   if "items.csv" in names:
     path = paths["items.csv"]
     raw = canonical.read_csv_file(path)
+    _note_ignored(raw, "items.csv", report)
     _require(raw, path, ["trackName"])
     track = raw["trackName"].fillna("").astype(str).str.strip()
     keep = ~track.duplicated().to_numpy()
@@ -216,6 +236,7 @@ def load_lastfm_loved(data_dir: str, unknown_items: str = "error",
   if "interactions.csv" in names:
     path = paths["interactions.csv"]
     raw = canonical.read_csv_file(path)
+    _note_ignored(raw, "interactions.csv", report)
     _require(raw, path, ["username", "track_name"])
     interactions = pd.DataFrame({"user_id": raw["username"], "item_id": raw["track_name"]})
     if "date_time" in raw.columns:
