@@ -288,6 +288,10 @@ def _quality_section(figures: Dict[str, Any]) -> List[str]:
               for name, label in (("oracle", "oracle"), ("popularity", "popularity"),
                                   ("two_tower", "two-tower retrieval alone"),
                                   ("model", "cascade: two-tower top-100 re-ranked by DCN"))]
+      if _seed_stat(dq, "ratio/cascade_vs_retrieval"):
+        rows.append(["cascade / retrieval alone (same users; target >= 1.05)",
+                     _seed_stat(dq, "ratio/cascade_vs_retrieval"),
+                     _seed_stat(dq, "ratio/valid_cascade_vs_retrieval")])
       lines += ["", f"Retrieve then rank ({len(dq)} seeds, `dcn_quality --cascade`; the "
                 "cascade's own split):", ""] + _table(["model", "test HR@10", "valid HR@10"],
                                                       rows)
