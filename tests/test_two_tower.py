@@ -129,7 +129,7 @@ def test_bad_input_messages(toy_tables):
     TwoTowerFamily.make_config("tiny", {"embeding_dim": 8})
   with pytest.raises(ValueError, match="`features` should be 'all' or 'ids'"):
     TwoTowerConfig(features="some")
-  with pytest.raises(ValueError, match="`temperature` should be positive"):
+  with pytest.raises(ValueError, match="`temperature` should be a positive number"):
     TwoTowerConfig(temperature=0)
 
 

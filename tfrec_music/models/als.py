@@ -77,6 +77,8 @@ from tfrec_music.models.als_solver import FEEDBACKS
 from tfrec_music.models.als_solver import SOLVERS
 from tfrec_music.models.als_solver import WEIGHT_TRANSFORMS
 from tfrec_music.models.als_solver import fold_in
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.family import RETRIEVAL_TABLE_KEYS
 from tfrec_music.models.popularity import PopularityModel
@@ -170,17 +172,9 @@ class ALSConfig:
     object.__setattr__(self, "regs", tuple(float(r) for r in regs))
     if self.epochs is not None:
       object.__setattr__(self, "iterations", self.epochs)
-    for name in ("iterations", "cg_steps", "top_k"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    for name in ("cv_folds", "cv_iterations", "top_n", "serving_history"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"`{name}` should be a non-negative integer. "
-                         f"Received: `{name}` = {value!r}.")
-    if not self.alpha >= 0:
-      raise ValueError(f"`alpha` should be non-negative. Received: `alpha` = {self.alpha!r}.")
+    check_ints(self, ("iterations", "cg_steps", "top_k"))
+    check_ints(self, ("cv_folds", "cv_iterations", "top_n", "serving_history"), minimum=0)
+    check_numbers(self, ("alpha",))
 
   def params(self, rank: int, reg: float, iterations: Optional[int] = None) -> ALSParams:
     """The solver parameters at one grid point."""

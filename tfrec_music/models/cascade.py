@@ -82,6 +82,8 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.models import history as history_lib
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.dcn import DCNModel
@@ -159,15 +161,10 @@ class CascadeConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name in ("candidates", "top_k", "batch_size", "epochs"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    for name in ("hard_negatives", "random_negatives", "recent_positives"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"`{name}` should be a non-negative integer. "
-                         f"Received: `{name}` = {value!r}.")
+    check_ints(self, ("candidates", "top_k", "batch_size", "epochs"))
+    check_ints(self, ("hard_negatives", "random_negatives", "recent_positives"), minimum=0)
+    check_numbers(self, ("learning_rate",), positive=True)
+    check_numbers(self, ("l2",))
     if self.hard_negatives + self.random_negatives == 0:
       raise ValueError("The re-ranker needs negatives: `hard_negatives` and `random_negatives` "
                        "are both 0.")

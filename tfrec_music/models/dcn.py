@@ -74,6 +74,8 @@ from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rating_baselines import baseline_scorers
 from tfrec_music.models.rating_baselines import evaluate_rating_scorers
@@ -135,15 +137,10 @@ class DCNConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(f"`{name}` should be one of {allowed}. "
                          f"Received: `{name}` = {getattr(self, name)!r}.")
-    for name in ("embedding_dim", "batch_size", "epochs", "negatives", "baseline_mf_dim"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    for name in ("cross_layers", "projection_dim"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"`{name}` should be a non-negative integer. "
-                         f"Received: `{name}` = {value!r}.")
+    check_ints(self, ("embedding_dim", "batch_size", "epochs", "negatives", "baseline_mf_dim"))
+    check_ints(self, ("cross_layers", "projection_dim"), minimum=0)
+    check_numbers(self, ("learning_rate",), positive=True)
+    check_numbers(self, ("l2",))
     layers = tuple(int(n) for n in self.deep_layers)
     if any(n <= 0 for n in layers):
       raise ValueError(f"`deep_layers` should be positive sizes. Received: {self.deep_layers!r}.")

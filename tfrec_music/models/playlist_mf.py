@@ -78,6 +78,8 @@ from tfrec_music.export.projector import write_item_projector
 from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.pipeline.dataset import make_dataset
@@ -153,18 +155,10 @@ class PlaylistMFConfig:
     if self.negative_sampling not in SAMPLING:
       raise ValueError(f"`negative_sampling` should be one of {SAMPLING}. "
                        f"Received: `negative_sampling` = {self.negative_sampling!r}.")
-    for name in ("embedding_dim", "negatives", "epochs", "batch_size", "fold_in_steps",
-                 "fold_in_negatives", "name_min_count", "top_k", "early_stopping_patience"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    for name in ("l2", "name_shrinkage", "popularity_exponent", "init_stddev"):
-      value = getattr(self, name)
-      if not isinstance(value, (int, float)) or value < 0 or not np.isfinite(value):
-        raise ValueError(f"`{name}` should be a non-negative number. Received: `{name}` = {value!r}.")
-    if not self.learning_rate > 0:
-      raise ValueError("`learning_rate` should be positive. "
-                       f"Received: `learning_rate` = {self.learning_rate!r}.")
+    check_ints(self, ("embedding_dim", "negatives", "epochs", "batch_size", "fold_in_steps",
+                      "fold_in_negatives", "name_min_count", "top_k", "early_stopping_patience"))
+    check_numbers(self, ("l2", "name_shrinkage", "popularity_exponent", "init_stddev"))
+    check_numbers(self, ("learning_rate",), positive=True)
     if isinstance(self.item_features, str) or not all(
         f in ITEM_FEATURES for f in self.item_features):
       raise ValueError(f"`item_features` should be a list drawn from {ITEM_FEATURES}. "

@@ -60,6 +60,8 @@ from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.evaluation.similarity import pair_auc
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
@@ -113,14 +115,10 @@ class TasteMLPConfig:
     if self.negatives not in NEGATIVE_STRATEGIES:
       raise ValueError(f"`negatives` should be one of {NEGATIVE_STRATEGIES}. "
                        f"Received: `negatives` = {self.negatives!r}.")
-    for name in ("hidden_size", "negatives_per_positive", "batch_size", "epochs", "word_dim",
-                 "eval_negatives"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    if not self.weight_decay >= 0:
-      raise ValueError("`weight_decay` should be >= 0. "
-                       f"Received: `weight_decay` = {self.weight_decay!r}.")
+    check_ints(self, ("hidden_size", "negatives_per_positive", "batch_size", "epochs", "word_dim",
+                      "eval_negatives"))
+    check_numbers(self, ("weight_decay",))
+    check_numbers(self, ("learning_rate",), positive=True)
     object.__setattr__(self, "text_columns", tuple(self.text_columns))
 
 

@@ -27,6 +27,8 @@ from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models import history as history_lib
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.features import ItemEncoder
 from tfrec_music.models.features import ItemFeatureSpec
@@ -115,12 +117,10 @@ class TwoTowerConfig:
     if self.optimizer not in ("adam", "adagrad", "sgd"):
       raise ValueError("`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
                        f"Received: `optimizer` = {self.optimizer!r}.")
-    for name in ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
-    if self.temperature <= 0:
-      raise ValueError(f"`temperature` should be positive. Received: `temperature` = {self.temperature}.")
+    check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
+    check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
+                      "validation_users"), minimum=0)
+    check_numbers(self, ("temperature", "learning_rate"), positive=True)
     object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 
 

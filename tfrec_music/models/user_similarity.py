@@ -53,6 +53,8 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.evaluation.similarity import similarity_metrics
 from tfrec_music.export.projector import write_projector
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
 from tfrec_music.models.track_vectors import SOURCES
@@ -118,12 +120,8 @@ class UserSimilarityConfig:
     if not 0 < self.recent_share <= 1:
       raise ValueError("`recent_share` should be in (0, 1]. "
                        f"Received: `recent_share` = {self.recent_share!r}.")
-    if not self.epsilon > 0:
-      raise ValueError(f"`epsilon` should be positive. Received: `epsilon` = {self.epsilon!r}.")
-    for name in ("top_k", "word_dim"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` should be a positive integer. Received: `{name}` = {value!r}.")
+    check_numbers(self, ("epsilon",), positive=True)
+    check_ints(self, ("top_k", "word_dim"))
     object.__setattr__(self, "text_columns", tuple(self.text_columns))
 
 

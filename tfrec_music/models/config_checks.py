@@ -1,0 +1,53 @@
+"""Field checks shared by the model families' config dataclasses.
+
+Every family validates its hyperparameters in its config's `__post_init__`
+with these, so a bad flag (`--set epochs=0`, `--set l2=-1`,
+`--set batch_size=true`) fails the same way in every model: the field, what
+it should be, and what was received.
+"""
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+  return (isinstance(value, (int, float, np.integer, np.floating))
+          and not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value)))
+
+
+def check_ints(config: Any, names: Iterable[str], *, minimum: int = 1) -> None:
+  """Checks that each field is an integer (not a bool) of at least `minimum`.
+
+  Args:
+    config: The dataclass instance.
+    names: Field names.
+    minimum: 1 (positive, the default) or 0 (non-negative).
+
+  Raises:
+    ValueError: naming the first bad field and its value.
+  """
+  want = {1: "a positive integer", 0: "a non-negative integer"}.get(
+      minimum, f"an integer >= {minimum}")
+  for name in names:
+    value = getattr(config, name)
+    if not _is_int(value) or value < minimum:
+      raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
+
+
+def check_numbers(config: Any, names: Iterable[str], *, positive: bool = False) -> None:
+  """Checks that each field is a finite real number, >= 0 (or > 0 with `positive`).
+
+  Raises:
+    ValueError: naming the first bad field and its value.
+  """
+  want = "a positive number" if positive else "a non-negative number"
+  for name in names:
+    value = getattr(config, name)
+    if not _is_real(value) or value < 0 or (positive and value == 0):
+      raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
