@@ -81,7 +81,6 @@ import tensorflow as tf
 
 from tfrec_music import io
 from tfrec_music.export.retrieval import EMPTY_SCORE
-from tfrec_music.models import history as history_lib
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.dcn import DCNConfig
@@ -223,19 +222,25 @@ class HardNegativeDCN(DCNFamily):
     history_features: `HistoryFeatures` of (history, candidate) pairs fed to
       the network as its `dense` input (None: none). A training positive's
       history is the `length` tracks its user played strictly before it, and
-      its negatives share that history; a validation row's is the user's
-      last `length` training tracks (as the retrieval sees them).
+      its negatives share that history; a validation row's is `history_of`.
     pooled: Columns whose embeddings (the network's own) of the history's
       tracks the network mean-pools into x0 (`HistoryDCNRanker`); needs
       `history_features`.
+    history_of: user ids [N] -> [N, length] catalogue rows of each user's
+      history before validation (the retrieval's; needed with
+      `history_features`).
   """
 
   def __init__(self, config: DCNConfig, prepared: PreparedData,
                candidates_of: Callable[[np.ndarray], np.ndarray], hard: int, uniform: int,
                recent: int = 0, history_features: Optional[HistoryFeatures] = None,
-               pooled: Sequence[str] = (), user_id: bool = True):
+               pooled: Sequence[str] = (), user_id: bool = True,
+               history_of: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     super().__init__(config, prepared)
+    if history_features is not None and history_of is None:
+      raise ValueError("`history_features` needs `history_of` (the users' history rows).")
     self.candidates_of = candidates_of
+    self.history_of = history_of
     self.hard, self.uniform, self.recent = hard, uniform, recent
     # The network reads the pair features as its `dense` input (beside the
     # embeddings) and pools the embeddings of the history's tracks.
@@ -268,22 +273,6 @@ class HardNegativeDCN(DCNFamily):
     return self._implicit_rows(train, self.config.seed * 1000 + epoch, history,
                                own_positives=True)
 
-  def _valid_features(self) -> Optional[Dict[str, np.ndarray]]:
-    valid = self.prepared.valid
-    if len(valid) == 0:
-      return None
-    return self._implicit_rows(valid, self.config.seed + 10_007, self.last_rows(valid))
-
-  def last_rows(self, frame: pd.DataFrame) -> Optional[np.ndarray]:
-    """[N, length] each row's user's last training tracks (None without history features)."""
-    if self.history_features is None:
-      return None
-    length = self.history_features.length
-    histories = history_lib.last_items(self.prepared.train, length)
-    matrix = history_lib.history_matrix(frame["user_id"].astype(str).to_numpy(), histories,
-                                        length)
-    return self.prepared.item_index(matrix.reshape(-1)).reshape(matrix.shape).astype(np.int64)
-
   def with_history(self, features: Dict[str, np.ndarray], history: np.ndarray,
                    candidates: np.ndarray, own: Optional[np.ndarray] = None
                    ) -> Dict[str, np.ndarray]:
@@ -305,8 +294,8 @@ class HardNegativeDCN(DCNFamily):
     """Positives of `frame`, `hard` retrieved and `uniform` random negatives each (label 0).
 
     `history` ([N, H] catalogue rows aligned with `frame`): each positive's
-    history, shared by its negatives (default: the users' last training
-    tracks). `own_positives`: `frame` holds training rows (their plays leave
+    history, shared by its negatives (default: `history_of`, the users'
+    history before validation). `own_positives`: `frame` holds training rows (their plays leave
     the popularity feature).
     """
     rng = np.random.default_rng(seed)
@@ -336,7 +325,7 @@ class HardNegativeDCN(DCNFamily):
     features = self.pair_features(np.concatenate([users, neg_users]), items)
     if self.history_features is not None:
       if history is None:
-        history = self.last_rows(frame)
+        history = self.history_of(users)
       # A training positive is one of its user's own plays: its popularity
       # counts the other listeners only, like any held-out track's.
       own = np.concatenate([np.full(len(pos), own_positives), np.zeros(len(neg), bool)])
@@ -456,7 +445,8 @@ class CascadeFamily(ModelFamily):
                                   self._training_candidates(), config.hard_negatives,
                                   config.random_negatives, config.recent_positives,
                                   self.history_features(), config.history_pooling,
-                                  config.user_id_embedding)
+                                  config.user_id_embedding,
+                                  history_of=lambda users: self.history_rows(users, "valid"))
     self._share_checkpointing(self.ranker, "ranker")
     ranker_summary = self.ranker.fit(io.join(job_dir, "ranker"))
     for folder in (io.join(backup, "two_tower_dcn_retrieval"), backup):
@@ -507,11 +497,10 @@ class CascadeFamily(ModelFamily):
 
   def history_features(self) -> Optional[HistoryFeatures]:
     """The re-ranker's pair features over the retrieval's history length (None: none)."""
-    features = HistoryFeatures(self.prepared.items, self.prepared.item_train_counts,
-                               self.config.history_features,
-                               self.retrieval.config.history_length)
-    return (features if self.config.history_features or self.config.history_pooling
-            else None)
+    if not (self.config.history_features or self.config.history_pooling):
+      return None
+    return HistoryFeatures(self.prepared.items, self.prepared.item_train_counts,
+                           self.config.history_features, self.retrieval.config.history_length)
 
   def history_rows(self, user_ids: Sequence[str], split: str) -> np.ndarray:
     """[B, H] catalogue rows of each user's history before `split` (-1: padding)."""
@@ -689,22 +678,15 @@ class CascadeServingModule(tf.Module):
     raw = self.ranker.features_from_ids(flat_users, flat_ids)
     for column, values in given.items():
       raw[column] = tf.reshape(tf.tile(values[:, tf.newaxis], [1, c]), [-1])
-    if self.history_features is None:
-      return tf.reshape(self.ranker._predict(raw)["logit"], [batch, c])  # pylint: disable=protected-access
-    if history is None:
-      history = tf.fill([batch, 1], "")
-    table = self.retrieval.item_table  # catalogue id -> catalogue row (-1: unknown)
-    rows = tf.repeat(table.lookup(history), c, axis=0)  # [B * C, H]
-    encoded = self.ranker.encoder(raw)
-    encoded["dense"] = self.history_features(rows, table.lookup(flat_ids))
-    encoded.update(self.history_features.history_indices(rows))
-    out = self.ranker.ranker(encoded)
-    # As `DCNServingModule._predict`: ids the network never trained on get the fallback.
-    user, item = encoded["user_id"], encoded["item_id"]
-    unknown = (user < 2) | (item < 2)
-    base = (self.ranker.fallback_offset + tf.gather(self.ranker.fallback_user, user)
-            + tf.gather(self.ranker.fallback_item, item))
-    return tf.reshape(tf.where(unknown, base, out), [batch, c])
+    extra = None
+    if self.history_features is not None:
+      if history is None:
+        history = tf.fill([batch, 1], "")
+      table = self.retrieval.item_table  # catalogue id -> catalogue row (-1: unknown)
+      rows = tf.repeat(table.lookup(history), c, axis=0)  # [B * C, H]
+      extra = {"dense": self.history_features(rows, table.lookup(flat_ids)),
+               **self.history_features.history_indices(rows)}
+    return tf.reshape(self.ranker._predict(raw, extra)["logit"], [batch, c])  # pylint: disable=protected-access
 
   def _rerank(self, user_id, stage_one, given, history=None):
     ids, scores, fallback = stage_one["item_ids"], stage_one["scores"], stage_one["fallback"]

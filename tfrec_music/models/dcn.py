@@ -573,8 +573,13 @@ class DCNServingModule(tf.Module):
         raw[column] = tf.gather(values, rows)
     return raw
 
-  def _predict(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  def _predict(self, raw: Dict[str, tf.Tensor],
+               extra: Optional[Dict[str, tf.Tensor]] = None) -> Dict[str, tf.Tensor]:
+    """Predictions of raw rows; `extra`: inputs the caller already encoded (the
+    cascade's history features), joined to the encoded features."""
     encoded = self.encoder(raw)
+    if extra:
+      encoded.update(extra)
     out = self.ranker(encoded)
     user, item = encoded["user_id"], encoded["item_id"]
     # Lookup index 0 is "" and 1 the OOV bucket: ids the network never trained on.
