@@ -114,7 +114,10 @@ def playlist(tmp_path_factory):
   held = held_out_playlists(prepared)
   ids = prepared.item_ids
   seeds = [ids[t[:3]].tolist() for t in list(held.values())[:2]]
-  name = next(iter(family.module().token_table.export()[0].numpy().astype(str)[1:]), "")
+  # A known name token (id > 0; row 0 is the unknown token). A hash table exports its
+  # keys in no fixed order, so pick by id, not by position.
+  keys, values = (t.numpy() for t in family.module().token_table.export())
+  name = min(k.decode() for k, v in zip(keys, values) if v > 0)
   a, b = seeds
   calls = [
       {"name": "batch", "signature": "serving_default", "inputs": {
