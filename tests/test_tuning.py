@@ -49,7 +49,8 @@ def test_random_search_writes_best_and_resumes(tmp_path):
   defaults = TwoTowerFamily.make_config("default", {})
   first_trial = results["0"][0]["hparams"]
   for name in ("embedding_dim", "learning_rate", "temperature", "batch_size", "optimizer",
-               "mixed_negatives", "history_length", "user_id_dropout", "item_id_dropout"):
+               "mixed_negatives", "history_length", "history_pooling", "item_id_min_count",
+               "user_id_dropout", "item_id_dropout"):
     assert first_trial[name] == getattr(defaults, name), name
   assert first_trial["layer_sizes"] == list(defaults.layer_sizes)
   assert results["1"][0]["hparams"] != first_trial

@@ -17,6 +17,8 @@ from tfrec_music.export.retrieval import load_candidates
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.two_tower import TwoTowerConfig
 from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.models.towers import recency_ranks
+from tfrec_music.models.towers import recency_weighted_mean
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
@@ -180,3 +182,44 @@ def test_cold_users_are_scored_like_unknown_users_at_serving(trained):
   assert encoded["user_id"].numpy().tolist() == [1, 1, 1]        # the OOV bucket
   np.testing.assert_allclose(family.query_embeddings(cold, "cold_user"),
                              family.query_tower(encoded).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_recency_ranks_and_weighted_mean_by_hand():
+  ids = tf.constant([[0, 0, 5, 6, 7], [3, 0, 4, 9, 0], [0, 0, 0, 0, 0]], tf.int64)
+  # Ranks count valid positions from the end; padding anywhere does not shift them.
+  assert recency_ranks(ids).numpy().tolist() == [[0, 0, 3, 2, 1], [3, 0, 2, 1, 0],
+                                                 [0, 0, 0, 0, 0]]
+  emb = tf.reshape(tf.range(30, dtype=tf.float32), [3, 5, 2])
+  # Equal logits: the plain mean of the last 2 valid tracks; older ones and padding ignored.
+  np.testing.assert_allclose(recency_weighted_mean(emb, ids, tf.zeros([2])).numpy(),
+                             [[7, 8], [15, 16], [0, 0]])
+  # The most recent track weighs 1, the one before 3: (3 * e[-2] + e[-1]) / 4.
+  np.testing.assert_allclose(
+      recency_weighted_mean(emb, ids, tf.constant([0.0, np.log(3.0)])).numpy(),
+      [[6.5, 7.5], [14.5, 15.5], [0, 0]], rtol=1e-6)
+  with pytest.raises(ValueError, match="`history_pooling` should be 'mean' or 'recency'"):
+    TwoTowerConfig(history_pooling="last")
+
+
+def test_recency_pooling_trains_and_serves_whatever_the_padding(toy_tables, tmp_path):
+  prepared = prepare(toy_tables)
+  family = TwoTowerFamily(
+      TwoTowerFamily.make_config("tiny", {"epochs": 2, "history_pooling": "recency"}),
+      prepared)
+  logits = family.query_tower.recency_logits
+  assert logits.shape == (family.config.history_length,)
+  family.fit(str(tmp_path / "job"))
+  assert np.ptp(logits.numpy()) > 0                  # the rank weights were trained
+  family.save(str(tmp_path / "export"))
+  history = prepared.train["item_id"].to_numpy()[:3].tolist()
+  user = tf.constant(["never-seen-id"])
+  extra = {c: tf.constant([""]) for c in family.user_features}
+  in_memory = family.query_tower(family.query_encoder(
+      {"user_id": user, "history": tf.constant([history]), **extra})).numpy()
+  # Reloaded: a request padded on the left or on the right embeds like the in-memory
+  # tower with no padding (the ranks count real tracks only).
+  tower = tf.saved_model.load(str(tmp_path / "export" / "query_tower"))
+  for padded in (["", ""] + history, history + ["", ""], [history[0], ""] + history[1:]):
+    out = tower.signatures["serving_default"](user_id=user, history=tf.constant([padded]),
+                                              **extra)["embedding"].numpy()
+    np.testing.assert_allclose(out, in_memory, rtol=1e-5, atol=1e-6)

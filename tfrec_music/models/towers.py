@@ -29,6 +29,40 @@ def masked_mean(embedded: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
   return total / count
 
 
+def recency_ranks(ids: tf.Tensor) -> tf.Tensor:
+  """[B, L] recency rank of each valid (non-0) history position: 1 = the most recent.
+
+  The rank counts valid positions only, from the end of the row, so padding or
+  unknown tracks anywhere in the row do not shift it. Padding positions get 0.
+  """
+  valid = tf.cast(tf.not_equal(ids, 0), tf.int32)
+  return tf.cumsum(valid, axis=1, reverse=True) * valid
+
+
+def recency_weighted_mean(embedded: tf.Tensor, ids: tf.Tensor,
+                          logits: tf.Tensor) -> tf.Tensor:
+  """Mean of [B, L, d] embeddings weighted by `exp(logits[rank - 1])` of each position.
+
+  Args:
+    embedded: [B, L, d] embeddings of a history.
+    ids: [B, L] its ids (0 = padding).
+    logits: [H] learned log-weight of the H most recent valid positions; older
+      positions (rank > H) and padding get weight 0. All-zero logits give the
+      plain mean of the last H valid positions.
+
+  Returns:
+    [B, d]; rows with no valid position give zeros.
+  """
+  rank = recency_ranks(ids)
+  length = tf.shape(logits)[0]
+  used = (rank > 0) & (rank <= length)
+  weight = tf.where(used, tf.exp(tf.gather(logits, tf.clip_by_value(rank - 1, 0, length - 1))),
+                    tf.zeros_like(logits[0]))
+  weight = tf.cast(weight, embedded.dtype)[..., tf.newaxis]
+  total = tf.reduce_sum(embedded * weight, axis=1)
+  return total / tf.maximum(tf.reduce_sum(weight, axis=1), 1e-9)
+
+
 def _mlp(layer_sizes: Sequence[int], output_dim: int, name: str) -> tf.keras.Sequential:
   layers = [tf.keras.layers.Dense(n, activation="relu") for n in layer_sizes]
   layers.append(tf.keras.layers.Dense(output_dim))
@@ -113,14 +147,22 @@ class QueryTower(tf.keras.Model):
       candidate tower's embedding layer of the feature). The user's recent
       artists, albums and genres are pooled through the embeddings the track
       tower uses, so taste for an artist reaches its rarely played tracks.
+    recency_length: 0 pools the history with a plain mean; H > 0 learns one
+      weight per recency rank (the most recent track, the one before, ...,
+      the H-th most recent) and pools with those weights, so recent tracks
+      can count more when tastes drift. Tracks older than the H-th are
+      ignored. The weights start equal (a plain mean).
   """
 
   def __init__(self, user_vocab_size: int, categorical_sizes: Dict[str, int],
                item_embedding: tf.keras.layers.Embedding, embedding_dim: int,
                layer_sizes: Sequence[int], feature_dim: int = 32, normalize: bool = True,
                history_content: Optional[Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]] = None,
-               **kwargs):
+               recency_length: int = 0, **kwargs):
     super().__init__(**kwargs)
+    self.recency_logits = (self.add_weight(name="recency_logits", shape=(recency_length,),
+                                           initializer="zeros")
+                           if recency_length > 0 else None)
     self.history_content = {
         column: (tf.constant(np.asarray(mapping, np.int64)), layer)
         for column, (mapping, layer) in (history_content or {}).items()}
@@ -136,15 +178,21 @@ class QueryTower(tf.keras.Model):
     """Encoded `user_id` [B], user features [B], `history` [B, H] -> [B, d]."""
     history = features["history"]
     parts = [self.user_embedding(features["user_id"]),
-             masked_mean(self.item_embedding(history), history)]
+             self._pool(self.item_embedding(history), history)]
     for mapping, layer in self.history_content.values():
       # Padding (0) and unknown tracks (1) map to 0, which stays masked.
       ids = tf.gather(mapping, history)
-      parts.append(masked_mean(layer(ids), ids))
+      parts.append(self._pool(layer(ids), ids))
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
+
+  def _pool(self, embedded: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """Plain or recency-weighted mean of a history's [B, L, d] embeddings."""
+    if self.recency_logits is None:
+      return masked_mean(embedded, ids)
+    return recency_weighted_mean(embedded, ids, self.recency_logits)
 
   def get_config(self):
     """Towers are rebuilt from the family config; SavedModels carry the weights."""

@@ -70,6 +70,9 @@ class TwoTowerConfig:
       the candidates of every replica's batch (all-gathered) instead of its
       own replica's only: more negatives per query, as on one device with the
       global batch, at the cost of an all-gather per step.
+    history_pooling: `"mean"` pools the history with a plain mean;
+      `"recency"` learns one weight per recency rank (the most recent track
+      first), so recent tracks can count more when tastes drift.
     history_content: Also pool the history's artists, albums and genres
       through the track tower's embeddings (only with content features).
     user_id_dropout: Share of training rows whose user id is replaced by OOV,
@@ -90,7 +93,7 @@ class TwoTowerConfig:
   embedding_dim: int = 64
   layer_sizes: Tuple[int, ...] = (128,)
   feature_dim: int = 32
-  history_length: int = 20
+  history_length: int = 50
   learning_rate: float = 0.003
   optimizer: str = "adam"
   batch_size: int = 1024
@@ -101,10 +104,11 @@ class TwoTowerConfig:
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
   cross_replica_negatives: bool = False
+  history_pooling: str = "mean"
   history_content: bool = False
   user_id_dropout: float = 0.2
   item_id_dropout: float = 0.3
-  item_id_min_count: int = 0
+  item_id_min_count: int = 20
   early_stopping_patience: int = 2
   validation_users: int = 2000
   top_k: int = 100
@@ -117,6 +121,9 @@ class TwoTowerConfig:
     if self.optimizer not in ("adam", "adagrad", "sgd"):
       raise ValueError("`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
                        f"Received: `optimizer` = {self.optimizer!r}.")
+    if self.history_pooling not in ("mean", "recency"):
+      raise ValueError("`history_pooling` should be 'mean' or 'recency'. "
+                       f"Received: `history_pooling` = {self.history_pooling!r}.")
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
     check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
                       "validation_users"), minimum=0)
@@ -250,7 +257,8 @@ class TwoTowerFamily(ModelFamily):
   @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:
     """Embedding and layer sizes, learning rate and optimizer, temperature and negatives,
-    batch size (the in-batch negatives), history length and the id dropouts.
+    batch size (the in-batch negatives), history length and pooling, the id
+    dropouts and the least plays for a track id of its own.
 
     Each default is the `default` preset's value, so a search's first trial
     (see `tfrec_music.tuning`) is the hand-tuned configuration.
@@ -267,8 +275,12 @@ class TwoTowerFamily(ModelFamily):
             "mixed_negatives": hp.Choice("mixed_negatives", [0, 256, 1024],
                                          default=d.mixed_negatives),
             "batch_size": hp.Choice("batch_size", [512, 1024, 2048], default=d.batch_size),
-            "history_length": hp.Choice("history_length", [10, 20, 50],
+            "history_length": hp.Choice("history_length", [10, 20, 50, 100],
                                         default=d.history_length),
+            "history_pooling": hp.Choice("history_pooling", ["mean", "recency"],
+                                         default=d.history_pooling),
+            "item_id_min_count": hp.Choice("item_id_min_count", [0, 5, 20, 50],
+                                           default=d.item_id_min_count),
             "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.5, default=d.user_id_dropout),
             "item_id_dropout": hp.Float("item_id_dropout", 0.0, 0.6, default=d.item_id_dropout)}
 
@@ -324,6 +336,7 @@ class TwoTowerFamily(ModelFamily):
         config.embedding_dim, config.layer_sizes, config.feature_dim,
         normalize=config.normalize,
         history_content=self._history_content() if config.history_content else None,
+        recency_length=config.history_length if config.history_pooling == "recency" else 0,
         name="query_tower")
     counts = prepared.item_train_counts.astype(np.float64)
     self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
