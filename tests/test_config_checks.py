@@ -5,9 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.registry import get_family
+from tfrec_music.models.two_tower import TwoTowerConfig
 
 # Family -> an integer field that must be positive and a number field that must be >= 0.
 FIELDS = {
@@ -51,3 +53,17 @@ def test_numpy_scalars_are_accepted_and_minimums_named():
     check_ints(Config, ("zero",))
   with pytest.raises(ValueError, match="`zero` should be a positive number"):
     check_numbers(Config, ("zero",), positive=True)
+
+
+@pytest.mark.parametrize("field,bad,message", [
+    ("features", "some", "`features` should be 'all' or 'ids'. Received: `features` = 'some'."),
+    ("optimizer", "rmsprop", "`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
+                             "Received: `optimizer` = 'rmsprop'."),
+    ("history_pooling", "last", "`history_pooling` should be 'mean' or 'recency'. "
+                                "Received: `history_pooling` = 'last'."),
+])
+def test_two_tower_choices_are_refused_with_the_allowed_values(field, bad, message):
+  with pytest.raises(ValueError) as error:
+    TwoTowerConfig(**{field: bad})
+  assert str(error.value) == message
+  check_choices(TwoTowerConfig(), {field: (getattr(TwoTowerConfig(), field), bad)})

@@ -7,7 +7,7 @@ it should be, and what was received.
 """
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,4 +50,24 @@ def check_numbers(config: Any, names: Iterable[str], *, positive: bool = False) 
   for name in names:
     value = getattr(config, name)
     if not _is_real(value) or value < 0 or (positive and value == 0):
+      raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
+
+
+def check_choices(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
+  """Checks that each field holds one of its allowed values.
+
+  Args:
+    config: The dataclass instance.
+    choices: Field name -> allowed values. Two values read "'a' or 'b'" in
+      the error, more read "one of ('a', 'b', 'c')".
+
+  Raises:
+    ValueError: naming the first bad field, the allowed values and its value.
+  """
+  for name, allowed in choices.items():
+    value = getattr(config, name)
+    if value not in allowed:
+      allowed = tuple(allowed)
+      want = (f"{allowed[0]!r} or {allowed[1]!r}" if len(allowed) == 2
+              else f"one of {allowed!r}")
       raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")

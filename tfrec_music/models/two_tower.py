@@ -27,6 +27,7 @@ from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models import history as history_lib
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -115,15 +116,8 @@ class TwoTowerConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.features not in ("all", "ids"):
-      raise ValueError("`features` should be 'all' or 'ids'. "
-                       f"Received: `features` = {self.features!r}.")
-    if self.optimizer not in ("adam", "adagrad", "sgd"):
-      raise ValueError("`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
-                       f"Received: `optimizer` = {self.optimizer!r}.")
-    if self.history_pooling not in ("mean", "recency"):
-      raise ValueError("`history_pooling` should be 'mean' or 'recency'. "
-                       f"Received: `history_pooling` = {self.history_pooling!r}.")
+    check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
+                         "history_pooling": ("mean", "recency")})
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
     check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
                       "validation_users"), minimum=0)
