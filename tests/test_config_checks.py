@@ -5,11 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.registry import get_family
-from tfrec_music.models.two_tower import TwoTowerConfig
 
 # Family -> an integer field that must be positive and a number field that must be >= 0.
 FIELDS = {
@@ -55,15 +53,33 @@ def test_numpy_scalars_are_accepted_and_minimums_named():
     check_numbers(Config, ("zero",), positive=True)
 
 
-@pytest.mark.parametrize("field,bad,message", [
-    ("features", "some", "`features` should be 'all' or 'ids'. Received: `features` = 'some'."),
-    ("optimizer", "rmsprop", "`optimizer` should be one of ('adam', 'adagrad', 'sgd'). "
-                             "Received: `optimizer` = 'rmsprop'."),
-    ("history_pooling", "last", "`history_pooling` should be 'mean' or 'recency'. "
-                                "Received: `history_pooling` = 'last'."),
+@pytest.mark.parametrize("model,field,bad,message", [
+    ("two_tower", "features", "some", "`features` should be 'all' or 'ids'. "
+                                      "Received: `features` = 'some'."),
+    ("two_tower", "optimizer", "rmsprop", "`optimizer` should be one of ('adam', 'adagrad', "
+                                          "'sgd'). Received: `optimizer` = 'rmsprop'."),
+    ("two_tower", "history_pooling", "last", "`history_pooling` should be 'mean' or 'recency'. "
+                                             "Received: `history_pooling` = 'last'."),
+    ("dcn", "labels", "clicks", "`labels` should be 'explicit' or 'implicit'. "
+                                "Received: `labels` = 'clicks'."),
+    ("dcn", "structure", "mixed", "`structure` should be 'stacked' or 'parallel'. "
+                                  "Received: `structure` = 'mixed'."),
+    ("als", "center", "median", "`center` should be one of ('biases', 'mean', 'none'). "
+                                "Received: `center` = 'median'."),
+    ("als", "recommendations_format", "json", "`recommendations_format` should be 'parquet' or "
+                                              "'csv'. Received: `recommendations_format` = 'json'."),
+    ("playlist_mf", "negative_sampling", "hard", "`negative_sampling` should be 'uniform' or "
+                                                "'popularity'. Received: `negative_sampling` = 'hard'."),
+    ("taste_mlp", "negatives", "hard", "`negatives` should be 'least_similar' or 'random'. "
+                                       "Received: `negatives` = 'hard'."),
+    ("user_similarity", "metric", "manhattan", "`metric` should be 'euclidean' or 'cosine'. "
+                                               "Received: `metric` = 'manhattan'."),
+    ("user_similarity", "track_vectors", "lyrics", "`track_vectors` should be one of ('two_tower', "
+                                                   "'text', 'column'). Received: `track_vectors` = 'lyrics'."),
 ])
-def test_two_tower_choices_are_refused_with_the_allowed_values(field, bad, message):
+def test_every_family_refuses_choices_with_the_allowed_values(model, field, bad, message):
+  """Every family's allowed-value checks go through `check_choices`: one wording, two values
+  read "'a' or 'b'", more read "one of (...)"."""
   with pytest.raises(ValueError) as error:
-    TwoTowerConfig(**{field: bad})
+    get_family(model).make_config("tiny", {field: bad})
   assert str(error.value) == message
-  check_choices(TwoTowerConfig(), {field: (getattr(TwoTowerConfig(), field), bad)})

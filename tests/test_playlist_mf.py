@@ -202,7 +202,7 @@ print(json.dumps({{"exact": ids(e), "scann": ids(a), "cont": ids(c),
 
 
 def test_bad_config_messages():
-  with pytest.raises(ValueError, match="`negative_sampling` should be one of"):
+  with pytest.raises(ValueError, match="`negative_sampling` should be 'uniform' or 'popularity'"):
     PlaylistMFConfig(negative_sampling="hard")
   with pytest.raises(ValueError, match="`negatives` should be a positive integer"):
     PlaylistMFConfig(negatives=0)

@@ -99,7 +99,7 @@ def test_random_negatives_flag(prepared, tmp_path):
   assert family.anti is None
   family.fit(str(tmp_path))
   assert family.validation_metrics()["valid/all/auc"] > 0.6
-  with pytest.raises(ValueError, match="`negatives` should be one of"):
+  with pytest.raises(ValueError, match="`negatives` should be 'least_similar' or 'random'"):
     TasteMLPFamily.make_config("tiny", {"negatives": "hard"})
 
 

@@ -169,7 +169,7 @@ def test_builtin_heatmap_png(tmp_path):
 
 
 def test_bad_config_is_named():
-  with pytest.raises(ValueError, match="`metric` should be one of"):
+  with pytest.raises(ValueError, match="`metric` should be 'euclidean' or 'cosine'"):
     UserSimilarityFamily.make_config("tiny", {"metric": "manhattan"})
   with pytest.raises(ValueError, match="`track_vectors` should be one of"):
     UserSimilarityFamily.make_config("tiny", {"track_vectors": "lyrics"})

@@ -77,6 +77,7 @@ from tfrec_music.models.als_solver import FEEDBACKS
 from tfrec_music.models.als_solver import SOLVERS
 from tfrec_music.models.als_solver import WEIGHT_TRANSFORMS
 from tfrec_music.models.als_solver import fold_in
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -155,12 +156,8 @@ class ALSConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name, allowed in (("feedback", FEEDBACKS), ("weight", WEIGHT_TRANSFORMS),
-                          ("solver", SOLVERS), ("center", CENTERS),
-                          ("recommendations_format", ("parquet", "csv"))):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"`{name}` should be one of {allowed}. "
-                         f"Received: `{name}` = {getattr(self, name)!r}.")
+    check_choices(self, {"feedback": FEEDBACKS, "weight": WEIGHT_TRANSFORMS, "solver": SOLVERS,
+                         "center": CENTERS, "recommendations_format": ("parquet", "csv")})
     ranks = DEFAULT_RANKS[self.feedback] if self.ranks is None else _as_tuple(self.ranks)
     regs = DEFAULT_REGS[self.feedback] if self.regs is None else _as_tuple(self.regs)
     if not ranks or any(not isinstance(r, (int, np.integer)) or isinstance(r, bool) or r <= 0

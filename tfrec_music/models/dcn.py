@@ -74,6 +74,7 @@ from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -132,11 +133,8 @@ class DCNConfig:
   seed: int = 0
 
   def __post_init__(self):
-    for name, allowed in (("labels", ("explicit", "implicit")),
-                          ("structure", ("stacked", "parallel"))):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"`{name}` should be one of {allowed}. "
-                         f"Received: `{name}` = {getattr(self, name)!r}.")
+    check_choices(self, {"labels": ("explicit", "implicit"),
+                         "structure": ("stacked", "parallel")})
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "negatives", "baseline_mf_dim"))
     check_ints(self, ("cross_layers", "projection_dim"), minimum=0)
     check_numbers(self, ("learning_rate",), positive=True)

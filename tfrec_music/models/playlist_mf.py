@@ -78,6 +78,7 @@ from tfrec_music.export.projector import write_item_projector
 from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -152,9 +153,7 @@ class PlaylistMFConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.negative_sampling not in SAMPLING:
-      raise ValueError(f"`negative_sampling` should be one of {SAMPLING}. "
-                       f"Received: `negative_sampling` = {self.negative_sampling!r}.")
+    check_choices(self, {"negative_sampling": SAMPLING})
     check_ints(self, ("embedding_dim", "negatives", "epochs", "batch_size", "fold_in_steps",
                       "fold_in_negatives", "name_min_count", "top_k", "early_stopping_patience"))
     check_numbers(self, ("l2", "name_shrinkage", "popularity_exponent", "init_stddev"))

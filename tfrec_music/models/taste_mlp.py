@@ -60,6 +60,7 @@ from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.evaluation.similarity import pair_auc
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -112,9 +113,7 @@ class TasteMLPConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.negatives not in NEGATIVE_STRATEGIES:
-      raise ValueError(f"`negatives` should be one of {NEGATIVE_STRATEGIES}. "
-                       f"Received: `negatives` = {self.negatives!r}.")
+    check_choices(self, {"negatives": NEGATIVE_STRATEGIES})
     check_ints(self, ("hidden_size", "negatives_per_positive", "batch_size", "epochs", "word_dim",
                       "eval_negatives"))
     check_numbers(self, ("weight_decay",))

@@ -53,6 +53,7 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.evaluation.similarity import similarity_metrics
 from tfrec_music.export.projector import write_projector
+from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
@@ -111,12 +112,7 @@ class UserSimilarityConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if self.track_vectors not in SOURCES:
-      raise ValueError(f"`track_vectors` should be one of {SOURCES}. "
-                       f"Received: `track_vectors` = {self.track_vectors!r}.")
-    if self.metric not in METRICS:
-      raise ValueError(f"`metric` should be one of {METRICS}. "
-                       f"Received: `metric` = {self.metric!r}.")
+    check_choices(self, {"track_vectors": SOURCES, "metric": METRICS})
     if not 0 < self.recent_share <= 1:
       raise ValueError("`recent_share` should be in (0, 1]. "
                        f"Received: `recent_share` = {self.recent_share!r}.")
