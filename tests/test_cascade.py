@@ -44,6 +44,7 @@ def trained(catalog, tmp_path_factory):
     ({"candidates": 0}, "`candidates`"),
     ({"recent_positives": -1}, "`recent_positives`"),
     ({"history_features": ("artist", "tempo")}, "`history_features`"),
+    ({"rankers": 0}, "`rankers`"),
 ])
 def test_config_rejects_bad_values(overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -131,6 +132,59 @@ def test_hard_negatives_come_from_retrieved_tracks_the_user_never_had(trained):
   pools = encoded_item[family._training_candidates()(np.array([by_user[u] for u in users]))]  # pylint: disable=protected-access
   assert (pools == items[:, None]).any(axis=1).mean() < 0.5
   assert not any((u, i) in seen for u, i in zip(users, items))
+
+
+def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(catalog,
+                                                                              tmp_path):
+  """`rankers=2`: two re-rankers with their own seeds; the cascade and its export score a
+  candidate with the mean of their logits; a finished re-ranker is restored, not retrained."""
+  from tfrec_music.models.cascade import HardNegativeDCN
+  prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
+  family = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
+  summary = family.fit(str(tmp_path / "job"))
+  assert [r.config.seed for r in family.rankers] == [0, 1000] and len(summary["rankers"]) == 2
+  users = prepared.test["user_id"].astype(str).to_numpy()[:4]
+  candidates = family.retrieve(users, "test")[0]
+  mean = family._candidate_logits(users, candidates, "test")  # pylint: disable=protected-access
+  rankers = family.rankers
+  singles = []
+  for ranker in rankers:
+    family.rankers = [ranker]
+    singles.append(family._candidate_logits(users, candidates, "test"))  # pylint: disable=protected-access
+  family.rankers = rankers
+  assert np.abs(singles[0] - singles[1]).max() > 1e-3  # two different fits
+  np.testing.assert_allclose(mean, (singles[0] + singles[1]) / 2, rtol=1e-5, atol=1e-5)
+  # The export serves the Python cascade's final scores (mean logit + blend * retrieval).
+  family.save(str(tmp_path / "export"))
+  served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"](
+      user_id=tf.constant(users))
+  index = prepared.item_index(served["item_ids"].numpy().astype(str).reshape(-1)).reshape(4, -1)
+  logits = family._candidate_logits(users, index, "test")  # pylint: disable=protected-access
+  query = family.retrieval.query_embeddings(users, "test")
+  retrieval = np.einsum("bd,bkd->bk", query, family.retrieval.item_embeddings()[index])
+  want = family._final(logits, retrieval, family.blend)  # pylint: disable=protected-access
+  np.testing.assert_allclose(served["scores"].numpy(), want, rtol=1e-4, atol=1e-4)
+
+  # A finished re-ranker is checkpointed; a rerun restores the same weights.
+  config = family.config
+
+  def fresh():
+    return HardNegativeDCN(config.ranker_config(1), prepared, family._training_candidates(),  # pylint: disable=protected-access
+                           config.hard_negatives, config.random_negatives,
+                           config.recent_positives, family.history_features(),
+                           config.history_pooling, config.user_id_embedding,
+                           history_of=lambda u: family.history_rows(u, "valid"))
+  backup = str(tmp_path / "again" / "backup")
+  first, second = fresh(), fresh()
+  assert "restored" not in family._fit_or_restore(first, "ranker_1", str(tmp_path / "again"),  # pylint: disable=protected-access
+                                                  backup)
+  assert family._fit_or_restore(second, "ranker_1", str(tmp_path / "again"), backup)["restored"]  # pylint: disable=protected-access
+  family.rankers = [first]
+  want = family._candidate_logits(users, candidates, "test")  # pylint: disable=protected-access
+  family.rankers = [second]
+  np.testing.assert_allclose(family._candidate_logits(users, candidates, "test"), want,  # pylint: disable=protected-access
+                             rtol=1e-6)
+  family.rankers = rankers
 
 
 def test_training_rows_carry_the_history_before_the_positive(trained):
