@@ -185,6 +185,27 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   np.testing.assert_allclose(family._candidate_logits(users, candidates, "test"), want,  # pylint: disable=protected-access
                              rtol=1e-6)
   family.rankers = rankers
+  # A whole rerun: a run killed after its first re-ranker finished left that stage's
+  # checkpoint; the rerun restores it (before the finished stages' folders are removed)
+  # and trains the second.
+  job = str(tmp_path / "killed")
+  rerun = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
+  rerun._fit_or_restore(rerun.retrieval, "retrieval", job, job + "/backup")  # pylint: disable=protected-access
+  finished = HardNegativeDCN(config.ranker_config(0), prepared, rerun._training_candidates(),  # pylint: disable=protected-access
+                             config.hard_negatives, config.random_negatives,
+                             config.recent_positives, rerun.history_features(),
+                             config.history_pooling, config.user_id_embedding,
+                             history_of=lambda u: rerun.history_rows(u, "valid"))
+  rerun._fit_or_restore(finished, "ranker", job, job + "/backup")  # pylint: disable=protected-access
+  summary = rerun.fit(job)
+  assert summary["retrieval"]["restored"] and summary["rankers"][0]["restored"]
+  assert "restored" not in summary["rankers"][1]
+  assert not os.path.exists(job + "/backup")
+  rerun.rankers = [finished]
+  want = rerun._candidate_logits(users, candidates, "test")  # pylint: disable=protected-access
+  rerun.rankers = [rerun.ranker]
+  np.testing.assert_allclose(rerun._candidate_logits(users, candidates, "test"), want,  # pylint: disable=protected-access
+                             rtol=1e-6)
 
 
 def test_training_rows_carry_the_history_before_the_positive(trained):

@@ -491,8 +491,10 @@ class CascadeFamily(ModelFamily):
     configuration) under `<backup>/two_tower_dcn_<name>`, so a rerun of a run
     killed in a later stage restores it instead of training it again (the
     re-rankers' hard negatives come from the retrieval stage, so it must be
-    the same one). Variables a model creates on its first call are restored
-    then (deferred restoration).
+    the same one). A re-ranker's network creates its variables on its first
+    call, so it is called once before the read: the weights are restored at
+    once, not deferred to a first call that may come after the finished
+    stages' folders are removed.
     """
     folder = io.join(backup, f"two_tower_dcn_{name}")
     fingerprint = json.dumps({"config": dataclasses.asdict(stage.config),
@@ -503,6 +505,8 @@ class CascadeFamily(ModelFamily):
       with tf.io.gfile.GFile(summary_path) as f:
         saved = json.load(f)
       if saved.get("fingerprint") == fingerprint:
+        if isinstance(stage, HardNegativeDCN):
+          self._build_ranker(stage)
         checkpoint.read(io.join(folder, "weights")).assert_existing_objects_matched()
         logging.info("two_tower_dcn: restored the finished %s stage from %s.", name, folder)
         stage.fit_summary = {**saved["summary"], "restored": True}
@@ -516,6 +520,15 @@ class CascadeFamily(ModelFamily):
       json.dump({"fingerprint": fingerprint, "summary": summary}, f, default=str)
     tf.io.gfile.rename(summary_path + ".tmp", summary_path, overwrite=True)
     return summary
+
+  def _build_ranker(self, ranker: HardNegativeDCN) -> None:
+    """Creates a re-ranker's variables by scoring one (user, track) pair."""
+    users = self.prepared.train["user_id"].astype(str).to_numpy()[:1]
+    items = self.prepared.item_index(self.prepared.train["item_id"].to_numpy()[:1])
+    features = ranker.pair_features(users, items)
+    if ranker.history_features is not None:
+      ranker.with_history(features, self.history_rows(users, "valid"), items)
+    ranker.ranker({k: tf.constant(v) for k, v in features.items()})
 
   def _share_checkpointing(self, stage: ModelFamily, name: str) -> None:
     """Gives a stage this family's checkpoint frequency and a backup folder of its own."""
