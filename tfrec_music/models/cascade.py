@@ -455,7 +455,7 @@ class CascadeFamily(ModelFamily):
     retrieval_summary = self._fit_or_restore(self.retrieval, "retrieval", job_dir, backup)
     config = self.config
     candidates = self._training_candidates()
-    self.rankers, ranker_summaries = [], []
+    self.rankers, ranker_summaries, stages = [], [], ["retrieval"]
     for index in range(config.rankers):
       ranker = HardNegativeDCN(config.ranker_config(index), self.prepared, candidates,
                                config.hard_negatives, config.random_negatives,
@@ -463,11 +463,12 @@ class CascadeFamily(ModelFamily):
                                config.history_pooling, config.user_id_embedding,
                                history_of=lambda users: self.history_rows(users, "valid"))
       name = "ranker" if index == 0 else f"ranker_{index}"
+      stages.append(name)
       self._share_checkpointing(ranker, name)
       ranker_summaries.append(self._fit_or_restore(ranker, name, job_dir, backup))
       self.rankers.append(ranker)
     self.ranker = self.rankers[0]
-    for name in ["retrieval", "ranker"] + [f"ranker_{i}" for i in range(1, config.rankers)]:
+    for name in stages:
       folder = io.join(backup, f"two_tower_dcn_{name}")
       if tf.io.gfile.isdir(folder):
         tf.io.gfile.rmtree(folder)  # finished: the stage backups are no longer needed
@@ -525,9 +526,7 @@ class CascadeFamily(ModelFamily):
     """Creates a re-ranker's variables by scoring one (user, track) pair."""
     users = self.prepared.train["user_id"].astype(str).to_numpy()[:1]
     items = self.prepared.item_index(self.prepared.train["item_id"].to_numpy()[:1])
-    features = ranker.pair_features(users, items)
-    if ranker.history_features is not None:
-      ranker.with_history(features, self.history_rows(users, "valid"), items)
+    features = self._pair_inputs(ranker, users, items[:, None], "valid")
     ranker.ranker({k: tf.constant(v) for k, v in features.items()})
 
   def _share_checkpointing(self, stage: ModelFamily, name: str) -> None:
@@ -557,13 +556,20 @@ class CascadeFamily(ModelFamily):
     encoded features are computed once.
     """
     b, c = candidates.shape
-    features = self.ranker.pair_features(np.repeat(np.asarray(user_ids).astype(str), c),
-                                         candidates.reshape(-1))
-    if self.ranker.history_features is not None:
-      history = np.repeat(self.history_rows(user_ids, split), c, axis=0)
-      self.ranker.with_history(features, history, candidates.reshape(-1))
+    features = self._pair_inputs(self.ranker, user_ids, candidates, split)
     rankers = self.rankers or [self.ranker]
     return np.mean([r.predict_encoded(features) for r in rankers], axis=0).reshape(b, c)
+
+  def _pair_inputs(self, ranker: HardNegativeDCN, user_ids: np.ndarray, candidates: np.ndarray,
+                   split: str) -> Dict[str, np.ndarray]:
+    """`ranker`'s encoded inputs of the [B, C] (user, candidate) pairs, row-major."""
+    c = candidates.shape[1]
+    features = ranker.pair_features(np.repeat(np.asarray(user_ids).astype(str), c),
+                                    candidates.reshape(-1))
+    if ranker.history_features is not None:
+      history = np.repeat(self.history_rows(user_ids, split), c, axis=0)
+      ranker.with_history(features, history, candidates.reshape(-1))
+    return features
 
   def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float,
              user_ids: Optional[Sequence[str]] = None) -> np.ndarray:
