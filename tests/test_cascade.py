@@ -15,6 +15,7 @@ from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.models.cascade import CascadeConfig
 from tfrec_music.models.cascade import CascadeFamily
+from tfrec_music.models.cascade import HardNegativeDCN
 from tfrec_music.models.rerank_features import HistoryFeatures
 from tfrec_music.models.rerank_features import causal_rows
 from tfrec_music.models.family import EvalContext
@@ -43,6 +44,8 @@ def trained(catalog, tmp_path_factory):
     ({"blend_weights": (0.5, -1.0)}, "`blend_weights`"),
     ({"candidates": 0}, "`candidates`"),
     ({"recent_positives": -1}, "`recent_positives`"),
+    ({"recent_share": 1.5}, "between 0 and 1"),
+    ({"recent_share": -0.1}, "`recent_share`"),
     ({"history_features": ("artist", "tempo")}, "`history_features`"),
     ({"rankers": 0}, "`rankers`"),
 ])
@@ -138,7 +141,6 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
                                                                               tmp_path):
   """`rankers=2`: two re-rankers with their own seeds; the cascade and its export score a
   candidate with the mean of their logits; a finished re-ranker is restored, not retrained."""
-  from tfrec_music.models.cascade import HardNegativeDCN
   prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
   family = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
   summary = family.fit(str(tmp_path / "job"))
@@ -218,7 +220,14 @@ def test_training_rows_carry_the_history_before_the_positive(trained):
   train = family.prepared.train
   rows = ranker.training_features(0)
   positives = int(rows["label"].sum())
-  recent = train.groupby("user_id", sort=False).tail(family.config.recent_positives)
+  # Each user's last max(recent_positives, ceil(recent_share x their rows)) rows.
+  config = family.config
+  want_rows = []
+  for _, rows_of_user in train.groupby("user_id", sort=False):
+    n = max(config.recent_positives, int(np.ceil(config.recent_share * len(rows_of_user))))
+    want_rows.append(rows_of_user.tail(n))
+  recent = pd.concat(want_rows).sort_index()
+  np.testing.assert_array_equal(ranker.positive_rows(), recent.index.to_numpy())
   assert positives == len(recent)
   item = family.prepared.item_index(recent["item_id"])
   history = causal_rows(train, family.prepared.item_index(train["item_id"]),
@@ -236,6 +245,27 @@ def test_training_rows_carry_the_history_before_the_positive(trained):
   # Each negative shares its positive's history: the shares are computed against it.
   negatives = rows["dense"][positives:]
   assert len(negatives) > 0 and (negatives[:, features.names.index("history_fill")] > 0).any()
+
+
+def test_heavy_listeners_train_the_reranker_on_their_recent_share(trained):
+  """Positives: each user's last max(recent, ceil(share x rows)) training rows, in time
+  order; share 0 keeps the last `recent` of everyone."""
+  family, _, _ = trained
+  prepared = family.prepared
+
+  def positives(share):
+    ranker = HardNegativeDCN(family.config.ranker_config(), prepared, lambda u: None, 1, 1, 3,
+                             recent_share=share)
+    return ranker.positive_rows()
+
+  sizes = prepared.train.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
+  from_end = prepared.train.groupby("user_id", sort=False).cumcount(ascending=False).to_numpy()
+  np.testing.assert_array_equal(positives(0.0), np.flatnonzero(from_end < 3))
+  shared = positives(0.5)
+  np.testing.assert_array_equal(shared, np.flatnonzero(from_end < np.maximum(3, np.ceil(
+      0.5 * sizes))))
+  # The share matters on this catalogue: some users have more than 6 rows, others fewer.
+  assert (sizes > 6).any() and (sizes < 6).any() and len(shared) > len(positives(0.0))
 
 
 def test_cascade_reorders_only_the_retrieved_candidates(trained):
