@@ -181,6 +181,13 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   assert "restored" not in family._fit_or_restore(first, "ranker_1", str(tmp_path / "again"),  # pylint: disable=protected-access
                                                   backup)
   assert family._fit_or_restore(second, "ranker_1", str(tmp_path / "again"), backup)["restored"]  # pylint: disable=protected-access
+  # A rerun whose cascade trains its re-rankers otherwise (here: on other positives)
+  # trains the stage afresh instead of restoring it.
+  other = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "recent_share": 0.0}),
+                        prepared)
+  other.retrieval = family.retrieval
+  assert "restored" not in other._fit_or_restore(fresh(), "ranker_1", str(tmp_path / "again"),  # pylint: disable=protected-access
+                                                 backup)
   family.rankers = [first]
   want = family._candidate_logits(users, candidates, "test")  # pylint: disable=protected-access
   family.rankers = [second]

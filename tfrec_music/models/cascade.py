@@ -517,7 +517,7 @@ class CascadeFamily(ModelFamily):
     run already had.
 
     A finished stage is checkpointed (weights and summary, tagged with its
-    configuration) under `<backup>/two_tower_dcn_<name>`, so a rerun of a run
+    configuration: a re-ranker's with the whole cascade's) under `<backup>/two_tower_dcn_<name>`, so a rerun of a run
     killed in a later stage restores it instead of training it again (the
     re-rankers' hard negatives come from the retrieval stage, so it must be
     the same one). A re-ranker's network creates its variables on its first
@@ -526,8 +526,13 @@ class CascadeFamily(ModelFamily):
     stages' folders are removed.
     """
     folder = io.join(backup, f"two_tower_dcn_{name}")
-    fingerprint = json.dumps({"config": dataclasses.asdict(stage.config),
-                              "data": self.prepared.fingerprint}, sort_keys=True, default=str)
+    tag = {"config": dataclasses.asdict(stage.config), "data": self.prepared.fingerprint}
+    if isinstance(stage, HardNegativeDCN):
+      # A re-ranker also depends on what its DCN config does not hold: its
+      # positives and negatives, its features, and the retrieval stage behind
+      # its hard negatives (all in the cascade's config).
+      tag["cascade"] = dataclasses.asdict(self.config)
+    fingerprint = json.dumps(tag, sort_keys=True, default=str)
     summary_path = io.join(folder, "summary.json")
     checkpoint = tf.train.Checkpoint(model=stage.model)
     if tf.io.gfile.exists(summary_path):
