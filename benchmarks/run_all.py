@@ -98,7 +98,7 @@ SUITE: Tuple[Benchmark, ...] = (
     Benchmark("two_tower_quality", "two_tower_quality",
               ("--seeds", "0", "1", "2", "--preset", "default"), None, "--json", 1500,
               "two-tower ids / all features, popularity, oracle: HR@10, NDCG@10 (item 6)"),
-    # ~27 min: the cascade trains two re-rankers per seed (~8 min a seed).
+    # ~44 min: the cascade trains two re-rankers per seed (12-16 min a seed).
     Benchmark("dcn_quality", "dcn_quality", ("--seeds", "0", "1", "2", "--cascade"), None,
               "--json", 3600, "DCN RMSE and the cascade's HR@10 (item 6)"),
     Benchmark("two_tower_streaming", "two_tower_streaming", ("--targets", "1000000", "10000000"),

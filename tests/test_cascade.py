@@ -44,8 +44,8 @@ def trained(catalog, tmp_path_factory):
     ({"blend_weights": (0.5, -1.0)}, "`blend_weights`"),
     ({"candidates": 0}, "`candidates`"),
     ({"recent_positives": -1}, "`recent_positives`"),
-    ({"recent_share": 1.5}, "between 0 and 1"),
-    ({"recent_share": -0.1}, "`recent_share`"),
+    ({"recent_share": 1.5}, r"`recent_share` should be in \[0, 1\]"),
+    ({"recent_share": -0.1}, r"`recent_share` should be in \[0, 1\]"),
     ({"history_features": ("artist", "tempo")}, "`history_features`"),
     ({"rankers": 0}, "`rankers`"),
 ])
@@ -168,14 +168,8 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   np.testing.assert_allclose(served["scores"].numpy(), want, rtol=1e-4, atol=1e-4)
 
   # A finished re-ranker is checkpointed; a rerun restores the same weights.
-  config = family.config
-
   def fresh():
-    return HardNegativeDCN(config.ranker_config(1), prepared, family._training_candidates(),  # pylint: disable=protected-access
-                           config.hard_negatives, config.random_negatives,
-                           config.recent_positives, family.history_features(),
-                           config.history_pooling, config.user_id_embedding,
-                           history_of=lambda u: family.history_rows(u, "valid"))
+    return family._new_ranker(1, family._training_candidates())  # pylint: disable=protected-access
   backup = str(tmp_path / "again" / "backup")
   first, second = fresh(), fresh()
   assert "restored" not in family._fit_or_restore(first, "ranker_1", str(tmp_path / "again"),  # pylint: disable=protected-access
@@ -186,8 +180,9 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   other = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "recent_share": 0.0}),
                         prepared)
   other.retrieval = family.retrieval
-  assert "restored" not in other._fit_or_restore(fresh(), "ranker_1", str(tmp_path / "again"),  # pylint: disable=protected-access
-                                                 backup)
+  retrained = other._new_ranker(1, other._training_candidates())  # pylint: disable=protected-access
+  assert "restored" not in other._fit_or_restore(retrained, "ranker_1",  # pylint: disable=protected-access
+                                                 str(tmp_path / "again"), backup)
   family.rankers = [first]
   want = family._candidate_logits(users, candidates, "test")  # pylint: disable=protected-access
   family.rankers = [second]
@@ -200,11 +195,7 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   job = str(tmp_path / "killed")
   rerun = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
   rerun._fit_or_restore(rerun.retrieval, "retrieval", job, job + "/backup")  # pylint: disable=protected-access
-  finished = HardNegativeDCN(config.ranker_config(0), prepared, rerun._training_candidates(),  # pylint: disable=protected-access
-                             config.hard_negatives, config.random_negatives,
-                             config.recent_positives, rerun.history_features(),
-                             config.history_pooling, config.user_id_embedding,
-                             history_of=lambda u: rerun.history_rows(u, "valid"))
+  finished = rerun._new_ranker(0, rerun._training_candidates())  # pylint: disable=protected-access
   rerun._fit_or_restore(finished, "ranker", job, job + "/backup")  # pylint: disable=protected-access
   summary = rerun.fit(job)
   assert summary["retrieval"]["restored"] and summary["rankers"][0]["restored"]

@@ -1,6 +1,7 @@
 """Every model family's config refuses bad numbers the same way (config_checks)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -83,3 +84,17 @@ def test_every_family_refuses_choices_with_the_allowed_values(model, field, bad,
   with pytest.raises(ValueError) as error:
     get_family(model).make_config("tiny", {field: bad})
   assert str(error.value) == message
+
+
+@pytest.mark.parametrize("model,bad,message", [
+    ("two_tower_dcn", 1.5, "`recent_share` should be in [0, 1]. Received: `recent_share` = 1.5."),
+    ("two_tower_dcn", -0.1, "`recent_share` should be in [0, 1]. Received: `recent_share` = -0.1."),
+    ("two_tower_dcn", "half", "`recent_share` should be in [0, 1]. "
+                              "Received: `recent_share` = 'half'."),
+    ("user_similarity", 0.0, "`recent_share` should be in (0, 1]. Received: `recent_share` = 0.0."),
+    ("user_similarity", 1.2, "`recent_share` should be in (0, 1]. Received: `recent_share` = 1.2."),
+])
+def test_share_fields_refuse_values_outside_their_interval(model, bad, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    get_family(model).make_config("tiny", {"recent_share": bad})
+  get_family(model).make_config("tiny", {"recent_share": 1.0})

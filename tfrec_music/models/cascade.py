@@ -9,7 +9,8 @@ them; the top `top_k` (default 10) are served.
 
 The re-ranker is trained for this job (`--labels implicit`): each user's
 most recent training interactions are positives (tastes drift: the last
-`recent_positives`, or the last `recent_share` of a heavier listener's); each positive's negatives are `hard_negatives` tracks drawn from the
+`recent_positives`, or the last `recent_share` of a heavier listener's);
+each positive's negatives are `hard_negatives` tracks drawn from the
 retrieval model's own top candidates for that user (tracks the user did
 not play: the mistakes the re-ranker must fix) and
 `random_negatives` uniform tracks (so it still knows the rest of the
@@ -86,6 +87,7 @@ from tfrec_music import io
 from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import check_shares
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.dcn import DCNModel
@@ -182,10 +184,7 @@ class CascadeConfig:
     check_ints(self, ("hard_negatives", "random_negatives", "recent_positives"), minimum=0)
     check_numbers(self, ("learning_rate",), positive=True)
     check_numbers(self, ("l2",))
-    check_numbers(self, ("recent_share",))
-    if self.recent_share > 1:
-      raise ValueError("`recent_share` should be a share of each user's training interactions, "
-                       f"between 0 and 1. Received: `recent_share` = {self.recent_share!r}.")
+    check_shares(self, ("recent_share",))
     if self.hard_negatives + self.random_negatives == 0:
       raise ValueError("The re-ranker needs negatives: `hard_negatives` and `random_negatives` "
                        "are both 0.")
@@ -484,12 +483,7 @@ class CascadeFamily(ModelFamily):
     candidates = self._training_candidates()
     self.rankers, ranker_summaries, stages = [], [], ["retrieval"]
     for index in range(config.rankers):
-      ranker = HardNegativeDCN(config.ranker_config(index), self.prepared, candidates,
-                               config.hard_negatives, config.random_negatives,
-                               config.recent_positives, self.history_features(),
-                               config.history_pooling, config.user_id_embedding,
-                               history_of=lambda users: self.history_rows(users, "valid"),
-                               recent_share=config.recent_share)
+      ranker = self._new_ranker(index, candidates)
       name = "ranker" if index == 0 else f"ranker_{index}"
       stages.append(name)
       self._share_checkpointing(ranker, name)
@@ -511,16 +505,28 @@ class CascadeFamily(ModelFamily):
       self.fit_summary["rankers"] = ranker_summaries
     return self.fit_summary
 
+  def _new_ranker(self, index: int, candidates: Callable[[np.ndarray], np.ndarray]
+                  ) -> HardNegativeDCN:
+    """Re-ranker `index` of the ensemble, untrained, with hard negatives from `candidates`
+    (`_training_candidates`)."""
+    config = self.config
+    return HardNegativeDCN(config.ranker_config(index), self.prepared, candidates,
+                           config.hard_negatives, config.random_negatives,
+                           config.recent_positives, self.history_features(),
+                           config.history_pooling, config.user_id_embedding,
+                           history_of=lambda users: self.history_rows(users, "valid"),
+                           recent_share=config.recent_share)
+
   def _fit_or_restore(self, stage: ModelFamily, name: str, job_dir: str,
                       backup: str) -> Dict[str, Any]:
     """Fits one stage (the two-tower model or a re-ranker), or restores it when a killed
     run already had.
 
     A finished stage is checkpointed (weights and summary, tagged with its
-    configuration: a re-ranker's with the whole cascade's) under `<backup>/two_tower_dcn_<name>`, so a rerun of a run
-    killed in a later stage restores it instead of training it again (the
-    re-rankers' hard negatives come from the retrieval stage, so it must be
-    the same one). A re-ranker's network creates its variables on its first
+    configuration: a re-ranker's with the whole cascade's) under
+    `<backup>/two_tower_dcn_<name>`, so a rerun of a run killed in a later
+    stage restores it instead of training it again (the re-rankers' hard
+    negatives come from the retrieval stage, so it must be the same one). A re-ranker's network creates its variables on its first
     call, so it is called once before the read: the weights are restored at
     once, not deferred to a first call that may come after the finished
     stages' folders are removed.

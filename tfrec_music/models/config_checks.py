@@ -53,6 +53,19 @@ def check_numbers(config: Any, names: Iterable[str], *, positive: bool = False) 
       raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
 
 
+def check_shares(config: Any, names: Iterable[str], *, zero: bool = True) -> None:
+  """Checks that each field is a share: a real number in [0, 1] (or (0, 1] without `zero`).
+
+  Raises:
+    ValueError: naming the first bad field, the interval and its value.
+  """
+  interval = "[0, 1]" if zero else "(0, 1]"
+  for name in names:
+    value = getattr(config, name)
+    if not _is_real(value) or value < 0 or value > 1 or (not zero and value == 0):
+      raise ValueError(f"`{name}` should be in {interval}. Received: `{name}` = {value!r}.")
+
+
 def check_choices(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
   """Checks that each field holds one of its allowed values.
 

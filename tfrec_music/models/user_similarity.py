@@ -56,6 +56,7 @@ from tfrec_music.export.projector import write_projector
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import check_shares
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
 from tfrec_music.models.track_vectors import SOURCES
@@ -113,9 +114,7 @@ class UserSimilarityConfig:
 
   def __post_init__(self):
     check_choices(self, {"track_vectors": SOURCES, "metric": METRICS})
-    if not 0 < self.recent_share <= 1:
-      raise ValueError("`recent_share` should be in (0, 1]. "
-                       f"Received: `recent_share` = {self.recent_share!r}.")
+    check_shares(self, ("recent_share",), zero=False)
     check_numbers(self, ("epsilon",), positive=True)
     check_ints(self, ("top_k", "word_dim"))
     object.__setattr__(self, "text_columns", tuple(self.text_columns))
