@@ -43,7 +43,7 @@ def _int_list(text: str):
 
 
 def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
-  """The CLI's argument parser (flags of DESIGN.md), plus `model`'s own flags."""
+  """The CLI's argument parser (the common flags), plus `model`'s own flags."""
   p = argparse.ArgumentParser(
       prog="python -m trainer.task",
       description="Train, evaluate and export a tfrec-music recommender.",

@@ -1,6 +1,6 @@
 """The canonical tables every loader returns, and the one validation pass.
 
-DESIGN.md fixes four tables: `interactions`, `items`, `users` and `user_links`.
+The canonical format has four tables: `interactions`, `items`, `users`, `user_links`.
 Every source (CSV folders, Last.fm exports, TFDS, the synthetic catalogue) is
 read into a `Tables` and goes through `validate_tables`, which either returns
 clean, typed frames or raises a `DataValidationError` that names the file, the
@@ -33,7 +33,7 @@ STRING_COLUMNS = ("user_id", "item_id", "other_user_id", "playlist_id", "title",
                   "artist", "album", "genre", "parent_genre", "text", "country",
                   "username")
 LIST_COLUMNS = ("tags",)
-# Numeric audio features of DESIGN.md; any other numeric column of `items` is
+# Numeric audio features of the canonical `items`; any other numeric column is
 # treated as a numeric feature too.
 AUDIO_FEATURES = ("danceability", "energy", "loudness", "speechiness",
                   "acousticness", "instrumentalness", "liveness", "valence",

@@ -78,7 +78,7 @@ def evaluate_scorer(scorer: Scorer, prepared: PreparedData,
                     ks: Sequence[int] = DEFAULT_KS,
                     cold_users: bool = True, chunk_size: int = 512,
                     lists: bool = True) -> Dict[str, float]:
-  """Full-ranking metrics of one scorer with DESIGN.md's keys.
+  """Full-ranking metrics of one scorer, keyed `<split>/<slice>/<metric>`.
 
   Args:
     scorer: split name (`valid`, `test`, `cold_user`) -> score_fn, a batched

@@ -199,7 +199,7 @@ def similarity_metrics(score_pairs: PairScorer,
                        users: Sequence[str], links: Optional[pd.DataFrame],
                        truth: Optional[PairScorer] = None, k: int = 10, seed: int = 0,
                        n_oracle_pairs: int = 20_000) -> Dict[str, float]:
-  """Every similarity check with DESIGN.md keys (`valid/all/...`, `test/all/...`).
+  """Every similarity check, keyed `<split>/<slice>/<metric>` (`valid/all/...`, `test/all/...`).
 
   Friend pairs are split half/half (seeded) into a validation half (for
   tuning) and a test half; each half's AUC is against its own random

@@ -153,7 +153,7 @@ class ModelFamily(abc.ABC):
 
     Returns:
       `(metrics, fit_summary, save_fn)`: metrics as `{"model": {...},
-      "popularity": ...}` with DESIGN.md's keys, what training reports
+      "popularity": ...}` keyed `<split>/<slice>/<metric>`, what training reports
       (examples/s, epochs, ...), and the function that writes the trained
       model's SavedModel into a folder (the export contract of `save`).
 

@@ -1,4 +1,4 @@
-"""Loader for the canonical folder format of DESIGN.md (CSV or Parquet).
+"""Loader for the canonical folder format (CSV or Parquet).
 
 A canonical folder holds `interactions.csv`, `items.csv`, `users.csv` and
 `user_links.csv` (or the same names in `.parquet`) with the canonical column

@@ -2,7 +2,7 @@
 
 The recommender idea it serves: a playlist is a user whose "history" is its
 tracks in order, so playlist continuation is next-item recommendation for
-playlists (DESIGN.md). The loader maps
+playlists. The loader maps
 
 - each playlist to a user: `user_id` = `pid`, with `name`, `collaborative`
   (the dataset writes `"true"` / `"false"` strings), `num_followers`,
