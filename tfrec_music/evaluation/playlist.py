@@ -19,7 +19,8 @@ playlist (the targets G):
 Slices are `k0` (name only), `k1`, `k5`, `k10`, `k25` (playlists with
 fewer than K + 1 tracks are skipped for that K), plus, when the splits allow
 it, `seen` (playlists trained on: training tracks as seeds, their held-out
-valid and test tracks as targets, the model's own playlist vectors), `seen_refit`
+valid and test tracks as targets, the model's own playlist vectors; the
+valid tracks are the ones `playlist_mf` early-stops on), `seen_refit`
 (the same seeds and targets, the playlist vector solved from the seeds as for
 an unseen playlist) and `unseen` (held-out playlists cut before their last 2
 tracks: the same shape of question as `seen`, asked of playlists the model
@@ -262,8 +263,13 @@ def playlist_names(prepared) -> Dict[str, str]:
 def seen_queries(prepared, split: str = "test") -> PlaylistQueries:
   """Trained playlists: training tracks as seeds, held-out tracks as targets.
 
-  For `split="test"` the targets are the valid and test tracks (the model
-  selects nothing on them); for `"valid"` only the validation track.
+  For `split="test"` the targets are the valid and test tracks; for
+  `"valid"` only the validation track. The validation tracks are not
+  untouched: `playlist_mf` early-stops on them (it keeps the epoch with the
+  best NDCG of `seen_queries(prepared, "valid")`) and its `l2` and
+  `fold_in_l2` defaults were chosen on them, so the test `seen` and
+  `seen_refit` slices lean optimistic; only their test tracks were never
+  looked at.
   """
   train = _ordered(prepared, prepared.train)
   held = [prepared.valid, prepared.test] if split == "test" else [prepared.valid]

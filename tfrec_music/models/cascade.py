@@ -11,10 +11,13 @@ The re-ranker is trained for this job (`--labels implicit`): each user's
 most recent training interactions are positives (tastes drift: the last
 `recent_positives`, or the last `recent_share` of a heavier listener's);
 each positive's negatives are `hard_negatives` tracks drawn from the
-retrieval model's own top candidates for that user (tracks the user did
-not play: the mistakes the re-ranker must fix) and
-`random_negatives` uniform tracks (so it still knows the rest of the
-catalogue).
+retrieval model's own top candidates for that user (the mistakes the
+re-ranker must fix) and `random_negatives` uniform tracks (so it still
+knows the rest of the catalogue). A drawn track that is in the user's
+training rows, or among the positives being labelled (a validation row's
+own track), is dropped; nothing else is, so a user's later validation or
+test track may be drawn as a training negative, as it would be in
+production, where the future is unknown.
 
 History-aware pair features: a user id embedding learnt from ~20 positives
 knows a user's taste poorly, while the query tower reads the recent
