@@ -39,7 +39,7 @@ def test_kcore_iterates_to_fixed_point():
   rows = [(u, i, 0) for u in "abd" for i in "xy"] + [("c", "z", 0), ("c", "w", 0),
                                                      ("a", "z", 0)]
   report = DataReport()
-  out = kcore(_frame(rows), 2, report)
+  out = kcore(_frame(rows), 2, report, items=True)
   assert set(out.item_id) == {"x", "y"}
   assert set(out.user_id) == {"a", "b", "d"}
   assert report.get("kcore", "interactions_dropped") == 3
@@ -48,6 +48,58 @@ def test_kcore_iterates_to_fixed_point():
   counts_i = out.item_id.value_counts()
   assert counts_u.min() >= 2 and counts_i.min() >= 2
   assert report.get("kcore", "iterations") >= 3
+
+
+def test_kcore_by_default_filters_users_only():
+  # k=2: c has 1 row -> dropped; item w (1 play) stays, its user a has 3 rows.
+  rows = [("a", "x", 0), ("a", "y", 0), ("a", "w", 0), ("b", "x", 0), ("b", "y", 0),
+          ("c", "x", 0)]
+  report = DataReport()
+  out = kcore(_frame(rows), 2, report)
+  assert set(out.user_id) == {"a", "b"}
+  assert set(out.item_id) == {"x", "y", "w"}
+  assert report.get("kcore", "interactions_dropped") == 1
+  assert report.get("kcore", "items_dropped") == 0
+
+
+def test_catalogue_keeps_every_item_and_reports_new_ones():
+  # u3 has 1 row (dropped by kcore=2) and is the only listener of "rare"; "unplayed"
+  # is only in the items table. Both stay candidates, with no training plays (`new`).
+  rows = [(u, i, t) for u in ("u1", "u2") for t, i in enumerate(["a", "b", "c", "d"])]
+  rows.append(("u3", "rare", 0))
+  items = pd.DataFrame({"item_id": ["a", "b", "c", "d", "rare", "unplayed"]})
+  report = DataReport()
+  prepared = prepare(Tables(_frame(rows), items),
+                     PrepareConfig(kcore=2, cold_user_share=0.0), report)
+  assert list(prepared.item_ids) == ["a", "b", "c", "d", "rare", "unplayed"]
+  new = prepared.item_slices()["new"]
+  # Per user: d -> test, c -> valid (time order); a and b train.
+  assert list(prepared.item_ids[new]) == ["c", "d", "rare", "unplayed"]
+  assert report.get("catalogue", "items_in_table_without_interactions") == 1
+  assert report.get("catalogue", "items_without_training_interactions") == 4
+
+
+def test_dedup_is_causal_play_counts_stop_at_the_split_point():
+  # User a: x at t=1, 2 (weight 1 each), y at t=3, z at t=4, then x again at t=5
+  # (weight 10) and at t=6 a new rating. Temporal LOO: z -> test, y -> valid, x ->
+  # train. x's training weight counts listens before the validation point (t=3):
+  # 1 + 1 = 2, not 12; its rating is the last one before t=3 (4.0, not 1.0).
+  # y (valid) counts listens before the test point t=4: y at t=3 and t=3.5 -> 2.
+  frame = pd.DataFrame({
+      "user_id": ["a"] * 7,
+      "item_id": ["x", "x", "y", "y", "z", "x", "x"],
+      "timestamp": [1, 2, 3, 3.5, 4, 5, 6],
+      "weight": [1.0, 1.0, 1.0, 1.0, 1.0, 10.0, 1.0],
+      "rating": [3.0, 4.0, 5.0, 5.0, 5.0, 2.0, 1.0]})
+  report = DataReport()
+  prepared = prepare(Tables(frame), PrepareConfig(kcore=0, cold_user_share=0.0), report)
+  assert prepared.train["item_id"].tolist() == ["x"]
+  assert prepared.train["weight"].item() == 2.0
+  assert prepared.train["rating"].item() == 4.0
+  assert prepared.valid["weight"].item() == 2.0
+  assert prepared.test["item_id"].item() == "z"
+  # t=5 and t=6 (after the validation point) and nothing else are left out of train.
+  assert report.get("dedup", "listens_after_split_point") == 2
 
 
 def test_kcore_nothing_left_says_how_to_fix():
@@ -105,6 +157,7 @@ def test_prepare_end_to_end_counts_and_vocabularies(toy_tables):
   total = sum(len(getattr(prepared, s)) for s in ("train", "valid", "test", "cold_user_history",
                                                    "cold_user_test"))
   assert total == len(toy_tables.interactions) - report.get("kcore", "interactions_dropped")
+  assert prepared.n_items == len(toy_tables.items)  # every item of the table stays
   # Vocabularies come from train only.
   assert set(prepared.vocabularies["user_id"]) == set(prepared.train.user_id)
   assert set(prepared.vocabularies["item_id"]) == set(prepared.train.item_id)

@@ -67,7 +67,15 @@ def test_negatives_come_from_least_similar_user_and_never_own(fitted):
   rows = family.training_rows(epoch=0)
   neg = rows["label"] == 0
   users, items = rows["user"][neg], rows["item"][neg]
-  assert not any(i in family.known[int(u)] for u, i in zip(users, items))
+  assert not any(i in family.train_known[int(u)] for u, i in zip(users, items))
+  # Only training rows are avoided: a later (validation / test) track is the future.
+  prepared = family.prepared
+  for user, item in zip(prepared.valid["user_id"][:20], prepared.valid["item_id"]):
+    row = family.user_position.get_loc(user)
+    index = int(prepared.item_index([item])[0])
+    assert index in family.known[row]
+    assert (index in family.train_known[row]) == (
+        item in set(prepared.train.loc[prepared.train.user_id == user, "item_id"]))
   from_anti = np.mean([i in set(family.user_tracks[int(family.anti[u])].tolist())
                        for u, i in zip(users, items)])
   assert from_anti > 0.9

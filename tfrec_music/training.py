@@ -44,9 +44,10 @@ class RunConfig:
     bad_slices: `error` or `drop` for unreadable slice files (`--data mpd`).
     stream: Train from Parquet shards without loading them whole (`--stream`,
       families with `stream_train`).
-    kcore: k of the k-core filter.
+    kcore: Minimum interactions per user (items are never dropped).
     warm_share: Share of items marked warm.
     cold_user_share: Share of users held out as cold users.
+    (The three preparation defaults are `PrepareConfig`'s, the one source.)
     hparams: Model hyperparameter overrides.
     export: Whether to export the model.
     distribution: `tf.distribute` strategy name (`tfrec_music.distribute`).
@@ -64,9 +65,9 @@ class RunConfig:
   unknown_items: str = "error"
   bad_slices: str = "error"
   stream: bool = False
-  kcore: int = 5
-  warm_share: float = 0.2
-  cold_user_share: float = 0.05
+  kcore: int = PrepareConfig.kcore
+  warm_share: float = PrepareConfig.warm_share
+  cold_user_share: float = PrepareConfig.cold_user_share
   hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   export: bool = True
   distribution: str = "auto"

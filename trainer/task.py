@@ -16,6 +16,7 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 from tfrec_music.data.registry import NAMED_LOADERS
 from tfrec_music.distribute import DISTRIBUTIONS
 from tfrec_music.models.registry import FAMILY_NAMES
+from tfrec_music.prepare.prepared import PrepareConfig
 
 
 def _parse_value(text: str):
@@ -73,10 +74,12 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
                  help="Synthetic catalogue size and model preset: tiny or default.")
   p.add_argument("--epochs", type=int, default=None, help="Training epochs (model default if unset).")
   p.add_argument("--seed", type=int, default=0, help="Seed of data, split, init and shuffling.")
-  p.add_argument("--kcore", type=int, default=5, help="k-core filter for users and items.")
-  p.add_argument("--warm-share", type=float, default=0.2,
+  p.add_argument("--kcore", type=int, default=PrepareConfig.kcore,
+                 help="Minimum interactions per user (users with fewer are dropped and "
+                      "counted); every item stays a candidate.")
+  p.add_argument("--warm-share", type=float, default=PrepareConfig.warm_share,
                  help="Share of items (most interacted) marked warm; the rest are cold.")
-  p.add_argument("--cold-user-share", type=float, default=0.05,
+  p.add_argument("--cold-user-share", type=float, default=PrepareConfig.cold_user_share,
                  help="Share of users held out of training, evaluated from history alone.")
   p.add_argument("--job-dir", default=None,
                  help="Run outputs (report, metrics, config, logs). Default jobs/<model> "

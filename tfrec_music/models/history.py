@@ -53,6 +53,53 @@ def causal_window(users: np.ndarray, values: np.ndarray, length: int, pad: int) 
   return history
 
 
+def others_window(users: np.ndarray, values: np.ndarray, length: int, pad: int) -> np.ndarray:
+  """[N, length] up to `length` of the *other* rows' values of each row's user.
+
+  For data without timestamps, where a user's rows have no order: a training
+  row's history is the rest of the user's items (as at serving time, where
+  the history is the user's whole profile), not the random prefix before it.
+  Row `p` of a user's block of `n` rows takes the rows `p + 1, ..., p + length`
+  (wrapping around the block; a row's own value is never in it), so every row
+  sees a different window when the user has more than `length` other rows.
+
+  Args:
+    users: [N] user of each row; rows grouped by user (in a seeded random order).
+    values: [N] int value of each row.
+    length: Other rows kept.
+    pad: Value of the unused slots (users with fewer than `length` other rows).
+
+  Returns:
+    int64 array aligned with the rows.
+  """
+  n = len(users)
+  block_start = np.ones(n, dtype=bool)
+  block_start[1:] = users[1:] != users[:-1]
+  block = np.cumsum(block_start) - 1
+  first = np.flatnonzero(block_start)
+  size = np.diff(np.append(first, n))[block]
+  position = np.arange(n) - first[block]
+  history = np.full((n, length), pad, dtype=np.int64)
+  for offset in range(1, length + 1):
+    rows = np.flatnonzero(offset < size)
+    source = first[block[rows]] + (position[rows] + offset) % size[rows]
+    history[rows, length - offset] = values[source]
+  return history
+
+
+def training_history(frame: pd.DataFrame, vocabulary: List[str], length: int) -> np.ndarray:
+  """[N, length] history of each training row: causal with timestamps, the other rows without.
+
+  With timestamps a row sees the tracks played before it (`causal_history`);
+  without, order means nothing, so it sees the user's other tracks
+  (`others_window`), which is what serving gives a user: their profile.
+  """
+  if "timestamp" in frame.columns:
+    return causal_history(frame, vocabulary, length)
+  items = lookup_indices(frame["item_id"], vocabulary)
+  return others_window(frame["user_id"].to_numpy(), items, length, pad=0)
+
+
 def last_items(frame: pd.DataFrame, length: int) -> Dict[str, List[str]]:
   """User id -> their last `length` track ids in `frame` (time order kept)."""
   if len(frame) == 0:

@@ -294,12 +294,12 @@ class TasteMLPFamily(ModelFamily):
     np.add.at(self.user_sums, self.train_users, self.track_table[self.train_items])
     self.user_counts = np.bincount(self.train_users, minlength=len(self.user_ids)).astype(np.float64)
     self.centroids = (self.user_sums / np.maximum(self.user_counts, 1)[:, None]).astype(np.float32)
-    self.known = {}  # user row -> set of item indices in any split (never negatives)
-    for frame in (prepared.train, prepared.valid, prepared.test):
-      rows = self.user_position.get_indexer(frame["user_id"].astype(str))
-      for u, i in zip(rows, prepared.item_index(frame["item_id"])):
-        if u >= 0:
-          self.known.setdefault(int(u), set()).add(int(i))
+    # User row -> item indices never drawn as negatives. Training negatives avoid
+    # the training rows only (later plays are the future); evaluation negatives
+    # avoid every split's positives (the evaluation knows its labels).
+    self.train_known = _known_items(self.user_position, prepared, (prepared.train,))
+    self.known = _known_items(self.user_position, prepared,
+                              (prepared.train, prepared.valid, prepared.test))
     self.user_tracks = pd.Series(self.train_items).groupby(self.train_users).apply(np.asarray)
     self.anti = (least_similar_users(SimilarityIndex(self.user_ids, self.centroids))
                  if config.negatives == "least_similar" else None)
@@ -326,7 +326,7 @@ class TasteMLPFamily(ModelFamily):
 
   # ----------------------------------------------------------------- sampling
   def _negatives(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One negative track per entry of `users` (rows), never one of the user's own."""
+    """One negative track per entry of `users` (rows), never one of the user's training tracks."""
     n_items = self.prepared.n_items
     neg = rng.integers(0, n_items, size=len(users))
     if self.anti is not None:
@@ -335,8 +335,8 @@ class TasteMLPFamily(ModelFamily):
         if pool is not None and len(pool):
           neg[rows.to_numpy()] = pool[rng.integers(0, len(pool), size=len(rows))]
     for _ in range(5):  # resample the user's own tracks (rare) at random
-      hit = np.fromiter((i in self.known.get(int(u), ()) for u, i in zip(users, neg)), bool,
-                        len(neg))
+      hit = np.fromiter((i in self.train_known.get(int(u), ()) for u, i in zip(users, neg)),
+                        bool, len(neg))
       if not hit.any():
         break
       neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
@@ -593,3 +593,15 @@ class TasteMLPFamily(ModelFamily):
     return {"serving_default": "user_id [B], item_id [B] -> probability [B], known [B]",
             "score_features": f"track [B, {dim}], taste [B, {dim}] -> probability [B], logit [B] "
                               f"(track = standardized {list(self.audio_columns)} + text vector)"}
+
+
+def _known_items(user_position: pd.Index, prepared: PreparedData,
+                 frames) -> Dict[int, set]:
+  """User row -> the catalogue indices of the user's items in `frames`."""
+  known: Dict[int, set] = {}
+  for frame in frames:
+    rows = user_position.get_indexer(frame["user_id"].astype(str))
+    for u, i in zip(rows, prepared.item_index(frame["item_id"])):
+      if u >= 0:
+        known.setdefault(int(u), set()).add(int(i))
+  return known

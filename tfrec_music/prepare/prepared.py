@@ -30,7 +30,9 @@ class PrepareConfig:
   """How tables become splits.
 
   Attributes:
-    kcore: Minimum interactions per user and item (default 5; 0 or 1 disables).
+    kcore: Minimum interactions per user (default 5; 0 or 1 disables). Users
+      with fewer are dropped (counted in the report); items are never dropped:
+      every item in the interactions or the items table stays a candidate.
     split: `"leave_one_out"` (temporal when timestamps exist) or `"ratio"`.
     ratios: Train/valid/test shares for the ratio split.
     warm_share: Share of catalogue items, by training degree, marked warm
@@ -64,13 +66,15 @@ class PreparedData:
 
   Attributes:
     train, valid, test: Interaction frames of the split.
-    items: The catalogue (every item left after k-core) in catalogue-index
-      order, with whatever content columns the items table had.
+    items: The catalogue (every item in the interactions or the items table)
+      in catalogue-index order, with whatever content columns the items table
+      had.
     users: Users table (or None).
     user_links: Friendships (or None).
     cold_user_history: Interactions of held-out users, except their last.
     cold_user_test: The last interaction of each held-out user.
-    warm_items: [n_items] bool, True for warm items.
+    warm_items: [n_items] bool, True for warm items (the `new` slice, items
+      with no training interaction, is `item_train_counts == 0`).
     item_train_counts: [n_items] training interactions per item.
     vocabularies: Feature name -> tokens, from the training split only.
     config: The `PrepareConfig` used.
@@ -108,8 +112,13 @@ class PreparedData:
     return index.get_indexer(pd.Series(item_ids).astype(str))
 
   def item_slices(self) -> Dict[str, np.ndarray]:
-    """Slice name -> [n_items] bool mask, for the evaluation library."""
-    return {"cold": ~self.warm_items, "warm": self.warm_items.copy()}
+    """Slice name -> [n_items] bool mask, for the evaluation library.
+
+    `cold` and `warm` split the catalogue by training degree; `new` holds the
+    items no training row names (placed by content where the model has it).
+    """
+    return {"cold": ~self.warm_items, "warm": self.warm_items.copy(),
+            "new": self.item_train_counts == 0}
 
   def user_histories(self, frame: pd.DataFrame) -> Dict[str, np.ndarray]:
     """User id -> catalogue indices of the user's items in `frame`, in order."""
@@ -201,7 +210,12 @@ def mark_warm(item_train_counts: np.ndarray, warm_share: float) -> np.ndarray:
 
 def prepare(tables: Tables, config: PrepareConfig = PrepareConfig(),
             report: Optional[DataReport] = None) -> PreparedData:
-  """Runs the whole preparation of DESIGN.md on validated tables.
+  """Runs the whole preparation on validated tables.
+
+  Deduplicate (causally: a pair's play count and rating come from the listens
+  up to its split point), drop users under the minimum activity, hold out
+  cold users, split, keep every item of the data as a candidate, mark warm
+  and cold items, build vocabularies from the training split.
 
   Args:
     tables: Validated canonical tables.
@@ -214,24 +228,34 @@ def prepare(tables: Tables, config: PrepareConfig = PrepareConfig(),
   report = report if report is not None else DataReport()
   start = time.perf_counter()
   interactions = tables.interactions
+  listens = None
   if config.dedup:
-    interactions = filtering.deduplicate(interactions, report)
+    interactions, listens = filtering.deduplicate(interactions, report, return_listens=True)
+  all_item_ids = interactions["item_id"].unique()
   interactions = filtering.kcore(interactions, config.kcore, report)
   interactions, cold_history, cold_test = split_lib.hold_out_users(
       interactions, config.cold_user_share if config.split == "leave_one_out" else 0.0,
       config.seed, report)
   if config.split == "leave_one_out":
     parts = split_lib.leave_one_out(interactions, config.seed, report)
+    if "timestamp" in interactions.columns:
+      parts = filtering.causal_totals(parts, listens, SPLITS, report)
+      cold = filtering.causal_totals({"history": cold_history, "target": cold_test}, listens,
+                                     ("history", "target"), report)
+      cold_history, cold_test = cold["history"], cold["target"]
   else:
     parts = split_lib.ratio_split(interactions, config.ratios, config.seed, report)
 
-  catalogue_ids = np.sort(pd.concat([interactions["item_id"], cold_history["item_id"],
-                                     cold_test["item_id"]]).unique())
+  # Every item of the data stays a candidate, whatever the user filter dropped.
+  catalogue_ids = pd.Index(all_item_ids).astype(str)
+  if tables.items is not None:
+    catalogue_ids = catalogue_ids.union(pd.Index(tables.items["item_id"]).astype(str))
+  catalogue_ids = np.sort(catalogue_ids.unique().to_numpy())
   if tables.items is not None:
     items = tables.items.set_index("item_id").reindex(catalogue_ids).reset_index()
     report.record("catalogue", items_in_table=len(tables.items),
-                  items_without_interactions_after_kcore=int(
-                      len(tables.items) - len(catalogue_ids)))
+                  items_in_table_without_interactions=int(
+                      (~tables.items["item_id"].isin(all_item_ids)).sum()))
   else:
     items = pd.DataFrame({"item_id": catalogue_ids})
   counts = parts["train"]["item_id"].value_counts()
