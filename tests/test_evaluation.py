@@ -440,7 +440,7 @@ def test_binary_metrics_rejects_bad_inputs(labels, probabilities, match):
 def test_top_k_lists_match_a_full_sort_with_ties_and_exclusions():
   # Integer scores make many exact ties; excluded items (+inf negated) must come
   # last and be reported as -1. Reference: a full stable sort per row.
-  from tfrec_music.evaluation.retrieval import _top_negated  # pylint: disable=g-import-not-at-top
+  from tfrec_music.evaluation.ranks import top_negated  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(7)
   for dtype in (np.float32, np.float64):
     neg = -rng.integers(0, 6, size=(40, 30)).astype(dtype)
@@ -448,7 +448,7 @@ def test_top_k_lists_match_a_full_sort_with_ties_and_exclusions():
     neg[0, :] = np.inf                                   # a row with nothing eligible
     neg[1, 2:] = np.inf                                  # fewer eligible items than k
     for k in (1, 5, 29):
-      idx, vals = _top_negated(neg.copy(), k, np.inf)
+      idx, vals = top_negated(neg.copy(), k, np.inf)
       order = np.argsort(neg, axis=1, kind="stable")[:, :k]
       want = np.where(np.take_along_axis(neg, order, axis=1) == np.inf, -1, order)
       np.testing.assert_array_equal(idx, want)
