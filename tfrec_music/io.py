@@ -11,29 +11,47 @@ def _is_local(path: str) -> bool:
   return "://" not in str(path)
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path`, creating parent folders."""
+def _write(path: str, data, mode: str) -> None:
   path = str(path)
   if _is_local(path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(text)
+    with open(path, mode, encoding=None if "b" in mode else "utf-8") as f:
+      f.write(data)
     return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text)
+  with tf.io.gfile.GFile(path, mode) as f:
+    f.write(data)
+
+
+def _read(path: str, mode: str):
+  path = str(path)
+  if _is_local(path):
+    with open(path, mode, encoding=None if "b" in mode else "utf-8") as f:
+      return f.read()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path, mode) as f:
+    return f.read()
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path`, creating parent folders."""
+  _write(path, text, "w")
 
 
 def read_text(path: str) -> str:
   """Reads a UTF-8 text file from any local or `tf.io.gfile` path."""
-  path = str(path)
-  if _is_local(path):
-    with open(path, "r", encoding="utf-8") as f:
-      return f.read()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path, "r") as f:
-    return f.read()
+  return _read(path, "r")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path`, creating parent folders."""
+  _write(path, data, "wb")
+
+
+def read_bytes(path: str) -> bytes:
+  """Reads a whole file as bytes from any local or `tf.io.gfile` path."""
+  return _read(path, "rb")
 
 
 def exists(path: str) -> bool:

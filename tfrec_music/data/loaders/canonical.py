@@ -32,6 +32,7 @@ from tfrec_music.data.tables import TABLE_NAMES
 from tfrec_music.data.tables import Tables
 from tfrec_music.data.tables import rename_columns
 from tfrec_music.data.tables import validate_tables
+from tfrec_music.io import read_bytes
 
 FORMATS = ("csv", "parquet")
 
@@ -162,16 +163,6 @@ def list_dir(path: str) -> List[str]:
     return sorted(os.listdir(path))
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
-
-
-def read_bytes(path: str) -> bytes:
-  """Reads a whole file as bytes (local or `tf.io.gfile`)."""
-  if _is_local(path):
-    with open(path, "rb") as f:
-      return f.read()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path, "rb") as f:
-    return f.read()
 
 
 def missing_folder_error(data_dir: str, what: str) -> FileNotFoundError:
