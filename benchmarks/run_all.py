@@ -17,7 +17,11 @@ is recorded as skipped, and each has its own timeout.
   python -m benchmarks.run_all                      # the suite (`make bench`)
   python -m benchmarks.run_all --quick              # our three benchmarks, smallest sizes
   python -m benchmarks.run_all --only scann_recall eval_throughput
-  python -m benchmarks.run_all --render benchmarks.json   # rewrite BENCHMARKS.md only
+  python -m benchmarks.run_all --render benchmarks.json   # rewrite BENCHMARKS.md, no run
+
+BENCHMARKS.md opens with the targets (`benchmarks.targets`: every target with
+its value, met or not, and the date and flags it was measured with; stale
+rows marked), which are also written into the JSON report as `targets`.
 """
 
 import argparse
@@ -31,6 +35,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from benchmarks import _stats
+from benchmarks import targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,7 @@ def run_benchmark(bench: Benchmark, quick: bool, python: str, workdir: str) -> D
   command = [python, "-m", f"benchmarks.{bench.module}"] + args
   env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
   start = time.perf_counter()
-  record: Dict[str, Any] = {"name": bench.name, "what": bench.what,
+  record: Dict[str, Any] = {"name": bench.name, "what": bench.what, "date": _now(),
                             "command": "python -m benchmarks." + " ".join([bench.module] + args[
                                 :len(args) - (2 if json_path else 0)])}
   print(f"[run_all] {record['command']}", flush=True)
@@ -171,9 +176,15 @@ def run_benchmark(bench: Benchmark, quick: bool, python: str, workdir: str) -> D
 
 
 # ------------------------------------------------------------------- tables
+def _now() -> str:
+  return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
 def _num(value: Any, digits: int = 4) -> str:
   if value is None:
     return "—"
+  if isinstance(value, bool):
+    return "true" if value else "false"
   if isinstance(value, dict) and "median" in value:
     return _stats.fmt(value, digits)
   if isinstance(value, float):
@@ -238,7 +249,7 @@ def _flat(value: Any, prefix: str = "") -> List[Tuple[str, Any]]:
     for i, sub in enumerate(value):
       out += _flat(sub, f"{prefix}{i}/")
     return out
-  if isinstance(value, (int, float, dict)) and not isinstance(value, bool):
+  if isinstance(value, (int, float, dict)):  # bool included: the scripts' "met" flags
     return [(prefix.rstrip("/"), value)]
   return []
 
@@ -263,8 +274,19 @@ def _seed_stat(rows: Any, key: str) -> Optional[Dict[str, Any]]:
   return _stats.summarize(values) if values else None
 
 
-def _quality_section(figures: Dict[str, Any]) -> List[str]:
+def _when(report: Dict[str, Any], name: str) -> str:
+  """`, measured <date>` of entry `name`, and its stale mark (for the quality tables' titles)."""
+  record = next((r for r in report["records"] if r["name"] == name), None)
+  if record is None:
+    return ""
+  mark = targets.stale_mark(targets.stale_changes(record, report))
+  return f", measured {targets.record_date(record, report)}" + (
+      f"; {mark} under Targets" if mark else "")
+
+
+def _quality_section(report: Dict[str, Any]) -> List[str]:
   """Item 6: one quality table per task, from the quality benchmarks' per-seed rows."""
+  figures = {r["name"]: r.get("figures") for r in report["records"] if r.get("figures")}
   lines = ["## Quality on the default synthetic preset (item 6)", "",
            "Median [min, max] over the seeds of each benchmark (split, initialization and "
            "shuffling vary with the seed; the catalogue is the same). Retrieval: test split, "
@@ -279,7 +301,8 @@ def _quality_section(figures: Dict[str, Any]) -> List[str]:
                         ("all", "two-tower, all features")):
       rows.append([label] + [_seed_stat(tt, f"{name}/test/{g}/hr@10") for g in groups]
                   + [_seed_stat(tt, f"{name}/test/{g}/ndcg@10") for g in groups[:3]])
-    lines += ["", f"Retrieval ({len(tt)} seeds, `two_tower_quality`):", ""] + _table(
+    lines += ["", f"Retrieval ({len(tt)} seeds, `two_tower_quality`"
+              f"{_when(report, 'two_tower_quality')}):", ""] + _table(
         ["model"] + [f"HR@10 {g}" for g in groups] + [f"NDCG@10 {g}" for g in groups[:3]], rows)
   dq = figures.get("dcn_quality")
   if dq:
@@ -293,90 +316,26 @@ def _quality_section(figures: Dict[str, Any]) -> List[str]:
         rows.append(["cascade / retrieval alone (same users; target >= 1.05)",
                      _seed_stat(dq, "ratio/cascade_vs_retrieval"),
                      _seed_stat(dq, "ratio/valid_cascade_vs_retrieval")])
-      lines += ["", f"Retrieve then rank ({len(dq)} seeds, `dcn_quality --cascade`; the "
-                "cascade's own split):", ""] + _table(["model", "test HR@10", "valid HR@10"],
-                                                      rows)
+      lines += ["", f"Retrieve then rank ({len(dq)} seeds, `dcn_quality --cascade`, the "
+                f"cascade's own split{_when(report, 'dcn_quality')}):", ""]
+      lines += _table(["model", "test HR@10", "valid HR@10"], rows)
     names = sorted({k.split("/")[0] for r in dq for k in r if k.endswith("/test/all/rmse")})
     if names:
       rows = [[n if n != "model" else "DCN", _seed_stat(dq, f"{n}/test/all/rmse"),
                _seed_stat(dq, f"{n}/valid/all/rmse")] for n in names]
-      lines += ["", f"Ratings ({len(dq)} seeds, `dcn_quality`):", ""] + _table(
-          ["model", "test RMSE", "valid RMSE"], rows)
+      lines += ["", f"Ratings ({len(dq)} seeds, `dcn_quality`{_when(report, 'dcn_quality')}):",
+                ""] + _table(["model", "test RMSE", "valid RMSE"], rows)
   pq = figures.get("playlist_quality")
   if pq:
     rows = [[label] + [_seed_stat(pq, f"k{k}_{key}") for k in (5, 10)]
             for key, label in (("oracle", "oracle"), ("model", "playlist MF"),
                                ("best_group_baseline", "best of same artist / same album"))]
     lines += ["", f"Playlist continuation ({len(pq)} seeds, `playlist_quality`, synthetic "
-              "playlists):", ""] + _table(["model", "R-precision K=5", "R-precision K=10"], rows)
+              f"playlists{_when(report, 'playlist_quality')}):", ""]
+    lines += _table(["model", "R-precision K=5", "R-precision K=10"], rows)
   if len(lines) == 3:
     lines += ["", "No quality benchmark ran."]
   return lines + [""]
-
-
-def _first(value: Any, *keys: Any) -> Any:
-  for key in keys:
-    if isinstance(value, dict) and key in value:
-      value = value[key]
-    elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
-      value = value[key]
-    else:
-      return None
-  return value
-
-
-def _median_of(value: Any) -> Optional[float]:
-  if isinstance(value, dict) and "median" in value:
-    return float(value["median"])
-  return float(value) if isinstance(value, (int, float)) else None
-
-
-def _targets_section(figures: Dict[str, Any]) -> List[str]:
-  """Each target of the benchmark issue beside the measured value."""
-  rows = []
-
-  def add(target: str, measured: Optional[float], goal: float, higher: bool, note: str = ""):
-    if measured is None:
-      rows.append([target, "not measured", "—", note])
-      return
-    met = measured >= goal if higher else measured <= goal
-    rows.append([target, f"{measured:.3g}", "met" if met else "not met", note])
-
-  training = figures.get("training_throughput")
-  speedups = _first(training, "speedup") or {}
-  add("1. training examples/s, ours / reference (>= 2)",
-      _median_of(next(iter(speedups.values()), None)) if speedups else None, 2.0, True,
-      "reference without metrics in training steps")
-  tutorial = _first(figures.get("training_throughput_tutorial"), "speedup") or {}
-  if tutorial:
-    add("1. the same vs the tutorial as written (FactorizedTopK in training)",
-        _median_of(next(iter(tutorial.values()))), 2.0, True)
-  eval_rows = _first(figures.get("eval_vs_factorized_topk"), "rows") or []
-  for index, note in (("streaming", "the tutorial's FactorizedTopK (Streaming top-k)"),
-                      ("brute_force", "FactorizedTopK over a BruteForce layer")):
-    speedups = [_median_of(r.get("speedup")) for r in eval_rows if r.get("tfrs_index") == index]
-    speedups = [v for v in speedups if v is not None]
-    if speedups:
-      add(f"2. full-ranking evaluation speed-up, {index} (>= 10)", min(speedups), 10.0, True,
-          f"vs {note}; the smaller over score / id matching")
-  for r in _first(figures.get("scann_recall"), "rows") or []:
-    if r.get("n_items") == 1_000_000:
-      k = r.get("k", 10)
-      add(f"3. ScaNN recall@{k} at 1M ({r.get('kind')} vectors) (>= 0.95)",
-          _median_of(r.get(f"recall@{k}")), 0.95, True)
-      add(f"3. ScaNN q/s / exact q/s at batch 1, 1M ({r.get('kind')}) (>= 10)",
-          _median_of(r.get("speedup/batch1")), 10.0, True)
-  for name in ("two_tower_streaming", "dcn_streaming_rss"):
-    ratio = _first(figures.get(name), "peak_rss_ratio")
-    if ratio is not None:
-      add(f"5. peak RSS ratio, larger / smaller data ({name}) (<= 1.3)", _median_of(ratio),
-          1.3, False)
-  ratio = _first(figures.get("two_tower_streaming"), "min_input_to_train_ratio")
-  if ratio is not None:
-    add("5. input pipeline / training examples/s, streamed two-tower (>= 3)", _median_of(ratio),
-        3.0, True, "the smaller of the two sizes")
-  return ["## Targets", "", "Measured in this run; the sections below hold the details.", ""] \
-      + _table(["target", "measured", "status", "note"], rows) + [""]
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
@@ -392,8 +351,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
   lines += ["",
            "## Machine", ""]
   lines += _table(["", ""], [[k, v] for k, v in m.items()])
-  figures = {r["name"]: r.get("figures") for r in report["records"] if r.get("figures")}
-  lines += [""] + _targets_section(figures) + _quality_section(figures)
+  lines += [""] + targets.targets_section(targets.target_rows(report))
+  lines += _quality_section(report)
   for record in report["records"]:
     lines += ["", f"## {record['name']}", "", record.get("what", ""), "",
               f"`{record['command']}`"]
@@ -401,7 +360,10 @@ def render_markdown(report: Dict[str, Any]) -> str:
       lines += ["", f"Not run: {record['skipped']}."]
       continue
     rerun = f" (rerun on {record['rerun']})" if record.get("rerun") else ""
-    lines += ["", f"Exit status {record['returncode']}, {record['seconds']:.1f} s{rerun}.", ""]
+    stale = targets.stale_mark(targets.stale_changes(record, report))
+    stale = f" {stale} under Targets." if stale else ""
+    lines += ["", f"Exit status {record['returncode']}, {record['seconds']:.1f} s{rerun}.{stale}",
+              ""]
     fig = record.get("figures")
     module = (fig or {}).get("benchmark") if isinstance(fig, dict) else None
     try:
@@ -419,6 +381,16 @@ def render_markdown(report: Dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _write(report: Dict[str, Any], json_path: str, md_path: str) -> None:
+  """Writes the JSON report (with its `targets` rows, met flags included) and BENCHMARKS.md."""
+  report["targets"] = targets.target_rows(report)
+  with open(json_path, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2, default=float)
+    f.write("\n")
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(render_markdown(report))
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   """Parses flags, runs the suite in order within the budget, writes the two reports."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -434,7 +406,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   parser.add_argument("--json", default="benchmarks.json", help="JSON report path.")
   parser.add_argument("--list", action="store_true", help="Print the entries and exit.")
   parser.add_argument("--render", default=None, metavar="JSON",
-                      help="Only rewrite --md from an earlier run's JSON report.")
+                      help="Run nothing: rewrite --md from this JSON report and the report's "
+                           "`targets` (derived from its records) in place.")
   parser.add_argument("--update", default=None, metavar="JSON",
                       help="Rerun the selected entries (--only) and replace their records in "
                            "this earlier report; the report notes which were rerun and when.")
@@ -442,9 +415,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
   if args.render:
     with open(args.render, encoding="utf-8") as f:
       report = json.load(f)
-    with open(args.md, "w", encoding="utf-8") as f:
-      f.write(render_markdown(report))
-    print(f"[run_all] wrote {args.md} from {args.render}", flush=True)
+    _write(report, args.render, args.md)
+    print(f"[run_all] wrote {args.md} and the targets of {args.render} from its records",
+          flush=True)
     return report
   names = {b.name for b in SUITE}
   for name in (args.only or []) + args.skip:
@@ -471,7 +444,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                    f"({elapsed / 60:.1f} min)"})
         continue
       records.append(run_benchmark(bench, args.quick, sys.executable, workdir))
-  report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
+  report = {"date": _now(), "quick": args.quick,
             "total_seconds": time.perf_counter() - start, "machine": _stats.machine(),
             "records": records}
   if args.update:
@@ -484,10 +457,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         {"date": report["date"], "names": [r["name"] for r in records],
          "seconds": report["total_seconds"]})
     report = earlier
-  with open(args.json, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2, default=float)
-  with open(args.md, "w", encoding="utf-8") as f:
-    f.write(render_markdown(report))
+  _write(report, args.json, args.md)
   # A timed-out run has returncode None; a skipped one has no returncode.
   failed = [r["name"] for r in records if "returncode" in r and r["returncode"] != 0]
   print(f"[run_all] wrote {args.md} and {args.json} in {report['total_seconds']:.0f}s; "

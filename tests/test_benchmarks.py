@@ -146,8 +146,89 @@ def test_run_all_quality_and_targets_sections(tmp_path):
   assert "| two-tower, all features | 0.41 [0.4, 0.42] |" in md        # median [min, max]
   assert "| ALS (implicit) | 0.31 [0.3, 0.32] |" in md
   assert "| DCN | 0.91 [0.9, 0.92] | 0.9 [0.9, 0.9] |" in md
-  assert "| 5. peak RSS ratio, larger / smaller data (dcn_streaming_rss) (<= 1.3) | 1.4 | not met |" in md
-  assert "| 2. full-ranking evaluation" not in md                      # not run: not listed
+  assert ("| 5. peak RSS ratio, larger / smaller data (dcn_streaming_rss) (<= 1.3) | 1.4 | "
+          "not met |") in md
+  # Not run: still listed, as not measured.
+  assert ("| 2. full-ranking evaluation speed-up, streaming (>= 10) | — | not measured | — | — |"
+          in md)
+
+
+def _targets_by_name(report):
+  return {r["target"]: r for r in run_all.targets.target_rows(report)}
+
+
+def test_targets_golden_values_and_boundaries():
+  # Playlist, per seed: (model / baseline) / (oracle / baseline) = 1.5 / 2.0 = 0.75,
+  # 1.8 / 2.0 = 0.9, 1.6 / 2.0 = 0.8 -> median 0.8 < 0.85: not met.
+  pq = [{"k5_ratio": m, "k5_oracle_ratio_ceiling": 2.0, "k10_ratio": 2.0,
+         "k10_oracle_ratio_ceiling": 2.0, "unseen_over_seen": 0.8} for m in (1.5, 1.8, 1.6)]
+  # ALS: our faster solver 0.1 s / implicit CG 0.1 s = 1.0 (<= 1: met); its HR@10
+  # 0.25 - 0.256 = -0.006 (|.| > 0.005: not met); Spark 0.5 s / ours 0.1 s = 5 (>= 5: met).
+  als = {"implicit_feedback": {
+      "tfrec_als_cholesky": {"seconds_per_iteration": 0.2, "test_hr@10": 0.3},
+      "tfrec_als_cg": {"seconds_per_iteration": 0.1, "test_hr@10": 0.25},
+      "implicit_cg": {"seconds_per_iteration": 0.1, "test_hr@10": 0.256}},
+      "explicit_feedback": {"tfrec_als": {"seconds_per_iteration": 0.1, "test_rmse": 1.0},
+                            "spark": {"seconds_per_iteration": 0.5, "test_rmse": 1.0}}}
+  records = [{"name": n, "command": f"python -m benchmarks.{n} --x", "returncode": 0,
+              "seconds": 1.0, "figures": f}
+             for n, f in (("playlist_quality", pq), ("als_vs_reference", als),
+                          ("mpd_streaming_rss", {"peak_growth": 2.0}))]
+  rows = _targets_by_name({"date": "2030-01-01 00:00 UTC", "records": records})
+  k5 = rows["6. playlist MF R-precision ratio to the best group baseline, as a share of the "
+            "oracle's ratio, K=5 (>= 0.85)"]
+  assert k5["measured"] == pytest.approx(0.8) and k5["spread"] == pytest.approx([0.75, 0.9])
+  assert k5["met"] is False and k5["status"] == "not met"
+  assert k5["config"] == "playlist_quality --x" and k5["date"] == "2030-01-01 00:00 UTC"
+  assert rows["6. the same, K=10 (>= 0.85)"]["met"] is True           # 2.0 / 2.0 = 1
+  retired = rows["6. playlist MF R-precision / best group baseline, K=5 (>= 2)"]
+  assert retired["status"] == "retired" and retired["measured"] == pytest.approx(1.6)
+  assert rows["6. unseen / seen playlist R-precision (>= 0.8)"]["met"] is True  # 0.8 >= 0.8
+  time = rows["4. ALS s/iteration, ours / implicit CG, default preset (<= 1)"]
+  assert time["measured"] == pytest.approx(1.0) and time["met"] is True
+  hr = rows["4. ALS test HR@10, ours - implicit CG (within 0.005)"]
+  assert hr["measured"] == pytest.approx(-0.006) and hr["met"] is False
+  assert rows["4. ALS s/iteration, Spark local / ours, explicit (>= 5)"]["met"] is True
+  assert rows["4. the same at 10x the default preset's users (<= 1)"]["status"] == "not measured"
+  assert rows["5. MPD loader peak RSS, 100 / 10 slices (< 2)"]["met"] is False   # 2 is not < 2
+  assert rows["6. quality on real data (`real_quality`)"]["status"] == "not measured"
+
+
+def test_targets_mark_stale_records_and_reach_the_json(tmp_path):
+  change = run_all.targets.CHANGES[0]
+  assert "training_throughput_tutorial" in change.entries
+  fig = {"benchmark": "training_throughput", "speedup": {"reference": 3.0},
+         "targets": {"within": True}}
+  before, after = "2000-01-01 00:00 UTC", "2999-01-01 00:00 UTC"
+  report = {"date": before, "quick": False, "total_seconds": 60.0, "machine": {"cores": 2},
+            "records": [
+                {"name": "training_throughput_tutorial", "what": "w", "returncode": 0,
+                 "command": "python -m benchmarks.training_throughput --epochs 2",
+                 "seconds": 1.0, "figures": fig},
+                {"name": "training_throughput", "what": "w", "returncode": 0, "seconds": 1.0,
+                 "command": "c", "figures": fig, "rerun": after},
+                {"name": "als_vs_reference", "what": "w", "returncode": 0, "seconds": 1.0,
+                 "command": "c", "figures": {"targets": {"within_2x": False}}}]}
+  path, md_path = tmp_path / "report.json", tmp_path / "B.md"
+  path.write_text(json.dumps(report))
+  run_all.main(["--render", str(path), "--md", str(md_path)])
+  written = json.loads(path.read_text())
+  assert written["records"] == report["records"]                    # the records are untouched
+  rows = {r["entry"]: r for r in written["targets"] if r["entry"].startswith("training")}
+  assert rows["training_throughput_tutorial"]["met"] is True          # 3 >= 2, a JSON bool
+  assert change.date in rows["training_throughput_tutorial"]["stale"]
+  assert rows["training_throughput"]["stale"] is None                  # rerun after the change
+  assert rows["training_throughput"]["date"] == after
+  md = md_path.read_text()
+  # Measured in 2000: stale under every change of its entry (two today).
+  numbers = [str(i) for i, c in enumerate(run_all.targets.CHANGES, 1)
+             if "training_throughput_tutorial" in c.entries]
+  changes = ("changes " if len(numbers) > 1 else "change ") + ", ".join(numbers)
+  assert ("| 1. the same vs the tutorial as written (FactorizedTopK in training) (>= 2) | 3 | "
+          f"met, **stale** ({changes}) | {before} | `training_throughput --epochs 2` |") in md
+  assert f"Exit status 0, 1.0 s. **stale** ({changes}) under Targets." in md   # its section
+  assert "| targets/within_2x | false |" in md                        # booleans are kept
+  assert "Measured in this run" not in md
 
 
 def test_run_all_rejects_unknown_names():
@@ -190,3 +271,15 @@ def test_run_all_quick_subprocess(tmp_path):
   assert updated["records"][1]["stdout_tail"] == "kept text"
   text = md.read_text()
   assert "Rerun on" in text and "scann_recall; their sections" in text and "kept text" in text
+
+
+def test_targets_take_real_quality_rows_as_the_entry_states_them():
+  report = {"date": "2030-01-01 00:00 UTC", "records": [
+      {"name": "real_quality", "command": "python -m benchmarks.real_quality", "returncode": 0,
+       "seconds": 1.0, "figures": {"targets": [
+           {"target": "two_tower test HR@10 >= 0.24", "value": 0.2, "met": False}]}}]}
+  row = _targets_by_name(report)["6. real data: two_tower test HR@10 >= 0.24"]
+  assert row["measured"] == 0.2 and row["met"] is False and row["status"] == "not met"
+  report["records"][0]["figures"] = {"skipped": "no data"}
+  row = _targets_by_name(report)["6. quality on real data (`real_quality`)"]
+  assert row["status"] == "not measured" and "skipped: no data" in row["note"]
