@@ -13,6 +13,10 @@ one device.
 (or parameter server when the cluster has `ps` tasks); `TPU_NAME` -> TPU;
 several visible GPUs -> mirrored; otherwise the default one-device strategy.
 
+Parameter-server clusters: `ps` and `worker` tasks only serve
+(`serve_parameter_server_task`); the `chief` coordinates training
+(`tfrec_music.fit_loop`), evaluates and exports.
+
 Only the chief writes exports, metrics and logs; other workers write to a
 scratch folder of their own (`scratch_dir`), since multi-worker Keras saving
 needs every worker to save, but only one copy may land where users look.
@@ -27,7 +31,7 @@ if TYPE_CHECKING:  # TensorFlow is imported where a strategy is made, so `--help
   import tensorflow as tf
 
 __all__ = ["DISTRIBUTIONS", "cluster_config", "make_strategy", "is_chief", "task_label",
-           "scratch_dir"]
+           "scratch_dir", "resolve", "uses_coordinator", "serve_parameter_server_task"]
 
 DISTRIBUTIONS = ("auto", "one_device", "mirrored", "multi_worker", "parameter_server", "tpu")
 
@@ -84,6 +88,11 @@ def _resolve(name: str, config: Optional[Dict[str, Any]]) -> str:
   return "one_device"
 
 
+def resolve(name: str = "auto") -> str:
+  """The strategy name `--distribution name` stands for here (`auto` read from the environment)."""
+  return _resolve(name, cluster_config())
+
+
 def make_strategy(name: str = "auto") -> "tf.distribute.Strategy":
   """The `tf.distribute` strategy of `--distribution`.
 
@@ -109,6 +118,8 @@ def make_strategy(name: str = "auto") -> "tf.distribute.Strategy":
   if resolved in ("multi_worker", "parameter_server") and not config:
     raise ValueError(f"`--distribution {resolved}` needs a cluster: set `TF_CONFIG` "
                      "(or run as a Vertex AI job with several replicas).")
+  if resolved == "parameter_server":
+    _check_parameter_server_cluster(config)
   if resolved == "one_device":
     strategy = tf.distribute.get_strategy()
   elif resolved == "mirrored":
@@ -159,3 +170,64 @@ def scratch_dir(path: str) -> str:
   if is_chief():
     return path
   return os.path.join(path.rstrip("/") + "_scratch", task_label())
+
+
+def _check_parameter_server_cluster(config: Dict[str, Any]) -> None:
+  """Raises ValueError unless the cluster has a chief, workers and ps tasks."""
+  cluster = config["cluster"]
+  missing = [kind for kind in ("chief", "worker", "ps") if not cluster.get(kind)]
+  if missing:
+    raise ValueError(
+        "`--distribution parameter_server` needs `chief`, `worker` and `ps` tasks in "
+        f"`TF_CONFIG`'s cluster; missing: {missing}. Received: `cluster` = {cluster}.")
+
+
+def uses_coordinator(strategy: "tf.distribute.Strategy") -> bool:
+  """Whether `strategy` trains through a `ClusterCoordinator` (parameter server)."""
+  import tfrec_music  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def serve_parameter_server_task(name: str = "auto") -> bool:
+  """Runs this process as a `ps` or `worker` server of a parameter-server cluster.
+
+  In a parameter-server job every task runs the same command; the `ps` and
+  `worker` tasks start a `tf.distribute.Server` and serve until they are
+  stopped (the chief places variables on the `ps` tasks and schedules steps
+  on the workers). A killed worker restarted with the same `TF_CONFIG` comes
+  back at its address and the chief sends it steps again.
+
+  Args:
+    name: The `--distribution` value.
+
+  Returns:
+    False when this process is not a `ps` or `worker` task of a
+    parameter-server cluster (it should train or coordinate); otherwise it
+    never returns.
+
+  Raises:
+    ValueError: the cluster lacks a chief, workers or ps tasks, or this task
+      is of another type (e.g. `evaluator`).
+  """
+  config = cluster_config()
+  if not config or _resolve(name, config) != "parameter_server":
+    return False
+  _check_parameter_server_cluster(config)
+  kind = config.get("task", {}).get("type", "chief")
+  if kind == "chief":
+    return False
+  if kind not in ("ps", "worker"):
+    raise ValueError("A parameter-server cluster has `chief`, `worker` and `ps` tasks (the "
+                     f"chief evaluates). Received: task type {kind!r}.")
+  import tfrec_music  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  if not os.environ.get("TF_CONFIG"):
+    os.environ["TF_CONFIG"] = json.dumps(config)
+  resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+  server = tf.distribute.Server(resolver.cluster_spec(), job_name=resolver.task_type,
+                                task_index=resolver.task_id,
+                                protocol=resolver.rpc_layer or "grpc", start=True)
+  logging.info("Parameter-server cluster: serving as %s (%s).", task_label(), server.target)
+  server.join()
+  return True  # join() returns only when the server is stopped

@@ -17,6 +17,10 @@ loss. This loop runs one `model.fit` over all epochs with three callbacks:
   run keeps the best weights seen before the kill.
 
 A run that finishes deletes its backup; only an interrupted run leaves one.
+
+Under a parameter-server strategy the chief coordinates: the workers read the
+training rows from the backup folder (`tfrec_music.coordinator`), the
+backup is written at epoch ends, and validation runs on the chief.
 """
 
 import dataclasses
@@ -31,6 +35,8 @@ import numpy as np
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music import coordinator
+from tfrec_music import distribute
 from tfrec_music import io
 
 __all__ = ["NaNGuard", "ValidationStopping", "config_fingerprint", "fit_with_validation"]
@@ -255,23 +261,37 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
   """
   # The Keras backup must be one folder that every worker sees (the chief writes it, all
   # read it on resume); the validation state is each worker's own.
-  keras_dir = io.join(backup_dir or io.join(job_dir, "backup"), name)
+  shared_dir = backup_dir or io.join(job_dir, "backup")
+  keras_dir = io.join(shared_dir, name)
   state_dir = io.join(job_dir, "backup", f"{name}_validation")
+  rows_dir = io.join(shared_dir, f"{name}_worker_rows")
   _discard_foreign_backup(io.join(job_dir, "backup", f"{name}_config.json"), fingerprint,
                           (keras_dir, state_dir))
+  coordinated = distribute.uses_coordinator(model.distribute_strategy)
+  if coordinated and checkpoint_every > 0:
+    logging.info("Parameter-server training checkpoints at epoch ends (Keras writes no step "
+                 "checkpoints under a coordinator); `checkpoint_every` = %d is not used.",
+                 checkpoint_every)
+    checkpoint_every = 0
   backup = tf.keras.callbacks.BackupAndRestore(
       backup_dir=keras_dir, save_freq=checkpoint_every if checkpoint_every > 0 else "epoch")
   writer = tf.summary.create_file_writer(io.join(job_dir, "logs", name, "validation"))
   stopping = ValidationStopping(validate, patience, state_dir, name=metric_name, writer=writer)
   _build(model, dataset)
+  steps_per_epoch = None
+  if coordinated:
+    dataset, steps_per_epoch = coordinator.worker_dataset(dataset, rows_dir)
+    callbacks = [coordinator.coordinator_callback(c) for c in callbacks]
   # NaNGuard first: it must raise before BackupAndRestore saves the bad step.
-  model.fit(dataset, epochs=epochs, verbose=0,
+  model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
             callbacks=[NaNGuard(nan_advice, check_every=checkpoint_every), backup, stopping,
                        *callbacks])
   if stopping.best_weights is not None:
     model.set_weights(stopping.best_weights)
   tf.io.gfile.remove(io.join(job_dir, "backup", f"{name}_config.json"))
-  for folder in (keras_dir, io.join(job_dir, "backup"), backup_dir or io.join(job_dir, "backup")):
+  if tf.io.gfile.exists(rows_dir):
+    tf.io.gfile.rmtree(rows_dir)
+  for folder in (keras_dir, io.join(job_dir, "backup"), shared_dir):
     if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
       tf.io.gfile.rmtree(folder)  # BackupAndRestore removed its checkpoint; drop the empty parent
   return {"best_epoch": stopping.best_epoch, f"best_{metric_name}": stopping.best_value,

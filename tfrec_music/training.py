@@ -142,6 +142,8 @@ def run(config: RunConfig) -> RunResult:
   `export_dir`; the others write to per-task scratch folders beside them.
   """
   from tfrec_music import distribute  # pylint: disable=g-import-not-at-top
+  if distribute.resolve(config.distribution) == "parameter_server":
+    _check_parameter_server(config)
   strategy = distribute.make_strategy(config.distribution)
   backup_dir = io.join(config.job_dir, "backup")  # the chief's: every worker restores from it
   if not distribute.is_chief():
@@ -181,6 +183,26 @@ def run(config: RunConfig) -> RunResult:
                            "report": report.as_dict()}, fit_summary)
   return RunResult(metrics=metrics, export_path=export_path, job_dir=config.job_dir,
                    report=report, model_config=model_config)
+
+
+def _check_parameter_server(config: RunConfig) -> None:
+  """Refuses what cannot train under a parameter-server strategy.
+
+  A family opts in with the class attribute `supports_parameter_server = True`:
+  its Keras model trains through `tfrec_music.fit_loop` (which coordinates the
+  workers) and its loss is reduced per replica (`Reduction.SUM`), as Keras
+  needs under any `tf.distribute` strategy.
+  """
+  if config.stream:
+    raise ValueError("`--stream` cannot train with `--distribution parameter_server`: the "
+                     "workers read rows the chief writes once. Drop `--stream`, or train "
+                     "without `--distribution parameter_server`.")
+  if not getattr(get_family(config.model), "supports_parameter_server", False):
+    raise ValueError(
+        f"`--model {config.model}` cannot train with `--distribution parameter_server`: its "
+        "family does not declare `supports_parameter_server` (a Keras model trained through "
+        "the shared fit loop with a per-replica loss). Train it without "
+        "`--distribution parameter_server`.")
 
 
 def _export(config: RunConfig, name: str, save_fn: Callable[[str], Any],

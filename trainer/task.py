@@ -158,8 +158,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                       format="%(asctime)s %(levelname)s %(message)s")
   if unknown:
     logging.warning("Ignoring unknown flags: %s", unknown)
+  from tfrec_music import distribute  # pylint: disable=g-import-not-at-top
   from tfrec_music import training  # pylint: disable=g-import-not-at-top
   from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
+  try:
+    if distribute.serve_parameter_server_task(args.distribution):
+      return 0  # a `ps` or `worker` task: it served until it was stopped
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   config = training.RunConfig(
       model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset,
       seed=args.seed, job_dir=args.job_dir or training.default_job_dir(args.model),
