@@ -34,7 +34,7 @@ def test_popularity_end_to_end_with_oracle(tmp_path):
   assert lines[0].split()[0] == "scorer" and any(l.startswith("oracle") for l in lines)
   assert any(l.startswith("model (popularity)") for l in lines)
   metrics = json.loads((job / "metrics.json").read_text())
-  assert set(metrics) == {"model", "oracle"}
+  assert set(metrics) == {"model", "itemknn", "ease", "oracle"}
   assert metrics["oracle"]["test/all/hr@10"] > metrics["model"]["test/all/hr@10"]
   for key in ("test/all/hr@10", "test/cold/ndcg@10", "test/warm/recall@50", "valid/all/mrr",
               "test/cold_user/hr@10"):
@@ -68,7 +68,7 @@ def test_two_tower_end_to_end(tmp_path):
                "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
-  assert set(metrics) == {"model", "popularity", "oracle"}
+  assert set(metrics) == {"model", "popularity", "itemknn", "ease", "oracle"}
   assert (tmp_path / "export" / "two_tower" / "1" / "scann" / "saved_model.pb").exists()
 
 

@@ -86,7 +86,8 @@ class RetrievalServingModule(tf.Module):
     query_model: Callable raw feature dict -> [B, d] query vectors (encoders
       inside).
     query_signature: Raw query inputs other than `user_id` (name -> TensorSpec).
-    candidates: [n_items, d] candidate vectors.
+    candidates: [n_items, d] candidate vectors (None for an exact index whose
+      `_scores` computes the scores without them).
     item_ids: [n_items] their ids.
     index_kind: `"exact"` (brute force over all candidates; exclusions are
       exact) or `"scann"` (approximate; the top `k + max_exclusions` are
@@ -122,8 +123,9 @@ class RetrievalServingModule(tf.Module):
                                             tf.range(n_items, dtype=tf.int64)),
         default_value=-1)
     if index_kind == "exact":
-      self.candidates = tf.Variable(np.asarray(candidates, np.float32), trainable=False,
-                                    name="candidates")
+      if candidates is not None:
+        self.candidates = tf.Variable(np.asarray(candidates, np.float32), trainable=False,
+                                      name="candidates")
     else:
       self.fetch_k = min(n_items, self.k + int(max_exclusions))
       self.index = make_scann_index(np.asarray(candidates, np.float32), ids, self.fetch_k,
@@ -168,9 +170,13 @@ class RetrievalServingModule(tf.Module):
     self.serve = serve
     self.recommend = recommend
 
+  def _scores(self, queries):
+    """[B, n_items] exact scores (a subclass whose query model scores itself overrides this)."""
+    return tf.matmul(queries, self.candidates, transpose_b=True)
+
   def _top_k(self, queries, exclude):
     if self.index_kind == "exact":
-      scores = tf.matmul(queries, self.candidates, transpose_b=True)
+      scores = self._scores(queries)
       excluded = self.item_table.lookup(exclude)
       rows = tf.broadcast_to(tf.range(tf.shape(excluded)[0], dtype=tf.int64)[:, tf.newaxis],
                              tf.shape(excluded))

@@ -8,12 +8,16 @@ A new model implements these four methods and reuses everything else.
 import abc
 import argparse
 import dataclasses
+import logging
+import time
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from tfrec_music.prepare.prepared import PreparedData
 
+# Retrieval baselines evaluated beside every retrieval model (registry names).
+NEIGHBOURHOOD_BASELINES = ("itemknn", "ease")
 RETRIEVAL_TABLE_KEYS = ("test/all/hr@10", "test/all/ndcg@10", "test/all/recall@50",
                         "test/cold/hr@10", "test/warm/hr@10", "test/cold_user/hr@10")
 
@@ -93,17 +97,34 @@ class ModelFamily(abc.ABC):
     """Metrics by scorer name: the model and the baselines beside it.
 
     The default is the full-ranking retrieval protocol for the model, the
-    popularity baseline and (on synthetic data) the oracle. Families with
-    other tasks (ratings, playlists) override this and reuse
-    `tfrec_music.evaluation`.
+    popularity, ItemKNN and EASE baselines (their default configs; EASE is
+    skipped, with a logged reason, over its catalogue limit) and (on
+    synthetic data) the oracle. Families with other tasks (ratings,
+    playlists) override this and reuse `tfrec_music.evaluation`.
     """
     from tfrec_music.evaluation.protocol import evaluate_scorer  # pylint: disable=g-import-not-at-top
     from tfrec_music.evaluation.protocol import fixed_scorer  # pylint: disable=g-import-not-at-top
     from tfrec_music.models.popularity import PopularityModel  # pylint: disable=g-import-not-at-top
+    from tfrec_music.models.registry import get_family  # pylint: disable=g-import-not-at-top
     metrics = {"model": evaluate_scorer(self.score_fn(), self.prepared)}
     if self.name != "popularity":
       metrics["popularity"] = evaluate_scorer(
           fixed_scorer(PopularityModel.fit(self.prepared).score_fn()), self.prepared)
+    for name in NEIGHBOURHOOD_BASELINES:
+      if name == self.name:
+        continue
+      family_cls = get_family(name)
+      try:
+        baseline = family_cls(family_cls.make_config("default", {}), self.prepared)
+      except ValueError as e:  # EASE over its catalogue limit
+        logging.warning("Baseline `%s` skipped: %s", name, e)
+        continue
+      start = time.perf_counter()
+      summary = baseline.fit(None)
+      metrics[name] = evaluate_scorer(baseline.score_fn(), self.prepared)
+      metrics[name].update(summary.get("selection", {}))
+      logging.info("Baseline `%s` fitted and evaluated in %.1fs", name,
+                   time.perf_counter() - start)
     if context.oracle is not None:
       metrics["oracle"] = evaluate_scorer(
           fixed_scorer(context.oracle.score_fn(self.prepared.item_ids)), self.prepared)

@@ -19,6 +19,8 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
     "als": ("tfrec_music.models.als", "ALSFamily"),
     "user_similarity": ("tfrec_music.models.user_similarity", "UserSimilarityFamily"),
     "taste_mlp": ("tfrec_music.models.taste_mlp", "TasteMLPFamily"),
+    "itemknn": ("tfrec_music.models.itemknn.family", "ItemKNNFamily"),
+    "ease": ("tfrec_music.models.ease.family", "EASEFamily"),
 }
 
 FAMILY_NAMES = tuple(FAMILIES)
