@@ -46,9 +46,9 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 from tfrec_music import training
 from tfrec_music.evaluation.protocol import evaluation_rows
 from tfrec_music.evaluation.retrieval import evaluate_retrieval
-from tfrec_music.models.als_solver import ALSParams
-from tfrec_music.models.als_solver import ALSSolver
-from tfrec_music.models.als_solver import confidence
+from tfrec_music.models.als import ALSParams
+from tfrec_music.models.als import ALSSolver
+from tfrec_music.models.als import confidence
 
 
 def _marginal(fit: Callable[[int], Any], iterations: int) -> Dict[str, float]:

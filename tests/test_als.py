@@ -19,12 +19,12 @@ from conftest import run_python
 from tfrec_music import training
 from tfrec_music.models.als import ALSConfig
 from tfrec_music.models.als import ALSFamily
+from tfrec_music.models.als import ALSParams
+from tfrec_music.models.als import ALSSolver
+from tfrec_music.models.als import confidence
 from tfrec_music.models.als import fit_als
 from tfrec_music.models.als import fold_in_numpy
 from tfrec_music.models.als import kfold_assignment
-from tfrec_music.models.als_solver import ALSParams
-from tfrec_music.models.als_solver import ALSSolver
-from tfrec_music.models.als_solver import confidence
 
 
 def _sparse(n_users=40, n_items=30, n=500, seed=0):
@@ -87,7 +87,7 @@ def test_half_step_is_the_closed_form_ridge_solution_and_loss_decreases(feedback
   x, y = solver.user_factors.numpy(), solver.item_factors.numpy()
   np.testing.assert_allclose(losses[-1], _dense_objective(x, y, users, items, values, params),
                              rtol=1e-4)
-  solved = solver._half_step(solver.user_blocks, solver.item_factors, solver.user_factors)
+  solved, _ = solver._half_step(solver.user_blocks, solver.item_factors, solver.user_factors)
   reference = _ridge_rows(users, items, values, nu, y, params)
   np.testing.assert_allclose(solved.numpy(), reference, atol=2e-4, rtol=1e-3)
 
@@ -206,6 +206,12 @@ def test_loss_is_logged_to_tensorboard(implicit_run):
   assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:]))
 
 
+def _run_prepared(run, job_dir):
+  """The prepared data of a finished run (rebuilt from its config.json)."""
+  config = json.load(open(os.path.join(run.job_dir, "config.json")))
+  return training.load_and_prepare(training.RunConfig(**{**config["run"], "job_dir": job_dir}))
+
+
 def test_batch_recommendations_for_all_users_and_items(implicit_run):
   rec_dir = os.path.join(implicit_run.job_dir, "recommendations")
   per_user = pd.read_parquet(os.path.join(rec_dir, "user_top_items.parquet"))
@@ -216,9 +222,7 @@ def test_batch_recommendations_for_all_users_and_items(implicit_run):
   # ranks follow scores, and no user is recommended a track they trained on
   for _, group in per_user.groupby("user_id"):
     assert np.all(np.diff(group.sort_values("rank")["score"].to_numpy()) <= 1e-6)
-  config = json.load(open(os.path.join(implicit_run.job_dir, "config.json")))
-  _, _, _, prepared, _, _ = training.load_and_prepare(training.RunConfig(
-      **{**config["run"], "job_dir": str(implicit_run.job_dir) + "_again"}))
+  _, _, _, prepared, _, _ = _run_prepared(implicit_run, str(implicit_run.job_dir) + "_again")
   trained = set(zip(prepared.train["user_id"], prepared.train["item_id"]))
   assert not trained & set(zip(per_user["user_id"], per_user["item_id"]))
   assert not trained & set(zip(per_item["user_id"], per_item["item_id"]))
@@ -231,17 +235,17 @@ def test_batch_recommendations_for_all_users_and_items(implicit_run):
 def test_export_round_trip_in_a_fresh_process(implicit_run, tmp_path):
   export = implicit_run.export_path
   # The reference: the same model rebuilt in memory from the same run.
-  family_cls, config, _, prepared, _, _ = training.load_and_prepare(
-      training.RunConfig(model="als", preset="tiny", job_dir=str(tmp_path)))
+  family_cls, config, _, prepared, _, _ = _run_prepared(implicit_run, str(tmp_path))
   family = family_cls(config, prepared)
   family.fit(str(tmp_path))
   fit = family.fit_result
+  _, vectors, _ = family.user_vectors("test")
   users = list(family.user_ids[:4])
   k = min(config.top_k, prepared.n_items)
-  seen = prepared.train.groupby("user_id")["item_id"].apply(set)
+  seen = family.test_history().groupby("user_id")["item_id"].apply(set)
   expected = []
   for u in users:
-    scores = fit.user_factors[family.user_index.get_loc(u)] @ fit.item_factors.T
+    scores = vectors[family.user_index.get_loc(u)] @ fit.item_factors.T
     order = [prepared.item_ids[i] for i in np.argsort(-scores, kind="stable")
              if prepared.item_ids[i] not in seen[u]]
     expected.append(order[:k])
@@ -278,6 +282,33 @@ print(json.dumps({{"exact": e['item_ids'].numpy().astype(str).tolist(), "recall"
   assert result["fold_ids"] == result["recommend_ids"]
   assert not set(result["fold_ids"]) & set(hist_items)
   assert result["unknown_fallback"]
+
+
+def test_export_serves_the_model_scored_on_the_test_split(implicit_run, tmp_path):
+  # Every test user queried by id alone through `serving_default`, in a fresh
+  # process: the export's HR@10 and NDCG@10 are the ones metrics.json reports
+  # (NDCG too: on the tiny data the training vectors happen to give the same
+  # HR@10 as the refolded ones the test split is scored with, not the same NDCG).
+  _, _, _, prepared, _, _ = _run_prepared(implicit_run, str(tmp_path))
+  queries = {"users": prepared.test["user_id"].astype(str).tolist(),
+             "targets": prepared.test["item_id"].astype(str).tolist()}
+  path = tmp_path / "queries.json"
+  path.write_text(json.dumps(queries))
+  out = run_python(f"""
+import json, numpy as np, tfrec_music, tensorflow as tf
+queries = json.load(open({str(path)!r}))
+serve = tf.saved_model.load({implicit_run.export_path!r}).signatures['serving_default']
+ids = serve(user_id=tf.constant(queries['users']))['item_ids'].numpy().astype(str)[:, :10]
+hit = ids == np.asarray(queries['targets'])[:, None]
+rank = np.where(hit.any(1), hit.argmax(1) + 1, 0)
+print(json.dumps({{"hr@10": float(np.mean(rank > 0)),
+                  "ndcg@10": float(np.mean(np.where(rank > 0, 1 / np.log2(rank + 1.0), 0)))}}))
+""")
+  served = json.loads(out.strip().splitlines()[-1])
+  scored = json.load(open(os.path.join(implicit_run.job_dir, "metrics.json")))["model"]
+  assert len(queries["users"]) > 100
+  for metric in ("hr@10", "ndcg@10"):
+    assert round(served[metric], 4) == round(scored[f"test/all/{metric}"], 4), metric
 
 
 def test_explicit_feedback_beats_the_global_mean_and_serves_ratings(tmp_path):

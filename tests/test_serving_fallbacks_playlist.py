@@ -190,7 +190,9 @@ def als(tiny_catalog, tmp_path_factory):
   family.fit(str(tmp_path_factory.mktemp("job")))
   export = _export(family, tmp_path_factory.mktemp("export"), family.name)
   user = str(family.user_ids[0])
-  history = prepared.train.loc[prepared.train["user_id"] == user, "item_id"].astype(str).tolist()
+  # serving_default excludes the user's test-time history: training and validation tracks.
+  seen = family.test_history()
+  history = seen.loc[seen["user_id"] == user, "item_id"].astype(str).tolist()
   t = prepared.item_ids[:3].tolist()
   calls = [
       {"name": "serve", "signature": "serving_default",
@@ -218,7 +220,7 @@ def test_als_known_unknown_and_empty_users(als):
   for kind in ("exact", "scann"):
     res = out[kind]["serve"]
     assert res["fallback"] == [False, False, True, True]
-    # k above the catalogue: the catalogue less the user's training tracks, then empty slots.
+    # k above the catalogue: the catalogue less the user's seen tracks, then empty slots.
     _check_ranking(res["item_ids"][0], res["scores"][0], history, catalogue, EMPTY_SCORE)
     assert res["item_ids"][0] == res["item_ids"][1] and res["scores"][0] == res["scores"][1]
     # Unknown and empty user ids: the popularity ranking.

@@ -1,31 +1,20 @@
-"""Alternating least squares with batched closed-form solves in `tf.linalg`.
+"""ALS solver: padded blocks of rows, solved with XLA-compiled batched tf.linalg.
 
 The recommender idea: a rating (or a confidence that a user likes a track)
 is the dot product of a user vector and a track vector. With the track
 vectors fixed, every user's vector is the solution of a small ridge
-regression, and the other way round, so the two sides are solved in turn,
-each exactly (Cholesky) or by a few warm-started conjugate-gradient steps.
+regression, and the other way round, so the two sides are solved in turn.
 
-- Explicit feedback: minimize
-  sum_{(u,i) observed} (r_ui - x_u . y_i)^2 + lambda (sum_u n_u^s |x_u|^2 + sum_i n_i^s |y_i|^2)
-  where s = 1 scales lambda by each row's count (ALS-WR, as Spark does) and
-  s = 0 does not.
-- Implicit feedback (Hu, Koren and Volinsky 2008): every (u, i) pair has a
-  preference p_ui (1 if observed, else 0) and a confidence
-  c_ui = 1 + alpha * f(w_ui) (f = identity or log1p of the play count w;
-  c = 1 for unobserved pairs); minimize sum_{u,i} c_ui (p_ui - x_u . y_i)^2
-  plus the same regularization. The sum over all pairs is handled with the
-  Gram matrix Y'Y, so a solve touches only the user's observed items:
-  (Y'Y + sum_{i in I_u} (c_ui - 1) y_i y_i' + lambda_u I) x_u = sum_{i in I_u} c_ui y_i.
+- Explicit: minimize sum_obs (r_ui - x_u . y_i)^2 + lambda (sum_u n_u^s |x_u|^2
+  + sum_i n_i^s |y_i|^2), s = 1 with `reg_scaled` (ALS-WR, as Spark), else 0.
+- Implicit (Hu, Koren and Volinsky 2008): minimize sum_{u,i} c_ui (p_ui -
+  x_u . y_i)^2 + the same penalty, c = 1 + alpha * f(plays) on observed pairs
+  (p = 1), c = 1 elsewhere (p = 0). The Gram matrix Y'Y carries the
+  unobserved pairs, so a solve touches only the row's observed entries.
 
-Both are `A_u x_u = b_u` with `A_u = G + sum_e a_e y_e y_e' + lambda_u I` and
-`b_u = sum_e b_e y_e` over the row's observed entries e. The sparse matrix is
-laid out as dense blocks of rows padded to a common length (rows grouped by
-degree, so padding stays small), and each block is solved with batched
-`tf.linalg` ops (gather, batched matmul, `cholesky_solve`), so the same code
-runs on CPU, GPU or TPU. Block shapes come from a small fixed set (lengths
-rounded up to half-octaves, block heights to powers of two), which bounds
-the number of traced graphs.
+Both are `A_u x_u = b_u`, `A_u = G + sum_e a_e y_e y_e' + lambda_u I`,
+`b_u = sum_e b_e y_e` over the row's entries e (explicit: a = 1, b = r, G = 0;
+implicit: a = c - 1, b = c, G = Y'Y).
 """
 
 import dataclasses
@@ -63,8 +52,8 @@ class ALSParams:
     cg_steps: Conjugate-gradient steps per solve.
     init_scale: Standard deviation of the seeded normal initialization
       (divided by sqrt(rank)).
-    block_entries: Padded entries per solve block (memory: about
-      `block_entries * rank` floats per block).
+    block_entries: Padded entries per solve block (a block's gathered
+      vectors, `block_entries * rank` floats, should stay in cache).
     seed: Initialization seed.
   """
 
@@ -78,7 +67,7 @@ class ALSParams:
   solver: str = "cholesky"
   cg_steps: int = 3
   init_scale: float = 0.1
-  block_entries: int = 1 << 17
+  block_entries: int = 1 << 13
   seed: int = 0
 
   def __post_init__(self):
@@ -91,6 +80,9 @@ class ALSParams:
       raise ValueError(f"`reg` should be a positive number. Received: `reg` = {self.reg!r}.")
     if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
       raise ValueError(f"`alpha` should be a non-negative number. Received: `alpha` = {self.alpha!r}.")
+    if not isinstance(self.block_entries, (int, np.integer)) or self.block_entries <= 0:
+      raise ValueError("`block_entries` should be a positive integer. "
+                       f"Received: `block_entries` = {self.block_entries!r}.")
     for name, allowed in (("feedback", FEEDBACKS), ("weight", WEIGHT_TRANSFORMS),
                           ("solver", SOLVERS)):
       if getattr(self, name) not in allowed:
@@ -145,25 +137,49 @@ def edge_coefficients(values, params: ALSParams, scale=None):
 # ------------------------------------------------------------------ layout
 @dataclasses.dataclass
 class _Block:
-  rows: tf.Tensor   # [B] int32 rows solved (padding: the scratch row n)
-  cols: tf.Tensor   # [B, D] int32 fixed-side rows (padding: 0 with a = b = 0)
-  a: tf.Tensor      # [B, D] float32
-  b: tf.Tensor      # [B, D] float32
-  reg: tf.Tensor    # [B] float32 lambda_u (padding rows: 1)
+  rows: tf.Tensor   # [H] int32 rows solved (padding: the scratch row n)
+  cols: tf.Tensor   # [H, D] int32 fixed-side rows (padding: 0 with a = b = 0)
+  a: tf.Tensor      # [H, D] float32
+  b: tf.Tensor      # [H, D] float32
+  reg: tf.Tensor    # [H] float32 lambda_u (padding rows: 1)
+  count: tf.Tensor  # [H] int32 real entries of each line (left-aligned)
 
 
-def _padded_length(degree: np.ndarray) -> np.ndarray:
-  """Rounds lengths up to 8, 16, 24, 32, 48, 64, 96, ... (half-octaves)."""
+def padded_length(degree: np.ndarray) -> np.ndarray:
+  """Rounds row lengths up to 4, 6, 8, 12, 16, 24, 32, 48, ... (half-octaves)."""
   degree = np.maximum(degree, 1)
   octave = 2 ** np.ceil(np.log2(degree)).astype(np.int64)
-  step = np.maximum(8, octave // 2)
-  return (np.ceil(degree / step) * step).astype(np.int64)
+  step = np.maximum(2, octave // 4)
+  return np.maximum(4, np.ceil(degree / step) * step).astype(np.int64)
+
+
+def block_bounds(lengths: np.ndarray, block_entries: int) -> List[Tuple[int, int, int, int]]:
+  """Splits rows sorted by decreasing length into blocks of about `block_entries`.
+
+  A block is [H, D]: D is the length of its first (longest) row and
+  H = block_entries // D, so every block of rows of one length class has the
+  same shape and XLA compiles it once. The last block's height is rounded up
+  to a power of two (at least 8) instead.
+
+  Returns:
+    [(start, stop, height, length)] over the sorted rows.
+  """
+  out, start, n = [], 0, len(lengths)
+  while start < n:
+    length = int(lengths[start])
+    height = max(1, block_entries // length)
+    stop = min(n, start + height)
+    if stop - start < height:
+      height = min(height, max(8, 1 << int(math.ceil(math.log2(stop - start)))))
+    out.append((start, stop, height, length))
+    start = stop
+  return out
 
 
 def _build_blocks(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray,
                   n_rows: int, reg: float, reg_scaled: bool, block_entries: int
                   ) -> Tuple[List[_Block], np.ndarray]:
-  """Lays the entries of every row out as padded dense blocks.
+  """Lays the entries of every row out as padded dense blocks (see `block_bounds`).
 
   Returns:
     (blocks, degree [n_rows]).
@@ -173,65 +189,54 @@ def _build_blocks(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarr
   degree = np.bincount(rows, minlength=n_rows)
   starts = np.concatenate([[0], np.cumsum(degree)])
   active = np.flatnonzero(degree > 0)
-  lengths = _padded_length(degree[active])
+  active = active[np.argsort(-degree[active], kind="stable")]
   blocks = []
-  for length in np.unique(lengths):
-    members = active[lengths == length]
-    height = max(1, block_entries // int(length))
-    for lo in range(0, len(members), height):
-      chunk = members[lo:lo + height]
-      padded_height = min(height, 1 << int(math.ceil(math.log2(len(chunk)))))
-      block_rows = np.full(padded_height, n_rows, np.int64)
-      block_rows[:len(chunk)] = chunk
-      block_cols = np.zeros((padded_height, length), np.int64)
-      block_a = np.zeros((padded_height, length), np.float32)
-      block_b = np.zeros((padded_height, length), np.float32)
-      # Scatter each row's entries into its padded line.
-      chunk_degree = degree[chunk]
-      line = np.repeat(np.arange(len(chunk)), chunk_degree)
-      position = np.arange(int(chunk_degree.sum())) - np.repeat(
-          np.cumsum(chunk_degree) - chunk_degree, chunk_degree)
-      entry = np.repeat(starts[chunk], chunk_degree) + position
-      block_cols[line, position] = cols[entry]
-      block_a[line, position] = a[entry]
-      block_b[line, position] = b[entry]
-      block_reg = np.ones(padded_height, np.float32)
-      block_reg[:len(chunk)] = reg * (chunk_degree if reg_scaled else 1.0)
-      blocks.append(_Block(tf.constant(block_rows, tf.int32), tf.constant(block_cols, tf.int32),
-                           tf.constant(block_a), tf.constant(block_b), tf.constant(block_reg)))
+  for lo, hi, height, length in block_bounds(padded_length(degree[active]), block_entries):
+    chunk = active[lo:hi]
+    chunk_degree = degree[chunk]
+    # Scatter each row's entries into its padded line.
+    line = np.repeat(np.arange(len(chunk)), chunk_degree)
+    position = np.arange(int(chunk_degree.sum())) - np.repeat(
+        np.cumsum(chunk_degree) - chunk_degree, chunk_degree)
+    entry = np.repeat(starts[chunk], chunk_degree) + position
+    block_cols = np.zeros((height, length), np.int32)
+    block_a = np.zeros((height, length), np.float32)
+    block_b = np.zeros((height, length), np.float32)
+    block_cols[line, position] = cols[entry]
+    block_a[line, position] = a[entry]
+    block_b[line, position] = b[entry]
+    block_rows = np.full(height, n_rows, np.int32)
+    block_rows[:len(chunk)] = chunk
+    block_reg = np.ones(height, np.float32)
+    block_reg[:len(chunk)] = reg * (chunk_degree if reg_scaled else 1.0)
+    block_count = np.zeros(height, np.int32)
+    block_count[:len(chunk)] = chunk_degree
+    blocks.append(_Block(*(tf.constant(v) for v in (block_rows, block_cols, block_a, block_b,
+                                                    block_reg, block_count))))
   return blocks, degree
 
 
 # ------------------------------------------------------------------ solves
-def _normal_equations(fixed, gram, cols, a, b, reg):
-  """A [B, k, k] and rhs [B, k] of a block (see the module docstring)."""
-  yg = tf.gather(fixed, cols)                                       # [B, D, k]
-  a_matrix = tf.linalg.matmul(yg * a[..., tf.newaxis], yg, transpose_a=True)
-  eye = tf.eye(tf.shape(fixed)[1], dtype=fixed.dtype)
-  a_matrix += gram[tf.newaxis] + reg[:, tf.newaxis, tf.newaxis] * eye
-  rhs = tf.einsum("bd,bdk->bk", b, yg)
-  return a_matrix, rhs
+def _data_loss(yg, x, b, count, implicit):
+  """Sum over a block's real entries of the data term (see `ALSSolver.loss`)."""
+  scores = tf.linalg.matvec(yg, x)                                  # [H, D]
+  mask = tf.sequence_mask(count, tf.shape(scores)[1], scores.dtype)
+  if implicit:
+    # c (1 - s)^2 - s^2 (the s^2 of every pair is added once, via the Grams).
+    return tf.reduce_sum(mask * (b * tf.square(1.0 - scores) - tf.square(scores)))
+  return tf.reduce_sum(mask * tf.square(b - scores))
 
 
-@tf.function(reduce_retracing=True)
-def _cholesky_block(fixed, gram, cols, a, b, reg):
-  a_matrix, rhs = _normal_equations(fixed, gram, cols, a, b, reg)
-  chol = tf.linalg.cholesky(a_matrix)
-  return tf.linalg.cholesky_solve(chol, rhs[..., tf.newaxis])[..., 0]
-
-
-@tf.function(reduce_retracing=True)
-def _cg_block(fixed, gram, cols, a, b, reg, x0, steps):
-  yg = tf.gather(fixed, cols)                                       # [B, D, k]
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _cg_block(yg, gram, x, a, b, reg, count, steps, implicit):
+  """Warm-started conjugate gradient on one block; returns (x [H, k], data loss)."""
 
   def matvec(v):
-    proj = tf.einsum("bdk,bk->bd", yg, v) * a
-    return (tf.linalg.matmul(v, gram) + tf.einsum("bd,bdk->bk", proj, yg)
+    proj = tf.linalg.matvec(yg, v) * a                               # [H, D]
+    return (tf.linalg.matmul(v, gram) + tf.linalg.matvec(yg, proj, transpose_a=True)
             + reg[:, tf.newaxis] * v)
 
-  rhs = tf.einsum("bd,bdk->bk", b, yg)
-  x = x0
-  r = rhs - matvec(x)
+  r = tf.linalg.matvec(yg, b, transpose_a=True) - matvec(x)
   p = r
   rs = tf.reduce_sum(r * r, axis=1, keepdims=True)
   for _ in tf.range(steps):
@@ -242,7 +247,38 @@ def _cg_block(fixed, gram, cols, a, b, reg, x0, steps):
     rs_new = tf.reduce_sum(r * r, axis=1, keepdims=True)
     p = r + tf.math.divide_no_nan(rs_new, rs) * p
     rs = rs_new
-  return x
+  return x, _data_loss(yg, x, b, count, implicit)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _normal_block(yg, gram, a, b, reg):
+  """A [H, k, k] and rhs [H, k] of one block."""
+  eye = tf.eye(tf.shape(gram)[0], dtype=gram.dtype)
+  a_matrix = (tf.linalg.matmul(yg * a[..., tf.newaxis], yg, transpose_a=True) + gram
+              + reg[:, tf.newaxis, tf.newaxis] * eye)
+  return a_matrix, tf.linalg.matvec(yg, b, transpose_a=True)
+
+
+@tf.function(jit_compile=True, reduce_retracing=True)
+def _block_loss(yg, x, b, count, implicit):
+  return _data_loss(yg, x, b, count, implicit)
+
+
+def _cholesky_block(yg, gram, a, b, reg, count, implicit):
+  """Exact solve of one block (XLA builds A; TF's batched Cholesky solves it)."""
+  a_matrix, rhs = _normal_block(yg, gram, a, b, reg)
+  x = tf.linalg.cholesky_solve(tf.linalg.cholesky(a_matrix), rhs[..., tf.newaxis])[..., 0]
+  return x, _block_loss(yg, x, b, count, implicit)
+
+
+def _normal_equations(fixed, gram, cols, a, b, reg):
+  """A [B, k, k] and rhs [B, k] of padded rows (fold-in; no XLA)."""
+  yg = tf.gather(fixed, cols)                                       # [B, D, k]
+  a_matrix = tf.linalg.matmul(yg * a[..., tf.newaxis], yg, transpose_a=True)
+  eye = tf.eye(tf.shape(fixed)[1], dtype=fixed.dtype)
+  a_matrix += gram[tf.newaxis] + reg[:, tf.newaxis, tf.newaxis] * eye
+  rhs = tf.einsum("bd,bdk->bk", b, yg)
+  return a_matrix, rhs
 
 
 def fold_in(item_factors: tf.Tensor, gram: tf.Tensor, cols: tf.Tensor, values: tf.Tensor,
@@ -278,6 +314,12 @@ def fold_in(item_factors: tf.Tensor, gram: tf.Tensor, cols: tf.Tensor, values: t
 
 class ALSSolver:
   """Alternating least squares over one sparse matrix of observations.
+
+  Each row's entries are laid out in padded blocks (rows grouped by length,
+  `block_bounds`); a block gathers its fixed-side vectors once and solves
+  all its rows together in one XLA program, and one alternating pass (users,
+  items and the loss) is a single TensorFlow graph call, so the same code
+  runs on CPU, GPU or TPU.
 
   Example:
     >>> solver = ALSSolver(users, items, ratings, n_users, n_items,
@@ -319,8 +361,6 @@ class ALSSolver:
                        f"minimum {values.min()}.")
     self.params = params
     self.n_users, self.n_items = int(n_users), int(n_items)
-    self.user_index, self.item_index = user_index, item_index
-    self.values = values.astype(np.float32)
     a, b = edge_coefficients(values, params,
                              None if scale is None else np.asarray(scale, np.float64))
     a, b = a.astype(np.float32), b.astype(np.float32)
@@ -337,10 +377,11 @@ class ALSSolver:
     self.item_factors = tf.constant(
         (rng.normal(0.0, scale, (n_items, params.rank)) * (self.item_degree > 0)[:, None]
          ).astype(np.float32))
-    self._edge_users = tf.constant(user_index, tf.int32)
-    self._edge_items = tf.constant(item_index, tf.int32)
-    self._edge_a = tf.constant(a)
-    self._edge_b = tf.constant(b)
+    self._weights = tuple(tf.constant(d if params.reg_scaled else np.ones_like(d), tf.float32)
+                          for d in (self.user_degree, self.item_degree))
+    # One graph per solver (a closure, so the solvers of a cross-validation
+    # do not count as retracings of one function).
+    self._pass = tf.function(lambda users, items: self._alternate(users, items))
     self.losses: List[float] = []
 
   # ----------------------------------------------------------------- steps
@@ -351,30 +392,44 @@ class ALSSolver:
     return tf.zeros([self.params.rank, self.params.rank], tf.float32)
 
   def _half_step(self, blocks: Sequence[_Block], fixed: tf.Tensor, current: tf.Tensor
-                 ) -> tf.Tensor:
-    n = int(current.shape[0])
+                 ) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Solves every row of `blocks` given `fixed`; returns (factors, data loss)."""
+    n, k = int(current.shape[0]), self.params.rank
     gram = self.gram(fixed)
-    padded = tf.concat([current, tf.zeros([1, self.params.rank])], axis=0)
-    rows, solved = [], []
+    padded = tf.concat([current, tf.zeros([1, k])], axis=0)
+    steps = tf.constant(self.params.cg_steps)
+    rows, solved, losses = [], [], [tf.zeros([])]
     for block in blocks:
+      yg = tf.gather(fixed, block.cols)                             # [H, D, k]
       if self.params.solver == "cholesky":
-        x = _cholesky_block(fixed, gram, block.cols, block.a, block.b, block.reg)
+        x, loss = _cholesky_block(yg, gram, block.a, block.b, block.reg, block.count,
+                                  self.params.implicit)
       else:
-        x = _cg_block(fixed, gram, block.cols, block.a, block.b, block.reg,
-                      tf.gather(padded, block.rows), tf.constant(self.params.cg_steps))
+        x, loss = _cg_block(yg, gram, tf.gather(padded, block.rows), block.a, block.b,
+                            block.reg, block.count, steps, self.params.implicit)
       rows.append(block.rows)
       solved.append(x)
+      losses.append(loss)
     if not rows:
-      return tf.zeros_like(current)
-    out = tf.scatter_nd(tf.concat(rows, 0)[:, tf.newaxis], tf.concat(solved, 0),
-                        [n + 1, self.params.rank])
-    return out[:n]
+      return tf.zeros_like(current), tf.zeros([])
+    out = tf.scatter_nd(tf.concat(rows, 0)[:, tf.newaxis], tf.concat(solved, 0), [n + 1, k])
+    return out[:n], tf.add_n(losses)
+
+  def _alternate(self, users: tf.Tensor, items: tf.Tensor):
+    """One pass: users, then items; returns (users, items, objective)."""
+    users, _ = self._half_step(self.user_blocks, items, users)
+    items, data = self._half_step(self.item_blocks, users, items)
+    if self.params.implicit:
+      data += tf.reduce_sum(tf.linalg.matmul(users, users, transpose_a=True)
+                            * tf.linalg.matmul(items, items, transpose_a=True))
+    penalty = (tf.reduce_sum(self._weights[0] * tf.reduce_sum(tf.square(users), axis=1))
+               + tf.reduce_sum(self._weights[1] * tf.reduce_sum(tf.square(items), axis=1)))
+    return users, items, data + self.params.reg * penalty
 
   def step(self) -> float:
     """One alternating pass (users, then items); returns the loss after it."""
-    self.user_factors = self._half_step(self.user_blocks, self.item_factors, self.user_factors)
-    self.item_factors = self._half_step(self.item_blocks, self.user_factors, self.item_factors)
-    loss = self.loss()
+    self.user_factors, self.item_factors, loss = self._pass(self.user_factors, self.item_factors)
+    loss = float(loss)
     if not math.isfinite(loss):
       raise FloatingPointError(
           f"ALS loss became {loss} at iteration {len(self.losses) + 1}. Raise `reg` "
@@ -398,14 +453,6 @@ class ALSSolver:
         callback(len(self.losses), loss)
     return list(self.losses)
 
-  def loss(self) -> float:
-    """The training objective at the current factors (see the module docstring)."""
-    return float(_objective(self.user_factors, self.item_factors, self._edge_users,
-                            self._edge_items, self._edge_a, self._edge_b,
-                            tf.constant(self.user_degree, tf.float32),
-                            tf.constant(self.item_degree, tf.float32),
-                            self.params.reg, self.params.reg_scaled, self.params.implicit))
-
   # --------------------------------------------------------------- scoring
   def predict(self, user_index, item_index) -> np.ndarray:
     """[N] x_u . y_i of (user row, item row) pairs."""
@@ -420,21 +467,3 @@ class ALSSolver:
                    tf.constant(np.asarray(cols, np.int64)), tf.constant(values, tf.float32),
                    tf.constant(mask, tf.bool), self.params,
                    None if scale is None else tf.constant(scale, tf.float32)).numpy()
-
-
-@tf.function(reduce_retracing=True)
-def _objective(x, y, users, items, a, b, user_degree, item_degree, reg, reg_scaled, implicit):
-  scores = tf.reduce_sum(tf.gather(x, users) * tf.gather(y, items), axis=1)
-  if implicit:
-    # sum over all pairs of s^2 (confidence 1, preference 0), corrected on the
-    # observed pairs: c (1 - s)^2 - s^2 with c = a + 1 = b.
-    everything = tf.reduce_sum(tf.linalg.matmul(x, x, transpose_a=True)
-                               * tf.linalg.matmul(y, y, transpose_a=True))
-    data = everything + tf.reduce_sum(b * tf.square(1.0 - scores) - tf.square(scores))
-  else:
-    data = tf.reduce_sum(tf.square(b - scores))
-  user_weight = user_degree if reg_scaled else tf.ones_like(user_degree)
-  item_weight = item_degree if reg_scaled else tf.ones_like(item_degree)
-  penalty = (tf.reduce_sum(user_weight * tf.reduce_sum(tf.square(x), axis=1))
-             + tf.reduce_sum(item_weight * tf.reduce_sum(tf.square(y), axis=1)))
-  return data + reg * penalty
