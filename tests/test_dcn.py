@@ -16,6 +16,7 @@ from tfrec_music.data import synthetic
 from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.dcn import DCNRanker
+from tfrec_music.models.dcn import RankingFeatureSpec
 from tfrec_music.models.dcn import raw_signature
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -232,7 +233,7 @@ def test_validation_metrics_read_the_validation_split_only(trained):
 
 
 def test_split_buckets_are_stable_and_near_80_10_10():
-  from tfrec_music.models.dcn import split_buckets
+  from tfrec_music.prepare.hashed_split import split_buckets
   users = np.array([f"u{k % 97}" for k in range(20000)])
   items = np.array([f"t{k}" for k in range(20000)])
   buckets = split_buckets(users, items)
@@ -256,7 +257,7 @@ def test_stream_train_reads_shards_and_learns(tmp_path):
   assert summary["examples_per_second"] > 0 and len(summary["history"]) == 3
   # The network starts at the training mean; after training it should beat
   # predicting that mean on the held-out rows.
-  from tfrec_music.models.dcn import split_buckets
+  from tfrec_music.prepare.hashed_split import split_buckets
   bucket = split_buckets(frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
   mean = frame["rating"].to_numpy()[bucket < 80].mean()
   test = frame["rating"].to_numpy()[bucket >= 90]
@@ -302,22 +303,32 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
         f"({fit['steps_per_epoch']} steps/epoch); finished {len(fit['history'])} epochs")
 
 
-def test_stream_run_exports_the_dcn_serving_contract(tmp_path):
-  """Issue 4: a DCN streamed from shards is exported like the in-memory one, reloadable."""
-  from tfrec_music.models.dcn import RankingFeatureSpec
+def test_cli_stream_trains_from_shards_and_exports_the_dcn_serving_contract(tmp_path):
+  """`python -m trainer.task --model dcn --data parquet --data-dir DIR --stream`.
+
+  Issue 4: a DCN streamed from shards is exported like the in-memory one, reloadable.
+  """
+  import subprocess
+  import sys
   folder = str(tmp_path / "shards")
   synthetic.write_large(folder, preset="tiny", shard_rows=1500)
-  config = DCNFamily.make_config("tiny", {"epochs": 2, "learning_rate": 0.01})
-  result = DCNFamily.stream_run(folder, config, str(tmp_path / "job"), str(tmp_path / "export"),
-                                checkpoint_every=4, read_rows=700)
-  export = result["export_path"]
-  assert export == str(tmp_path / "export" / "dcn" / "1")
-  assert result["examples_per_second"] > 0 and result["fit"]["epochs_run"] == 2
-  model = result["metrics"]["model"]
-  assert model["test/all/rmse"] < result["metrics"]["global_mean"]["test/all/rmse"]
-  assert json.load(open(os.path.join(export, "metrics.json"))) == json.loads(
-      json.dumps(result["metrics"]))
-  assert json.load(open(tmp_path / "job" / "metrics.json"))["model"] == model
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny", "--data",
+       "parquet", "--data-dir", folder, "--stream", "--epochs", "2", "--checkpoint-every", "4",
+       "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export")],
+      capture_output=True, text=True, cwd=REPO, timeout=300,
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  export = str(tmp_path / "export" / "dcn" / "1")
+  metrics = json.load(open(os.path.join(export, "metrics.json")))
+  model = metrics["model"]
+  assert model["test/all/rmse"] < metrics["global_mean"]["test/all/rmse"]
+  card = json.load(open(os.path.join(export, "model_card.json")))
+  fit = card["fit"]
+  assert fit["examples_per_second"] > 0 and fit["epochs_run"] == 2
+  assert set(card["signatures"]) == {"serving_default", "score_ids"}
+  assert json.load(open(tmp_path / "job" / "data_report.json"))
+  assert json.load(open(tmp_path / "job" / "metrics.json")) == metrics
   assert not os.path.exists(tmp_path / "job" / "backup" / "dcn_stream")  # finished: no backup
   items = pd.read_parquet(os.path.join(folder, "items.parquet"))
   users = pd.read_parquet(os.path.join(folder, "users.parquet"))
@@ -327,7 +338,7 @@ def test_stream_run_exports_the_dcn_serving_contract(tmp_path):
   # features (and score_ids from ids) and recompute the reported test RMSE.
   out = run_python(f"""
 import json, os, numpy as np, pandas as pd, tfrec_music, tensorflow as tf
-from tfrec_music.models.dcn import split_buckets
+from tfrec_music.prepare.hashed_split import split_buckets
 folder = {folder!r}
 frame = pd.concat([pd.read_parquet(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
                    if n.startswith("interactions-")])
@@ -359,32 +370,12 @@ print(json.dumps({{"inputs": sorted(specs),
 """)
   got = json.loads(out.strip().splitlines()[-1])
   assert got["inputs"] == want_inputs
-  assert got["n"] == result["fit"]["rows"]["test"]
+  assert got["n"] == fit["rows"]["test"]
   assert got["rmse"] == pytest.approx(model["test/all/rmse"], rel=1e-4)
   assert got["ids_rmse"] == pytest.approx(model["test/all/rmse"], rel=1e-4)
-  print(f"stream_run: {result['examples_per_second']:.0f} examples/s, test RMSE "
+  print(f"--stream: {fit['examples_per_second']:.0f} examples/s, test RMSE "
         f"{model['test/all/rmse']:.4f} (global mean "
-        f"{result['metrics']['global_mean']['test/all/rmse']:.4f}); served from the export "
+        f"{metrics['global_mean']['test/all/rmse']:.4f}); served from the export "
         f"{got['rmse']:.4f} with {got['fallback']} of {got['n']} rows on the fallback")
 
 
-def test_cli_stream_trains_from_shards_and_exports(tmp_path):
-  """`python -m trainer.task --model dcn --data parquet --data-dir DIR --stream`."""
-  import subprocess
-  import sys
-  folder = str(tmp_path / "shards")
-  synthetic.write_large(folder, preset="tiny", shard_rows=1500)
-  proc = subprocess.run(
-      [sys.executable, "-m", "trainer.task", "--model", "dcn", "--preset", "tiny", "--data",
-       "parquet", "--data-dir", folder, "--stream", "--epochs", "2",
-       "--job-dir", str(tmp_path / "job"), "--export-dir", str(tmp_path / "export")],
-      capture_output=True, text=True, cwd=REPO, timeout=300,
-      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  export = tmp_path / "export" / "dcn" / "1"
-  metrics = json.load(open(export / "metrics.json"))
-  assert metrics["model"]["test/all/rmse"] < metrics["global_mean"]["test/all/rmse"]
-  card = json.load(open(export / "model_card.json"))
-  assert card["fit"]["examples_per_second"] > 0 and card["fit"]["epochs_run"] == 2
-  assert "serving_default" in card["signatures"]
-  assert json.load(open(tmp_path / "job" / "data_report.json"))

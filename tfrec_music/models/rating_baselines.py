@@ -22,10 +22,14 @@ and `predict(users, items)` -> [N] float64.
 """
 
 import dataclasses
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+
+# Moved to `tfrec_music.evaluation.rating_scorers`; kept here for the callers of this path.
+from tfrec_music.evaluation.rating_scorers import baseline_scorers  # noqa: F401
+from tfrec_music.evaluation.rating_scorers import evaluate_rating_scorers  # noqa: F401
 
 __all__ = ["GlobalMean", "BiasedBaseline", "BiasedMF", "IdIndex", "fit_rating_baselines",
            "baseline_scorers", "evaluate_rating_scorers"]
@@ -284,46 +288,3 @@ def fit_rating_baselines(train: pd.DataFrame, valid: Optional[pd.DataFrame] = No
   return BaselineFits(mean, best_bias[2], best_mf[2],
                       {"biased/reg": best_bias[1], "biased_mf/reg": best_mf[1],
                        "biased_mf/reg_bias": best_bias[1], "biased_mf/dim": mf_dim})
-
-
-def baseline_scorers(fits: BaselineFits, rating_range: Tuple[float, float]
-                     ) -> Dict[str, Callable[[pd.DataFrame], np.ndarray]]:
-  """Frame -> [N] predictions of the three baselines (biased ones clipped to `rating_range`)."""
-  low, high = rating_range
-  return {
-      "global_mean": lambda f: fits.global_mean.predict(f["user_id"], f["item_id"]),
-      "biased": lambda f: np.clip(fits.biased.predict(f["user_id"], f["item_id"]), low, high),
-      "biased_mf": lambda f: np.clip(fits.biased_mf.predict(f["user_id"], f["item_id"]),
-                                     low, high),
-  }
-
-
-def evaluate_rating_scorers(prepared, scorers: Mapping[str, Callable[[pd.DataFrame], np.ndarray]],
-                            splits: Sequence[str] = ("valid", "test")
-                            ) -> Dict[str, Dict[str, float]]:
-  """RMSE / MSE / MAE / count of each scorer by split and item slice (all, cold, warm).
-
-  Args:
-    prepared: `PreparedData` (its splits carry `rating`; `warm_items` marks slices).
-    scorers: Name -> function of a split's frame returning [N] predicted ratings.
-    splits: Splits to evaluate (empty splits are skipped).
-
-  Returns:
-    Name -> `{"<split>/<slice>/<metric>": value}`.
-  """
-  from tfrec_music.evaluation.rating import rating_metrics  # pylint: disable=g-import-not-at-top
-  out: Dict[str, Dict[str, float]] = {name: {} for name in scorers}
-  for split in splits:
-    frame = getattr(prepared, split)
-    if len(frame) == 0:
-      continue
-    warm = prepared.warm_items[prepared.item_index(frame["item_id"])]
-    truth = frame["rating"].to_numpy(np.float64)
-    for name, scorer in scorers.items():
-      pred = np.asarray(scorer(frame), np.float64)
-      for slice_name, mask in (("all", np.ones(len(truth), bool)), ("cold", ~warm),
-                               ("warm", warm)):
-        if mask.any():
-          for key, value in rating_metrics(truth[mask], pred[mask]).items():
-            out[name][f"{split}/{slice_name}/{key}"] = value
-  return out

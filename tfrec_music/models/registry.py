@@ -13,7 +13,7 @@ from tfrec_music.models.family import ModelFamily
 FAMILIES: Dict[str, Tuple[str, str]] = {
     "two_tower": ("tfrec_music.models.two_tower", "TwoTowerFamily"),
     "popularity": ("tfrec_music.models.popularity_family", "PopularityFamily"),
-    "dcn": ("tfrec_music.models.dcn", "DCNFamily"),
+    "dcn": ("tfrec_music.models.dcn.family", "DCNFamily"),
     "two_tower_dcn": ("tfrec_music.models.cascade", "CascadeFamily"),
     "playlist_mf": ("tfrec_music.models.playlist_mf", "PlaylistMFFamily"),
     "als": ("tfrec_music.models.als", "ALSFamily"),

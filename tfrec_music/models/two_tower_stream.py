@@ -48,6 +48,7 @@ import tensorflow as tf
 from tfrec_music import io
 from tfrec_music.evaluation.retrieval import evaluate_embeddings
 from tfrec_music.evaluation.retrieval import evaluate_retrieval
+from tfrec_music.fit_callbacks import EpochTimer
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.two_tower import TwoTowerConfig
@@ -511,24 +512,6 @@ def _encode_queries(data: StreamData, users: np.ndarray, history: np.ndarray,
   return out
 
 
-class _EpochTimer(tf.keras.callbacks.Callback):
-  """Training seconds per epoch: first batch start to last batch end (no validation)."""
-
-  def __init__(self):
-    super().__init__()
-    self.seconds: List[float] = []
-    self._start = self._end = None
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = self._end = time.perf_counter()
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._end = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.seconds.append(self._end - self._start)
-
-
 def input_throughput(dataset: tf.data.Dataset, max_batches: Optional[int] = None
                      ) -> Dict[str, float]:
   """Examples per second of iterating `dataset` alone (no model), one pass.
@@ -675,7 +658,7 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
       rows = np.sort(np.random.default_rng([config.seed, epoch]).choice(n_eval, n, replace=False))
     return float(evaluate("valid", rows).get("valid/all/hr@10", float("nan")))
 
-  timer = _EpochTimer()
+  timer = EpochTimer()
   tensorboard = tf.keras.callbacks.TensorBoard(log_dir=io.join(job_dir, "logs", "two_tower_stream"),
                                                update_freq="epoch")
   losses: List[float] = []

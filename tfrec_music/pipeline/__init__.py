@@ -2,6 +2,8 @@
 
 from tfrec_music.pipeline.dataset import frame_to_features
 from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.epochs import epoch_batches
+from tfrec_music.pipeline.epochs import feature_signature
 from tfrec_music.pipeline.lookups import build_lookups
 from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.pipeline.lookups import string_lookup

@@ -5,7 +5,7 @@ these files map them to OOV buckets, at training and at serving time.
 """
 
 import os
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import pandas as pd
 
@@ -17,9 +17,47 @@ ITEM_LIST_VOCAB_COLUMNS = ("tags",)
 USER_VOCAB_COLUMNS = ("country",)
 
 
-def _sorted_unique(values: Iterable[str]) -> List[str]:
-  # Sorted, so the same training data gives the same indices in every run.
-  return sorted({str(v) for v in values if v is not None and str(v) != ""})
+def sorted_tokens(values: Iterable, missing: Sequence[str] = ("",)) -> List[str]:
+  """The distinct values as sorted strings, without None and the `missing` spellings.
+
+  Sorted, so the same training data gives the same indices in every run.
+  """
+  return sorted({str(v) for v in values if v is not None and str(v) not in missing})
+
+
+def feature_vocabularies(item_ids: Iterable[str], user_ids: Iterable[str], items: pd.DataFrame,
+                         users: Optional[pd.DataFrame], item_columns: Sequence[str],
+                         user_columns: Sequence[str] = (), list_columns: Sequence[str] = (),
+                         missing: Sequence[str] = ("",)) -> Dict[str, List[str]]:
+  """Vocabularies of feature columns over the items and users with the given (training) ids.
+
+  Args:
+    item_ids: Ids of the items that contribute tokens.
+    user_ids: Ids of the users that contribute tokens.
+    items: The catalogue.
+    users: The users table (None: no user vocabularies).
+    item_columns: String item columns (those the catalogue has get a vocabulary).
+    user_columns: String user columns (likewise).
+    list_columns: Item columns holding lists of strings (e.g. `tags`).
+    missing: Spellings of a missing value, never tokens.
+
+  Returns:
+    Column -> sorted list of tokens.
+  """
+  vocabs = {}
+  seen_items = items[items["item_id"].isin(set(item_ids))]
+  for column in item_columns:
+    if column in seen_items.columns:
+      vocabs[column] = sorted_tokens(seen_items[column], missing)
+  for column in list_columns:
+    if column in seen_items.columns:
+      vocabs[column] = sorted_tokens((t for tags in seen_items[column] for t in tags), missing)
+  if users is not None:
+    seen_users = users[users["user_id"].isin(set(user_ids))]
+    for column in user_columns:
+      if column in seen_users.columns:
+        vocabs[column] = sorted_tokens(seen_users[column], missing)
+  return vocabs
 
 
 def build_vocabularies(train: pd.DataFrame, items: pd.DataFrame,
@@ -34,20 +72,11 @@ def build_vocabularies(train: pd.DataFrame, items: pd.DataFrame,
   Returns:
     Feature name -> sorted list of tokens (no OOV token; lookups add it).
   """
-  vocabs = {"user_id": _sorted_unique(train["user_id"].unique()),
-            "item_id": _sorted_unique(train["item_id"].unique())}
-  seen_items = items[items["item_id"].isin(set(vocabs["item_id"]))]
-  for column in ITEM_VOCAB_COLUMNS:
-    if column in seen_items.columns:
-      vocabs[column] = _sorted_unique(seen_items[column])
-  for column in ITEM_LIST_VOCAB_COLUMNS:
-    if column in seen_items.columns:
-      vocabs[column] = _sorted_unique(t for tags in seen_items[column] for t in tags)
-  if users is not None:
-    seen_users = users[users["user_id"].isin(set(vocabs["user_id"]))]
-    for column in USER_VOCAB_COLUMNS:
-      if column in seen_users.columns:
-        vocabs[column] = _sorted_unique(seen_users[column])
+  vocabs = {"user_id": sorted_tokens(train["user_id"].unique()),
+            "item_id": sorted_tokens(train["item_id"].unique())}
+  vocabs.update(feature_vocabularies(vocabs["item_id"], vocabs["user_id"], items, users,
+                                     ITEM_VOCAB_COLUMNS, USER_VOCAB_COLUMNS,
+                                     ITEM_LIST_VOCAB_COLUMNS))
   return vocabs
 
 
