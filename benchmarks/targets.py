@@ -45,6 +45,12 @@ CHANGES: Tuple[ConfigChange, ...] = (
                  "preset: catalogue 6,637 -> 10,000 tracks, playlist catalogue 1,848 -> 10,000, "
                  "implicit training rows 270,128 -> 275,552, rating training rows 234,572 -> "
                  "239,072) and dedup is causal (commit 34f6720)"),
+    ConfigChange("2026-12-03 09:35 UTC",
+                 ("training_throughput", "two_tower_quality", "dcn_quality",
+                  "similarity_quality"),
+                 "two-tower defaults temperature 0.05 -> 0.1, user_id_dropout 0.2 -> 0.5, "
+                 "history_dropout 0 -> 0.3, history_window auto (data without timestamps: a "
+                 "training row's history is the user's other tracks)"),
 )
 
 

@@ -348,12 +348,19 @@ def test_popularity_export_serves_everyone_the_clamped_ranking(tiny_catalog, tmp
   family = PopularityFamily(PopularityFamily.make_config("tiny", {"top_k": HUGE_K}), prepared)
   family.fit(str(tmp_path))
   export = _export(family, tmp_path / "export", family.name)
+  user = str(prepared.train["user_id"].iloc[0])
   calls = [{"name": "serve", "signature": "serving_default",
-            "inputs": {"user_id": _tensor([str(prepared.train["user_id"].iloc[0]), "nobody", "",
-                                           "nobody"])}}]
+            "inputs": {"user_id": _tensor([user, "nobody", "", "nobody"])}}]
   res = serve(export, calls, scann=False)["exact"]["serve"]
   ids, scores = PopularityModel.fit(prepared).top_k(prepared.n_items)
-  for row in range(4):
+  for row in range(1, 4):
     assert res["item_ids"][row] == ids.tolist()        # the whole catalogue, once each
     np.testing.assert_allclose(res["scores"][row], scores, rtol=1e-6)
-  assert len(set(res["item_ids"][0])) == prepared.n_items
+  # A known user: the same ranking without their tracks up to the test point, then
+  # empty slots ("" at the lowest float) where no track is left.
+  seen = set(prepared.train.loc[prepared.train.user_id == user, "item_id"]) | set(
+      prepared.valid.loc[prepared.valid.user_id == user, "item_id"])
+  rest = [i for i in ids.tolist() if i not in seen]
+  assert res["item_ids"][0] == rest + [""] * len(seen)
+  np.testing.assert_allclose(res["scores"][0][:len(rest)],
+                             [s for i, s in zip(ids, scores) if i not in seen], rtol=1e-6)

@@ -100,13 +100,18 @@ class RetrievalServingModule(tf.Module):
     k: Results per request (clamped to the catalogue size).
     max_exclusions: Exclusions honoured by the ScaNN variant.
     scann_options: ScaNN settings (see `make_scann_index`).
+    stored_exclude: Optional [U, E] item ids (padded with "") that
+      `serving_default` excludes for the known users: everything each user
+      played up to the export, which can be more than the stored history.
+      None: the stored `history` is excluded.
   """
 
   def __init__(self, query_model: Callable, query_signature: Dict[str, tf.TensorSpec],
                candidates: np.ndarray, item_ids: np.ndarray, index_kind: str,
                known_users: np.ndarray, stored_features: Dict[str, np.ndarray],
                fallback_ids: np.ndarray, fallback_scores: np.ndarray, k: int,
-               max_exclusions: int = 200, scann_options: Optional[Dict[str, int]] = None):
+               max_exclusions: int = 200, scann_options: Optional[Dict[str, int]] = None,
+               stored_exclude: Optional[np.ndarray] = None):
     super().__init__()
     if index_kind not in ("exact", "scann"):
       raise ValueError("`index_kind` should be 'exact' or 'scann'. "
@@ -137,6 +142,9 @@ class RetrievalServingModule(tf.Module):
             tf.range(len(known_users), dtype=tf.int64)), default_value=-1)
     self.stored = {name: tf.Variable(_as_tensor(values), trainable=False, name=f"stored_{name}")
                    for name, values in stored_features.items()}
+    self.stored_exclude = (tf.Variable(_as_tensor(stored_exclude), trainable=False,
+                                       name="stored_exclude")
+                           if stored_exclude is not None else None)
     self.fallback_ids = tf.Variable(np.asarray(fallback_ids).astype(str).astype(object),
                                     dtype=tf.string, trainable=False)
     self.fallback_scores = tf.Variable(np.asarray(fallback_scores, np.float32), trainable=False)
@@ -158,6 +166,9 @@ class RetrievalServingModule(tf.Module):
         mask = tf.reshape(known, [-1] + [1] * (len(values.shape) - 1))
         features[name] = tf.where(mask, values, empty)
       exclude = features.get("history", tf.fill([tf.shape(user_id)[0], 1], ""))
+      if self.stored_exclude is not None:
+        seen = tf.gather(self.stored_exclude, safe)
+        exclude = tf.where(known[:, tf.newaxis], seen, tf.fill(tf.shape(seen), ""))
       return self._recommend(features, exclude, known)
 
     @tf.function(input_signature=[recommend_spec])

@@ -95,6 +95,7 @@ from tfrec_music.models.dcn import DCNConfig
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.dcn import DCNModel
 from tfrec_music.models.dcn import optimizer
+from tfrec_music.models import history as history_lib
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.rerank_features import HISTORY_FEATURES
 from tfrec_music.models.rerank_features import HistoryDCNRanker
@@ -695,9 +696,11 @@ class CascadeFamily(ModelFamily):
     known = np.asarray(self.prepared.vocabularies["user_id"])
     stored = r.raw_query_features(known, "test")
     stored.pop("user_id")
+    # Everything played up to the test point is excluded, as the evaluation does.
+    seen = history_lib.seen_matrix(known, pd.concat([self.prepared.train, self.prepared.valid]))
     stage_one = retrieval_export.RetrievalServingModule(
         r.query_model(), r.query_signature(), r.item_embeddings(), self.prepared.item_ids,
-        "exact", known, stored, popular_ids, popular_scores, c)
+        "exact", known, stored, popular_ids, popular_scores, c, stored_exclude=seen)
     rankers = self.rankers or [self.ranker]
     return CascadeServingModule(stage_one, [ranker.serving_module() for ranker in rankers],
                                 r.query_signature(), self.blend, self.temperature,

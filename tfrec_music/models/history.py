@@ -119,3 +119,13 @@ def history_matrix(user_ids, histories: Dict[str, List[str]], length: int) -> np
     if items:
       out[row, length - len(items):] = items
   return out
+
+
+def seen_matrix(user_ids, frame: pd.DataFrame) -> np.ndarray:
+  """[U, E] every item id of each user in `frame` (padded with ""; E = the longest).
+
+  Exports store it for known users so `serving_default` excludes what the
+  evaluation excluded (the whole history up to the test point).
+  """
+  longest = max(int(frame.groupby("user_id").size().max()) if len(frame) else 1, 1)
+  return history_matrix(user_ids, last_items(frame, longest), longest)

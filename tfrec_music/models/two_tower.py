@@ -30,6 +30,7 @@ from tfrec_music.models import history as history_lib
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import check_shares
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.features import ItemEncoder
 from tfrec_music.models.features import ItemFeatureSpec
@@ -78,12 +79,19 @@ class TwoTowerConfig:
       through the track tower's embeddings (only with content features).
     user_id_dropout: Share of training rows whose user id is replaced by OOV,
       so the tower learns to serve users from history alone.
+    history_dropout: Share of a training row's history tracks hidden (set to
+      padding) at each step: a denoising regularizer, so the user tower does
+      not lean on any one track of the profile.
     item_id_dropout: Share of training candidates whose track id is replaced
       by OOV, so the track tower learns to place tracks from content alone
       (cold start). Only active when content features are on.
     item_id_min_count: With content features, tracks with fewer training
       plays than this are placed by content alone: their id maps to OOV in
       the track tower (training and serving alike). 0 keeps every id.
+    history_window: Training rows' history: `"causal"` (the tracks played
+      before the row), `"others"` (the user's other training tracks, as
+      served), `"auto"` (causal when the data has timestamps, others when it
+      has no order).
     early_stopping_patience: Epochs without validation HR@10 gain before stopping.
     validation_users: Validation users scored per epoch (0 = all).
     top_k: Results per request in the export.
@@ -99,7 +107,7 @@ class TwoTowerConfig:
   optimizer: str = "adam"
   batch_size: int = 1024
   epochs: int = 12
-  temperature: float = 0.05
+  temperature: float = 0.1
   normalize: bool = True
   logq_correction: bool = True
   remove_accidental_hits: bool = True
@@ -107,9 +115,11 @@ class TwoTowerConfig:
   cross_replica_negatives: bool = False
   history_pooling: str = "mean"
   history_content: bool = False
-  user_id_dropout: float = 0.2
+  user_id_dropout: float = 0.5
+  history_dropout: float = 0.3
   item_id_dropout: float = 0.3
   item_id_min_count: int = 20
+  history_window: str = "auto"
   early_stopping_patience: int = 2
   validation_users: int = 2000
   top_k: int = 100
@@ -117,11 +127,13 @@ class TwoTowerConfig:
 
   def __post_init__(self):
     check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
-                         "history_pooling": ("mean", "recency")})
+                         "history_pooling": ("mean", "recency"),
+                         "history_window": ("auto", "causal", "others")})
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
     check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
                       "validation_users"), minimum=0)
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
+    check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
     object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 
 
@@ -174,6 +186,10 @@ class TwoTowerModel(tfrs.Model):
       drop = tf.random.uniform(tf.shape(query_inputs["user_id"])) < self.config.user_id_dropout
       query_inputs["user_id"] = tf.where(drop, tf.ones_like(query_inputs["user_id"]),
                                          query_inputs["user_id"])
+    if training and self.config.history_dropout > 0:
+      history = query_inputs["history"]
+      hide = tf.random.uniform(tf.shape(history)) < self.config.history_dropout
+      query_inputs["history"] = tf.where(hide, tf.zeros_like(history), history)
     queries = self.query_tower(query_inputs, training=training)
     candidates_index = inputs["item_index"]
     if training and self.config.mixed_negatives:
@@ -239,6 +255,7 @@ class TwoTowerFamily(ModelFamily):
 
   name = "two_tower"
   config_class = TwoTowerConfig
+  supports_parameter_server = True
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:
@@ -252,7 +269,7 @@ class TwoTowerFamily(ModelFamily):
   def search_space(cls, hp) -> Dict[str, Any]:
     """Embedding and layer sizes, learning rate and optimizer, temperature and negatives,
     batch size (the in-batch negatives), history length and pooling, the id
-    dropouts and the least plays for a track id of its own.
+    and history dropouts and the least plays for a track id of its own.
 
     Each default is the `default` preset's value, so a search's first trial
     (see `tfrec_music.tuning`) is the hand-tuned configuration.
@@ -275,7 +292,8 @@ class TwoTowerFamily(ModelFamily):
                                          default=d.history_pooling),
             "item_id_min_count": hp.Choice("item_id_min_count", [0, 5, 20, 50],
                                            default=d.item_id_min_count),
-            "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.5, default=d.user_id_dropout),
+            "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.7, default=d.user_id_dropout),
+            "history_dropout": hp.Float("history_dropout", 0.0, 0.6, default=d.history_dropout),
             "item_id_dropout": hp.Float("item_id_dropout", 0.0, 0.6, default=d.item_id_dropout)}
 
   @classmethod
@@ -385,12 +403,23 @@ class TwoTowerFamily(ModelFamily):
     vocabs = self.prepared.vocabularies
     features = {
         "user_id": lookup_indices(train["user_id"], vocabs["user_id"]),
-        "history": history_lib.causal_history(train, vocabs["item_id"], self.config.history_length),
+        "history": self._training_history(train),
         "item_index": self.prepared.item_index(train["item_id"]).astype(np.int64)}
     for column in self.user_features:
       values = self.user_table[column].reindex(train["user_id"]).fillna("").to_numpy()
       features[column] = lookup_indices(values, vocabs[column])
     return features
+
+  def _training_history(self, train: pd.DataFrame) -> np.ndarray:
+    """[N, H] history of each training row (see `history_window`)."""
+    vocab, length = self.prepared.vocabularies["item_id"], self.config.history_length
+    window = self.config.history_window
+    if window == "auto":
+      return history_lib.training_history(train, vocab, length)
+    if window == "causal":
+      return history_lib.causal_history(train, vocab, length)
+    items = lookup_indices(train["item_id"], vocab)
+    return history_lib.others_window(train["user_id"].to_numpy(), items, length, pad=0)
 
   def fit(self, job_dir: str) -> Dict[str, Any]:
     """Trains with early stopping on validation HR@10, keeping the best weights.
@@ -526,10 +555,13 @@ class TwoTowerFamily(ModelFamily):
     stored = self.raw_query_features(known, "test")
     stored.pop("user_id")
     query_model = self.query_model()
+    # Everything played up to the test point, as the evaluation excludes.
+    seen = history_lib.seen_matrix(known, pd.concat([self.prepared.train, self.prepared.valid]))
     for kind, path in (("exact", directory), ("scann", io.join(directory, "scann"))):
       module = retrieval.RetrievalServingModule(
           query_model, self.query_signature(), items, self.prepared.item_ids, kind, known,
-          stored, popular_ids, popular_scores, k)
+          stored, popular_ids, popular_scores, k, stored_exclude=seen,
+          max_exclusions=max(200, seen.shape[1]))
       retrieval.save_retrieval_module(module, path)
     self._save_towers(directory)
     metadata = {c: self.prepared.items[c].fillna("").astype(str).to_numpy()
