@@ -262,8 +262,9 @@ def test_heavy_listeners_train_the_reranker_on_their_recent_share(trained):
   shared = positives(0.5)
   np.testing.assert_array_equal(shared, np.flatnonzero(from_end < np.maximum(3, np.ceil(
       0.5 * sizes))))
-  # The share matters on this catalogue: some users have more than 6 rows, others fewer.
-  assert (sizes > 6).any() and (sizes < 6).any() and len(shared) > len(positives(0.0))
+  # The share matters on this catalogue: it widens the positives of users with more than 6
+  # rows (ceil(0.5 x 7) = 4 > 3) and not of the others (6 rows: ceil(3) = 3).
+  assert (sizes > 6).any() and (sizes <= 6).any() and len(shared) > len(positives(0.0))
 
 
 def test_cascade_reorders_only_the_retrieved_candidates(trained):
