@@ -58,6 +58,7 @@ class DCNFamily(ModelFamily):
 
   name = "dcn"
   config_class = DCNConfig
+  supports_parameter_server = True
   table_keys = RATING_TABLE_KEYS
   # Random 80/10/10 split of rating rows, no held-out users (see the module docstring).
   prepare_overrides = {"split": "ratio", "ratios": (0.8, 0.1, 0.1), "cold_user_share": 0.0}

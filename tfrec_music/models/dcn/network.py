@@ -130,17 +130,21 @@ class DCNModel(tfrs.Model):
     super().__init__()
     self.ranker = ranker
     self.labels = labels
+    # SUM: Keras refuses its default reduction inside a distribution strategy. Labels are
+    # [B], so the loss already averages the batch; `compute_loss` divides by the replicas.
+    sum_ = tf.keras.losses.Reduction.SUM
     if labels == "explicit":
-      self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError())
+      self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(reduction=sum_))
     else:
       self.task = tfrs.tasks.Ranking(
-          loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+          loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=sum_))
 
   def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     """Loss of a batch of encoded features with a `label` [B]."""
     features = {k: v for k, v in inputs.items() if k != "label"}
     predictions = self.ranker(features, training=training)
     loss = self.task(labels=inputs["label"], predictions=predictions, compute_metrics=False)
+    loss = loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
     return loss + tf.add_n(self.ranker.losses) if self.ranker.losses else loss
 
 
