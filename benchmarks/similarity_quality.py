@@ -1,14 +1,15 @@
-"""Quality of user-to-user taste similarity on the synthetic catalogue.
+"""Quality of user-to-user taste similarity: each part alone and blended.
 
-Trains one two-tower on the `--preset` catalogue (or reads a two-tower
-export), then evaluates user similarity with each track-vector source and
-centroid setting through `UserSimilarityFamily.evaluate`: friend-pair AUC
-(valid and test halves), share of users with a friend in their top 10, and
-Spearman correlation with the oracle's taste similarity. The oracle row (true
-tastes) is the ceiling.
+Trains one two-tower on the data (or reads a two-tower export) for the
+centroid part, then evaluates user similarity under each setting through
+`UserSimilarityFamily.evaluate`: friend-pair AUC (valid and test halves),
+share of users with a friend in their top 10 and, on synthetic data, Spearman
+correlation with the oracle's taste similarity (the oracle row, true tastes,
+is the ceiling).
 
-  python -m benchmarks.similarity_quality                   # default preset
+  python -m benchmarks.similarity_quality                   # synthetic, default preset
   python -m benchmarks.similarity_quality --preset tiny
+  python -m benchmarks.similarity_quality --data lastfm-hetrec --data-dir data_real/hetrec
 """
 
 import argparse
@@ -23,43 +24,41 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 KEYS = ("valid/all/friend_auc", "test/all/friend_auc", "test/all/friend_in_top10",
         "test/all/oracle_spearman")
 
-# (label, config overrides); two_tower rows read the vectors trained once.
+# (label, config overrides); centroid rows read the two-tower vectors trained once.
 SETTINGS = (
-    ("two_tower, all tracks, euclidean", {"track_vectors": "two_tower", "recent_share": 1.0}),
-    ("two_tower, all tracks, cosine", {"track_vectors": "two_tower", "recent_share": 1.0,
-                                       "metric": "cosine"}),
-    ("two_tower, recent half, euclidean", {"track_vectors": "two_tower", "recent_share": 0.5}),
-    ("two_tower, recent half, cosine", {"track_vectors": "two_tower", "recent_share": 0.5,
-                                        "metric": "cosine"}),
-    ("text colisten, all tracks, euclidean", {"track_vectors": "text", "recent_share": 1.0}),
-    ("text colisten, recent half, euclidean", {"track_vectors": "text", "recent_share": 0.5}),
-    ("text only (cooccurrence), all tracks, euclidean",
-     {"track_vectors": "text", "word_vectors": "cooccurrence", "recent_share": 1.0}),
-    ("text only (cooccurrence), recent half, euclidean",
-     {"track_vectors": "text", "word_vectors": "cooccurrence", "recent_share": 0.5}),
+    ("centroid, recent half, euclidean (before)", {"parts": ("centroid",),
+                                                   "metric": "euclidean"}),
+    ("centroid, recent half, cosine", {"parts": ("centroid",)}),
+    ("lsa", {"parts": ("lsa",)}),
+    ("als", {"parts": ("als",)}),
+    ("lsa + als", {"parts": ("lsa", "als")}),
+    ("lsa + als + centroid (default)", {}),
+    ("lsa + als + centroid over every track", {"recent_share": 1.0}),
+    ("lsa + als + centroid, euclidean", {"metric": "euclidean"}),
 )
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
   """Runs every setting; prints a table and returns label -> metrics."""
-  from tfrec_music.data import synthetic  # pylint: disable=g-import-not-at-top
   from tfrec_music.export.retrieval import save_candidates  # pylint: disable=g-import-not-at-top
   from tfrec_music.models.family import EvalContext  # pylint: disable=g-import-not-at-top
   from tfrec_music.models.track_vectors import track_vectors  # pylint: disable=g-import-not-at-top
-  from tfrec_music.models.user_similarity import UserSimilarityFamily  # pylint: disable=g-import-not-at-top
-  from tfrec_music.prepare import PrepareConfig  # pylint: disable=g-import-not-at-top
-  from tfrec_music.prepare import prepare  # pylint: disable=g-import-not-at-top
+  from tfrec_music.training import RunConfig  # pylint: disable=g-import-not-at-top
+  from tfrec_music.training import load_and_prepare  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--data", default="synthetic")
+  p.add_argument("--data-dir", default=None)
   p.add_argument("--preset", default="default")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--two-tower-export", default="",
                  help="Read two-tower track vectors from this version folder (no training).")
   p.add_argument("--out", default=None, help="Also write the results as JSON here.")
   args = p.parse_args(argv)
-  catalog = synthetic.generate(args.preset, seed=args.seed)
-  prepared = prepare(catalog.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides,
-                                                   seed=args.seed))
   work = tempfile.mkdtemp(prefix="similarity_quality_")
+  _, _, loaded, prepared, _, _ = load_and_prepare(RunConfig(
+      model="user_similarity", data=args.data, data_dir=args.data_dir, preset=args.preset,
+      seed=args.seed, job_dir=os.path.join(work, "job"), export=False))
+  from tfrec_music.models.user_similarity import UserSimilarityFamily  # pylint: disable=g-import-not-at-top
   export = args.two_tower_export
   timings = {}
   if not export:
@@ -71,25 +70,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     export = os.path.join(work, "two_tower")
     save_candidates(os.path.join(export, "candidates"), vectors.item_ids, vectors.vectors)
   results: Dict[str, Dict[str, float]] = {}
-  context = EvalContext(oracle=catalog.oracle)
+  context = EvalContext(oracle=loaded.oracle, loaded=loaded)
   for label, overrides in SETTINGS:
     config = UserSimilarityFamily.make_config(args.preset, {
         **overrides, "two_tower_export": export, "heatmap_size": 0, "seed": args.seed})
     family = UserSimilarityFamily(config, prepared)
+    start = time.perf_counter()
     family.fit(os.path.join(work, "job"))
+    timings[f"{label} fit_seconds"] = time.perf_counter() - start
     metrics = family.evaluate(context)
     results[label] = {k: metrics["model"][k] for k in KEYS if k in metrics["model"]}
-    results.setdefault("oracle (true tastes)",
-                       {k: metrics["oracle"][k] for k in KEYS if k in metrics["oracle"]})
+    if "oracle" in metrics:
+      results.setdefault("oracle (true tastes)",
+                         {k: metrics["oracle"][k] for k in KEYS if k in metrics["oracle"]})
   width = max(len(k) for k in results) + 2
   print("setting".ljust(width) + "".join(f"{k.replace('/all/', ' '):>28}" for k in KEYS))
   for label, values in results.items():
     print(label.ljust(width) + "".join(f"{values.get(k, float('nan')):>28.4f}" for k in KEYS))
-  print(json.dumps({"preset": args.preset, "seed": args.seed, "timings": timings}))
+  summary = {"data": args.data, "preset": args.preset, "seed": args.seed, "timings": timings}
+  print(json.dumps(summary))
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"preset": args.preset, "seed": args.seed, "timings": timings,
-                 "results": results}, f, indent=2)
+      json.dump({**summary, "results": results}, f, indent=2)
   return results
 
 

@@ -1,4 +1,4 @@
-"""User similarity: golden scores, numpy reference, metrics, export round trip, CLIs."""
+"""User similarity: golden scores, numpy references, parts, metrics, export round trip, CLIs."""
 
 import json
 import os
@@ -21,9 +21,14 @@ from tfrec_music.heatmap import similarity_heatmap
 from tfrec_music.models.family import EvalContext
 from tfrec_music.models.track_vectors import TrackVectors
 from tfrec_music.models.user_similarity import SimilarityIndex
+from tfrec_music.models.user_similarity import TasteParts
 from tfrec_music.models.user_similarity import UserSimilarityFamily
 from tfrec_music.models.user_similarity import recent_rows
 from tfrec_music.models.user_similarity import taste_centroids
+from tfrec_music.models.user_similarity.profiles import blend
+from tfrec_music.models.user_similarity.profiles import fit_parts
+from tfrec_music.models.user_similarity.profiles import part_weights
+from tfrec_music.models.user_similarity.serving import distinct_counts
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
@@ -81,6 +86,72 @@ def test_recent_rows_by_hand():
   assert sorted(recent_rows(frame, 0.5)["item_id"]) == ["t1", "t3", "t5"]
   assert len(recent_rows(frame, 1.0)) == 5
   assert sorted(recent_rows(frame, 0.01)["item_id"]) == ["t1", "t5"]  # at least one each
+  # Without timestamps there is no recency: every row stays.
+  assert len(recent_rows(frame.drop(columns="timestamp"), 0.5)) == 5
+
+
+def test_blended_cosine_is_the_weighted_mean_of_part_cosines_by_hand():
+  # Part 1: cos((1, 0), (1, 1)) = 1/sqrt(2); part 2: cos((0, 2), (0, -3)) = -1.
+  # Weights (1, 2): blocks (1, 0 | 0, 2) and (0.707, 0.707 | 0, -2), each of
+  # norm sqrt(1 + 4) = sqrt(5): cosine = (0.7071 - 4) / 5 = (1 * 0.7071 + 4 * -1) / (1 + 4).
+  vectors = blend([np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 2.0], [0.0, -3.0]])],
+                  np.array([1.0, 2.0]))
+  index = SimilarityIndex(["a", "b"], vectors, metric="cosine")
+  np.testing.assert_allclose(index.score_pairs(["a"], ["b"]), [(2 ** -0.5 - 4) / 5], rtol=1e-6)
+  # One part is used as it is (euclidean keeps its meaning).
+  np.testing.assert_array_equal(blend([np.array([[3.0, 4.0]])], np.ones(1)), [[3.0, 4.0]])
+
+
+def test_part_weights_match_numpy_reference():
+  rng = np.random.default_rng(0)
+  parts = [rng.normal(size=(60, 4)), rng.normal(size=(60, 3)) + 2.0]
+  got = part_weights(parts, seed=1, n_pairs=200_000)
+  for weight, vectors in zip(got, parts):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = (unit @ unit.T)[~np.eye(60, dtype=bool)]  # every ordered pair of two users
+    assert weight == pytest.approx(cosines.std() ** -0.5, rel=0.02)
+  assert part_weights(parts[:1]).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("b,t,seed", [(1, 1, 0), (3, 6, 1), (8, 30, 2), (2, 0, 3)])
+def test_distinct_counts_match_numpy_reference(b, t, seed):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  rows = rng.integers(0, 5, size=(b, t))
+  usable = rng.random((b, t)) < 0.8
+  cols, counts, first = (x.numpy() for x in distinct_counts(tf.constant(rows, tf.int64),
+                                                             tf.constant(usable)))
+  for r in range(b):
+    ref_cols, ref_counts = np.unique(rows[r][usable[r]], return_counts=True)
+    assert cols[r][first[r]].tolist() == ref_cols.tolist()
+    assert counts[r][first[r]].tolist() == ref_counts.tolist()
+
+
+def test_new_users_are_placed_where_the_indexed_users_are():
+  # Every part places a user from their tracks alone: the lsa projection is the
+  # indexed vector up to scale, the ALS fold-in re-solves the user's last
+  # ALS step, the centroid is the same mean (cosine ~ 1 for each).
+  rng = np.random.default_rng(0)
+  users = np.repeat(np.arange(40), 12)
+  items = rng.integers(0, 90, size=len(users))
+  plays = rng.integers(1, 4, size=len(users)).astype(float)
+  item_ids = np.array([f"t{i}" for i in range(90)])
+  tracks = TrackVectors(item_ids, rng.normal(size=(90, 5)).astype(np.float32),
+                        np.ones(90, bool), "test")
+  rows = {"all": (users, items, plays), "centroid": (users, items, plays)}
+  blended, placed, taste, by_part = fit_parts(
+      ("lsa", "als", "centroid"), rows, 40, item_ids, tracks, lsa_dim=8, als_rank=4,
+      als_reg=1.0, als_alpha=10.0, seed=0)
+  assert placed.all() and blended.shape == (40, 8 + 4 + 5)
+  # A track played n times is listed n times (repeats are plays).
+  histories = [np.repeat(items[users == u], plays[users == u].astype(int)) for u in range(40)]
+  query, known = taste.queries(histories)
+  assert known.all()
+  cosine = (query * blended).sum(1) / np.linalg.norm(query, axis=1) / np.linalg.norm(
+      blended, axis=1)
+  assert cosine.min() > 0.99, cosine.min()
+  _, known = taste.queries([np.array([-1, -1]), np.zeros(0, np.int64)])
+  assert known.tolist() == [False, False]
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -173,6 +244,25 @@ def test_bad_config_is_named():
     UserSimilarityFamily.make_config("tiny", {"metric": "manhattan"})
   with pytest.raises(ValueError, match="`track_vectors` should be one of"):
     UserSimilarityFamily.make_config("tiny", {"track_vectors": "lyrics"})
+  for parts in ((), ("lsa", "lsa"), ("svd",)):
+    with pytest.raises(ValueError, match=r"`parts` should be distinct values of \('lsa', 'als', "
+                                         r"'centroid'\) \(at least one\)\. Received: `parts` = "):
+      UserSimilarityFamily.make_config("tiny", {"parts": parts})
+
+
+def test_collaborative_parts_alone_need_no_track_vectors(catalog, tmp_path):
+  prepared = prepare(catalog.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
+  family = UserSimilarityFamily(UserSimilarityFamily.make_config("tiny", {"parts": ("lsa",)}),
+                                prepared)
+  summary = family.fit(str(tmp_path))
+  assert "track_vectors" not in summary and family.model.tracks is None
+  assert family.model.artists is None and summary["part_dims"] == {"lsa": 16}
+  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))["model"]
+  assert metrics["test/all/friend_auc"] > 0.6
+  history = family.history[family.history["user_id"] == "u00003"]["item_id"].tolist()
+  assert family.model.similar_to_tracks(history, 3)["user"].iloc[0] == "u00003"
+  with pytest.raises(ValueError, match="fit with 'centroid' in `parts`"):
+    family.score_fn()
 
 
 def test_export_round_trip_in_fresh_process(fitted, tmp_path):
@@ -184,6 +274,9 @@ def test_export_round_trip_in_fresh_process(fitted, tmp_path):
                                     exclude_rows=users.rows(queries[:2]))
   history = family.history[family.history["user_id"] == "u00007"]["item_id"].tolist()
   new_user = family.model.similar_to_tracks(history, 10)
+  repeats = history[:2] * 2 + history[2:3]  # a track listed twice counts as two plays
+  repeated_user = family.model.similar_to_tracks(repeats, 10)
+  assert family.model.parts.names == ("lsa", "als", "centroid")
   out = json.loads(run_python(f"""
 import json, numpy as np, tensorflow as tf
 from scann.scann_ops.py import scann_ops  # registers ScaNN's ops for scann/
@@ -192,7 +285,8 @@ out = {{}}
 for name, folder in (("exact", {path!r}), ("scann", {path!r} + "/scann")):
   m = tf.saved_model.load(folder)
   r = m.signatures["serving_default"](user_id=tf.constant({queries!r}))
-  rows = [{history!r} + [""], ["nope"] + [""] * {len(history)}]
+  rows = [{history!r} + [""], ["nope"] + [""] * {len(history)},
+          {repeats!r} + [""] * {len(history) + 1 - len(repeats)}]
   t = m.signatures["similar_to_tracks"](track_ids=tf.constant(rows))
   out[name] = {{"ids": r["user_ids"].numpy().astype(str).tolist(),
                "scores": r["scores"].numpy().tolist(), "known": r["known"].numpy().tolist(),
@@ -207,9 +301,11 @@ print(json.dumps(out))
   assert exact["ids"][:2] == ref_ids.tolist()
   np.testing.assert_allclose(exact["scores"][:2], ref_scores, rtol=2e-3)
   assert exact["ids"][2] == [""] * 10 and exact["scores"][2] == [0.0] * 10
-  assert exact["t_known"] == [True, False]
+  assert exact["t_known"] == [True, False, True]
   assert exact["t_ids"][0] == new_user["user"].tolist()
   np.testing.assert_allclose(exact["t_scores"][0], new_user["score"], rtol=2e-3)
+  assert exact["t_ids"][2] == repeated_user["user"].tolist()
+  np.testing.assert_allclose(exact["t_scores"][2], repeated_user["score"], rtol=2e-3)
   # ScaNN is approximate; on 200 users it searches nearly everything.
   recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(out["scann"]["ids"][:2],
                                                                exact["ids"][:2])])
@@ -243,7 +339,7 @@ def test_task_and_similar_clis_on_tiny(tmp_path):
                "--users", "u00001,u00002,u00003"], tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
-  assert lines[0] == "Users most similar to u00003 (euclidean):"
+  assert lines[0] == "Users most similar to u00003 (cosine):"
   assert lines[1].split() == ["rank", "user", "score"] and lines[2].split()[0] == "1"
   assert f"Artists most similar to {artist}" in proc.stdout
   assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
