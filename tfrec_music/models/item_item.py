@@ -151,20 +151,49 @@ class ItemItemScorer:
 SEARCHES = ("full", "local")
 
 
+def choose_value(values: Sequence, hr: Callable[[Any], float], search: str = "full"):
+  """The value of `values` with the best `hr(value)`.
+
+  Args:
+    values: Candidate values.
+    hr: value -> validation HR@10 (called once per value tried).
+    search: `full` tries every value (the first best wins ties); `local`
+      sorts them, starts at the middle one and walks towards the better
+      neighbour while HR@10 strictly improves (one peak along the grid: 3 or
+      4 values tried instead of all).
+  """
+  if search == "full":
+    results = [hr(v) for v in values]
+    return values[int(np.argmax(results))]
+  grid = sorted(values)
+  seen = {}
+
+  def at(i):
+    if i not in seen:
+      seen[i] = hr(grid[i])
+    return seen[i]
+
+  best = len(grid) // 2
+  neighbours = [i for i in (best - 1, best + 1) if 0 <= i < len(grid)]
+  better = [i for i in neighbours if at(i) > at(best)]
+  if better:
+    step = max(better, key=at) - best
+    while 0 <= best + step < len(grid) and at(best + step) > at(best):
+      best += step
+  return grid[best]
+
+
 def select_on_validation(prepared: PreparedData, name: str, values: Sequence,
                          scorer_for: Callable, search: str = "full"
                          ) -> Tuple[object, Dict[str, float]]:
-  """Picks the value of `name` with the best validation HR@10.
+  """Picks the value of `name` with the best validation HR@10 (`choose_value`).
 
   Args:
     prepared: Prepared data.
     name: Hyperparameter name (for the keys).
     values: Candidate values.
     scorer_for: value -> the protocol's scorer (split -> score_fn).
-    search: `full` tries every value (the first best wins ties); `local`
-      sorts them, starts at the middle one and walks towards the better
-      neighbour while HR@10 strictly improves (for an HR@10 with one peak
-      along the grid: 3 or 4 fits instead of all).
+    search: `full` or `local` (see `choose_value`).
 
   Returns:
     `(best value, {"select/<name>=<v>/valid/hr@10": ... for each value tried,
@@ -174,26 +203,13 @@ def select_on_validation(prepared: PreparedData, name: str, values: Sequence,
   results = {}
 
   def hr(value):
-    if value not in results:
-      metrics = evaluate_retrieval(scorer_for(value)("valid"), users, targets,
-                                   n_items=prepared.n_items, exclude=exclude, ks=(10,),
-                                   lists=False)
-      results[value] = metrics.get("all/hr@10", 0.0)
+    metrics = evaluate_retrieval(scorer_for(value)("valid"), users, targets,
+                                 n_items=prepared.n_items, exclude=exclude, ks=(10,),
+                                 lists=False)
+    results[value] = metrics.get("all/hr@10", 0.0)
     return results[value]
 
-  if search == "full":
-    best = max(values, key=lambda v: (hr(v), -list(values).index(v)))
-  else:
-    grid = sorted(values)
-    at = len(grid) // 2
-    step = 0
-    for direction in (-1, 1):
-      if 0 <= at + direction < len(grid) and hr(grid[at + direction]) > hr(grid[at]) and (
-          step == 0 or hr(grid[at + direction]) > hr(grid[at + step])):
-        step = direction
-    while step and 0 <= at + step < len(grid) and hr(grid[at + step]) > hr(grid[at]):
-      at += step
-    best = grid[at]
+  best = choose_value(list(values), hr, search)
   out = {f"select/{name}={value:g}/valid/hr@10": results[value] for value in values
          if value in results}
   out[f"select/chosen_{name}"] = best

@@ -18,14 +18,15 @@ import tensorflow as tf
 BLOCK_ENTRIES = 1 << 24
 
 
-def cosine_neighbours(matrix: sp.csr_matrix, k: int, shrink: float = 0.0
-                      ) -> Tuple[np.ndarray, np.ndarray]:
+def cosine_neighbours(matrix: sp.csr_matrix, k: int, shrink: float = 0.0,
+                      block_entries: int = BLOCK_ENTRIES) -> Tuple[np.ndarray, np.ndarray]:
   """The top-`k` cosine neighbours of every item, most similar first.
 
   Args:
     matrix: [U, n_items] user x item values.
     k: Neighbours kept per item (clamped to n_items - 1).
     shrink: Added to the cosine denominator (damps pairs of rare items).
+    block_entries: Dense similarities held at a time (memory: 4 bytes each).
 
   Returns:
     `(indices [n_items, k] int64, sims [n_items, k] float32)`; an item with
@@ -40,7 +41,7 @@ def cosine_neighbours(matrix: sp.csr_matrix, k: int, shrink: float = 0.0
   sims = np.zeros((n, k), np.float32)
   if k == 0:
     return indices, sims
-  block = max(1, BLOCK_ENTRIES // n)
+  block = max(1, block_entries // n)
   for start in range(0, n, block):
     stop = min(n, start + block)
     dots = (by_item[start:stop] @ matrix).toarray()
