@@ -131,10 +131,17 @@ def main(argv: Optional[List[str]] = None) -> None:
   if missing:
     print(f"not registered (skipped): {missing}")
   per_seed: Dict[str, List[Dict[str, float]]] = {m: [] for m in models}
+  failures: Dict[str, List[str]] = {}
   with tempfile.TemporaryDirectory() as job_root:
     for seed in args.seeds:
       for model in models:
-        row = run_family(model, seed, args.data_dir, overrides.get(model, {}), job_root)
+        try:
+          row = run_family(model, seed, args.data_dir, overrides.get(model, {}), job_root)
+        except Exception as error:  # pylint: disable=broad-except
+          # One family failing must not lose the others' figures; it is reported as failed.
+          logging.exception("%s failed on seed %d", model, seed)
+          failures.setdefault(model, []).append(f"seed {seed}: {error!r}"[:300])
+          continue
         per_seed[model].append(row)
         print(f"seed {seed} {model}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()),
               flush=True)
@@ -142,9 +149,12 @@ def main(argv: Optional[List[str]] = None) -> None:
            for m, rows in per_seed.items() if rows}
   rows = targets(stats)
   print_report(stats, args.seeds, rows)
+  for model, errors in failures.items():
+    print(f"FAILED {model}: {errors}")
   emit("real_quality", {"seeds": args.seeds, "protocol": "users >= 5 artists, no item filter, "
                         "seeded random leave-one-out, full ranking", "overrides": overrides,
-                        "per_seed": per_seed, "stats": stats, "targets": rows}, args.json)
+                        "per_seed": per_seed, "stats": stats, "targets": rows,
+                        "failures": failures}, args.json)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,10 @@ SUITE: Tuple[Benchmark, ...] = (
               ("--targets", "50000", "200000", "--users", "1000"), "--json", 1800,
               "peak RSS of streamed two-tower training, ~1M vs ~10M interactions, and "
               "input-pipeline vs training examples/s (item 5, the scale issue)"),
+    # Skipped (with its message) unless $TFREC_HETREC_DIR names the HetRec Last.fm-2k release;
+    # ~25 min for four families x 3 seeds on the shared 2-core machine.
+    Benchmark("real_quality", "real_quality", ("--seeds", "0", "1", "2"), None, "--json", 3600,
+              "every retrieval family and baseline on HetRec Last.fm-2k (literature protocol)"),
     Benchmark("similarity_quality", "similarity_quality", ("--preset", "default"), None,
               "--out", 900, "user-similarity friend AUC per track-vector source", extra=True),
     Benchmark("dcn_streaming_rss", "dcn_streaming_rss", ("--presets", "default", "large"),

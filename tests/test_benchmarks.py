@@ -283,3 +283,23 @@ def test_targets_take_real_quality_rows_as_the_entry_states_them():
   report["records"][0]["figures"] = {"skipped": "no data"}
   row = _targets_by_name(report)["6. quality on real data (`real_quality`)"]
   assert row["status"] == "not measured" and "skipped: no data" in row["note"]
+
+
+def test_real_quality_skips_without_data_and_states_its_targets(capsys, monkeypatch):
+  from benchmarks import real_quality
+  monkeypatch.delenv(real_quality.ENV_DIR, raising=False)
+  real_quality.main(["--seeds", "0"])
+  assert "skipped: no HetRec data" in capsys.readouterr().out
+  med = lambda v: {"median": v, "min": v, "max": v, "runs": 1}  # noqa: E731
+  stats = {"ease": {"test/all/hr@10": med(0.2), "test/all/ndcg@10": med(0.12)},
+           "itemknn": {"test/all/hr@10": med(0.25), "test/all/ndcg@10": med(0.11)},
+           "two_tower": {"test/all/hr@10": med(0.26), "test/all/ndcg@10": med(0.115)},
+           "user_similarity": {"test/all/friend_auc": med(0.86)}}
+  rows = {r["target"]: r for r in real_quality.targets(stats)}
+  # Best baseline by test HR@10 is itemknn (0.25): 0.26 / 0.25 = 1.04 < 1.05.
+  ratio = rows["two_tower test HR@10 >= 1.05 x best baseline (itemknn)"]
+  assert ratio["value"] == pytest.approx(1.04) and not ratio["met"]
+  assert rows["two_tower test HR@10 >= 0.24"]["met"]
+  # NDCG is compared with the best baseline NDCG (ease's 0.12), not itemknn's.
+  assert not rows["two_tower test NDCG@10 >= best baseline's"]["met"]
+  assert rows["user_similarity friend AUC >= 0.85"]["met"]
