@@ -98,3 +98,18 @@ def test_share_fields_refuse_values_outside_their_interval(model, bad, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     get_family(model).make_config("tiny", {"recent_share": bad})
   get_family(model).make_config("tiny", {"recent_share": 1.0})
+
+
+def test_an_unknown_preset_is_one_error_for_every_family():
+  from tfrec_music.data import synthetic
+  from tfrec_music.models.registry import FAMILY_NAMES
+  from tfrec_music.models.registry import get_family
+  with pytest.raises(ValueError) as data_error:
+    synthetic.resolve_config("huge")
+  for name in FAMILY_NAMES:
+    with pytest.raises(ValueError, match=r"`preset` should be one of .*Received: `preset` = 'huge'"):
+      get_family(name).make_config("huge", {})
+  assert "Received: `preset` = 'huge'" in str(data_error.value)
+  # A catalogue preset without settings of the family's own uses its default settings.
+  assert get_family("popularity").make_config("large", {}) == get_family(
+      "popularity").make_config("default", {})

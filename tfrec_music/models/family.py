@@ -65,9 +65,17 @@ class ModelFamily(abc.ABC):
   def make_config(cls, preset: str, overrides: Mapping[str, Any]) -> Any:
     """Builds the config from a named preset plus overrides (flags, hparams file).
 
+    A preset name is the family's own or one of the synthetic catalogue's
+    (`tiny`, `default`, `large`: `--preset` names both); a catalogue preset the
+    family has no settings for uses the family's `default` settings.
+
     Raises:
-      ValueError: an override names no field of the config.
+      ValueError: the preset is unknown, or an override names no field of the config.
     """
+    from tfrec_music.data.synthetic.config import PRESETS  # pylint: disable=g-import-not-at-top
+    names = sorted(set(cls.presets()) | set(PRESETS))
+    if preset not in names:
+      raise ValueError(f"`preset` should be one of {names}. Received: `preset` = {preset!r}.")
     base = cls.presets().get(preset, cls.presets().get("default", {}))
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(overrides) - fields)
