@@ -11,7 +11,7 @@ from tfrec_music.models.family import ModelFamily
 
 # CLI name -> (module, class).
 FAMILIES: Dict[str, Tuple[str, str]] = {
-    "two_tower": ("tfrec_music.models.two_tower", "TwoTowerFamily"),
+    "two_tower": ("tfrec_music.models.two_tower.family", "TwoTowerFamily"),
     "popularity": ("tfrec_music.models.popularity_family", "PopularityFamily"),
     "dcn": ("tfrec_music.models.dcn.family", "DCNFamily"),
     "two_tower_dcn": ("tfrec_music.models.cascade", "CascadeFamily"),

@@ -1,0 +1,140 @@
+"""Two-tower hyperparameters, presets and search space."""
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+from tfrec_music.models.config_checks import check_choices
+from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import check_shares
+
+USER_FEATURES = ("country",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoTowerConfig:
+  """Two-tower hyperparameters.
+
+  Attributes:
+    features: `"all"` (content features on) or `"ids"` (track id only).
+    embedding_dim: Size of the shared user/track space.
+    layer_sizes: Hidden layers of each tower's MLP.
+    feature_dim: Embedding size of each content feature.
+    history_length: Recent tracks pooled in the user tower.
+    learning_rate: Optimizer learning rate.
+    optimizer: `adam`, `adagrad` or `sgd`.
+    batch_size: Training batch size (= in-batch negatives + 1).
+    epochs: Maximum epochs (early stopping may stop sooner).
+    temperature: Softmax temperature over the scores.
+    normalize: L2-normalize both towers' outputs (cosine scores); off, the
+      vector norms can carry item popularity.
+    logq_correction: Subtract log sampling probability from logits.
+    remove_accidental_hits: Mask in-batch negatives equal to the positive.
+    mixed_negatives: Extra uniformly sampled negatives per batch.
+    cross_replica_negatives: With several replicas, score each query against
+      the candidates of every replica's batch (all-gathered) instead of its
+      own replica's only: more negatives per query, as on one device with the
+      global batch, at the cost of an all-gather per step.
+    history_pooling: `"mean"` pools the history with a plain mean;
+      `"recency"` learns one weight per recency rank (the most recent track
+      first), so recent tracks can count more when tastes drift.
+    history_content: Also pool the history's artists, albums and genres
+      through the track tower's embeddings (only with content features).
+    user_id_dropout: Share of training rows whose user id is replaced by OOV,
+      so the tower learns to serve users from history alone.
+    history_dropout: Share of a training row's history tracks hidden (set to
+      padding) at each step: a denoising regularizer, so the user tower does
+      not lean on any one track of the profile.
+    item_id_dropout: Share of training candidates whose track id is replaced
+      by OOV, so the track tower learns to place tracks from content alone
+      (cold start). Only active when content features are on.
+    item_id_min_count: With content features, tracks with fewer training
+      plays than this are placed by content alone: their id maps to OOV in
+      the track tower (training and serving alike). 0 keeps every id.
+    history_window: Training rows' history: `"causal"` (the tracks played
+      before the row), `"others"` (the user's other training tracks, as
+      served), `"auto"` (causal when the data has timestamps, others when it
+      has no order).
+    early_stopping_patience: Epochs without validation HR@10 gain before stopping.
+    validation_users: Validation users scored per epoch (0 = all).
+    top_k: Results per request in the export.
+    seed: Initialization and shuffling seed.
+  """
+
+  features: str = "all"
+  embedding_dim: int = 64
+  layer_sizes: Tuple[int, ...] = (128,)
+  feature_dim: int = 32
+  history_length: int = 50
+  learning_rate: float = 0.003
+  optimizer: str = "adam"
+  batch_size: int = 1024
+  epochs: int = 12
+  temperature: float = 0.1
+  normalize: bool = True
+  logq_correction: bool = True
+  remove_accidental_hits: bool = True
+  mixed_negatives: int = 0
+  cross_replica_negatives: bool = False
+  history_pooling: str = "mean"
+  history_content: bool = False
+  user_id_dropout: float = 0.5
+  history_dropout: float = 0.3
+  item_id_dropout: float = 0.3
+  item_id_min_count: int = 20
+  history_window: str = "auto"
+  early_stopping_patience: int = 2
+  validation_users: int = 2000
+  top_k: int = 100
+  seed: int = 0
+
+  def __post_init__(self):
+    check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
+                         "history_pooling": ("mean", "recency"),
+                         "history_window": ("auto", "causal", "others")})
+    check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
+    check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
+                      "validation_users"), minimum=0)
+    check_numbers(self, ("temperature", "learning_rate"), positive=True)
+    check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
+    object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
+
+
+def presets() -> Dict[str, Dict[str, Any]]:
+  """`tiny` trains in seconds for tests; `default` is the measured setting."""
+  return {"tiny": {"epochs": 3, "batch_size": 256, "embedding_dim": 32,
+                   "layer_sizes": (64,), "history_length": 10, "top_k": 20,
+                   "validation_users": 0},
+          "default": {}}
+
+
+def search_space(hp, d: TwoTowerConfig) -> Dict[str, Any]:
+  """The keras-tuner search space, each default taken from `d` (the `default` preset).
+
+  Args:
+    hp: `keras_tuner.HyperParameters`.
+    d: The `default` preset's config.
+
+  Returns:
+    Hyperparameter name -> value drawn from `hp`.
+  """
+  return {"embedding_dim": hp.Choice("embedding_dim", [32, 64, 128], default=d.embedding_dim),
+          "layer_sizes": (hp.Choice("layer_size", [64, 128, 256],
+                                    default=d.layer_sizes[0]),),
+          "learning_rate": hp.Float("learning_rate", 1e-3, 3e-2, sampling="log",
+                                    default=d.learning_rate),
+          "optimizer": hp.Choice("optimizer", ["adam", "adagrad"], default=d.optimizer),
+          "temperature": hp.Float("temperature", 0.02, 0.2, sampling="log",
+                                  default=d.temperature),
+          "mixed_negatives": hp.Choice("mixed_negatives", [0, 256, 1024],
+                                       default=d.mixed_negatives),
+          "batch_size": hp.Choice("batch_size", [512, 1024, 2048], default=d.batch_size),
+          "history_length": hp.Choice("history_length", [10, 20, 50, 100],
+                                      default=d.history_length),
+          "history_pooling": hp.Choice("history_pooling", ["mean", "recency"],
+                                       default=d.history_pooling),
+          "item_id_min_count": hp.Choice("item_id_min_count", [0, 5, 20, 50],
+                                         default=d.item_id_min_count),
+          "user_id_dropout": hp.Float("user_id_dropout", 0.0, 0.7, default=d.user_id_dropout),
+          "history_dropout": hp.Float("history_dropout", 0.0, 0.6, default=d.history_dropout),
+          "item_id_dropout": hp.Float("item_id_dropout", 0.0, 0.6, default=d.item_id_dropout)}

@@ -1,0 +1,136 @@
+"""The two-tower training model, its query encoder and optimizer."""
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_music.models.towers import CandidateTower
+from tfrec_music.models.towers import QueryTower
+from tfrec_music.models.two_tower.config import TwoTowerConfig
+from tfrec_music.pipeline.lookups import string_lookup
+
+
+class TwoTowerModel(tfrs.Model):
+  """The training model: towers, catalogue features and the retrieval task.
+
+  Args:
+    query_tower: `QueryTower`.
+    candidate_tower: `CandidateTower`.
+    catalogue: Encoded item features, each [n_items, ...], gathered by
+      catalogue index for the candidates of a batch.
+    sampling_probability: [n_items] probability of each item being a batch
+      candidate (training frequency), for the logQ correction.
+    config: `TwoTowerConfig`.
+  """
+
+  def __init__(self, query_tower: QueryTower, candidate_tower: CandidateTower,
+               catalogue: Dict[str, np.ndarray], sampling_probability: np.ndarray,
+               config: TwoTowerConfig):
+    super().__init__()
+    self.query_tower = query_tower
+    self.candidate_tower = candidate_tower
+    self.catalogue = {k: tf.constant(v) for k, v in catalogue.items()}
+    self.n_items = int(len(sampling_probability))
+    self.config = config
+    has_content = len(self.catalogue) > 1
+    self.item_id_dropout = config.item_id_dropout if has_content else 0.0
+    prob = np.asarray(sampling_probability, np.float64)
+    if config.mixed_negatives:
+      # A candidate's chance to appear in a batch: as a positive or a uniform draw.
+      prob = config.batch_size * prob + config.mixed_negatives / self.n_items
+      prob = prob / prob.sum()
+    self.log_q = tf.constant(np.maximum(prob, 1e-12), tf.float32)
+    # Summed per replica and divided by the global batch in `compute_loss`, so
+    # the gradients summed across replicas are the global-batch mean.
+    self.task = tfrs.tasks.Retrieval(
+        loss=tf.keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
+        temperature=config.temperature,
+        remove_accidental_hits=config.remove_accidental_hits)
+
+  def candidate_features(self, indices: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Encoded features of the catalogue items at `indices` [N]."""
+    return {k: tf.gather(v, indices) for k, v in self.catalogue.items()}
+
+  def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    """In-batch softmax loss of a batch of (user features, positive item index)."""
+    query_inputs = {k: v for k, v in inputs.items() if k != "item_index"}
+    if training and self.config.user_id_dropout > 0:
+      drop = tf.random.uniform(tf.shape(query_inputs["user_id"])) < self.config.user_id_dropout
+      query_inputs["user_id"] = tf.where(drop, tf.ones_like(query_inputs["user_id"]),
+                                         query_inputs["user_id"])
+    if training and self.config.history_dropout > 0:
+      history = query_inputs["history"]
+      hide = tf.random.uniform(tf.shape(history)) < self.config.history_dropout
+      query_inputs["history"] = tf.where(hide, tf.zeros_like(history), history)
+    queries = self.query_tower(query_inputs, training=training)
+    candidates_index = inputs["item_index"]
+    if training and self.config.mixed_negatives:
+      extra = tf.random.uniform([self.config.mixed_negatives], 0, self.n_items, dtype=tf.int64)
+      candidates_index = tf.concat([candidates_index, extra], axis=0)
+    candidate_inputs = self.candidate_features(candidates_index)
+    if training and self.item_id_dropout > 0:
+      ids = candidate_inputs["item_id"]
+      drop = tf.random.uniform(tf.shape(ids)) < self.item_id_dropout
+      candidate_inputs["item_id"] = tf.where(drop, tf.ones_like(ids), ids)
+    candidates = self.candidate_tower(candidate_inputs, training=training)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if training and self.config.cross_replica_negatives and replicas > 1:
+      candidates, candidates_index = _gather_candidates(candidates, candidates_index)
+    probability = (tf.gather(self.log_q, candidates_index)
+                   if self.config.logq_correction else None)
+    loss = self.task(queries, candidates, candidate_sampling_probability=probability,
+                     candidate_ids=candidates_index, compute_metrics=False)
+    global_batch = tf.cast(tf.shape(queries)[0] * replicas, loss.dtype)
+    return loss / global_batch
+
+
+def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
+  """All replicas' candidates, this replica's first (its positives stay on the diagonal)."""
+  context = tf.distribute.get_replica_context()
+  n_local = tf.shape(candidates)[0]
+  shift = -tf.cast(context.replica_id_in_sync_group, tf.int32) * n_local
+  gathered = tf.roll(context.all_gather(candidates, axis=0), shift, axis=0)
+  gathered_index = tf.roll(context.all_gather(candidates_index, axis=0), shift, axis=0)
+  return gathered, gathered_index
+
+
+class QueryEncoder(tf.keras.layers.Layer):
+  """Raw user features (`user_id`, `country`, `history` track ids) -> indices."""
+
+  def __init__(self, vocabularies: Dict[str, Sequence[str]], user_features: Sequence[str],
+               **kwargs):
+    super().__init__(**kwargs)
+    self.user_features = tuple(user_features)
+    self.user_lookup = string_lookup(vocabularies["user_id"], "user_id_lookup")
+    self.history_lookup = string_lookup(vocabularies["item_id"], "history_lookup")
+    self.feature_lookups = {c: string_lookup(vocabularies.get(c, []), f"{c}_lookup")
+                            for c in self.user_features}
+
+  def call(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Encodes `user_id` [B], user features [B] and `history` [B, H] strings.
+
+    History tracks the model never trained on (the OOV index 1) become padding
+    (0): they are ignored by the pooling instead of adding the untrained OOV
+    vector, so a history with unknown ids scores like the same history without
+    them.
+    """
+    history = self.history_lookup(raw["history"])
+    out = {"user_id": self.user_lookup(raw["user_id"]),
+           "history": tf.where(tf.equal(history, 1), tf.zeros_like(history), history)}
+    for column in self.user_features:
+      out[column] = self.feature_lookups[column](raw[column])
+    return out
+
+
+def optimizer(config: TwoTowerConfig) -> tf.keras.optimizers.Optimizer:
+  """The Keras optimizer named by `config.optimizer` at `config.learning_rate`."""
+  if config.optimizer == "adam":
+    return tf.keras.optimizers.Adam(config.learning_rate)
+  if config.optimizer == "adagrad":
+    return tf.keras.optimizers.Adagrad(config.learning_rate)
+  return tf.keras.optimizers.SGD(config.learning_rate)
