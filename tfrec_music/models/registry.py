@@ -18,7 +18,7 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
     "playlist_mf": ("tfrec_music.models.playlist_mf", "PlaylistMFFamily"),
     "als": ("tfrec_music.models.als", "ALSFamily"),
     "user_similarity": ("tfrec_music.models.user_similarity", "UserSimilarityFamily"),
-    "taste_mlp": ("tfrec_music.models.taste_mlp", "TasteMLPFamily"),
+    "taste_mlp": ("tfrec_music.models.taste_mlp.family", "TasteMLPFamily"),
     "itemknn": ("tfrec_music.models.itemknn.family", "ItemKNNFamily"),
     "ease": ("tfrec_music.models.ease.family", "EASEFamily"),
 }

@@ -1,56 +1,17 @@
-"""Implicit-feedback rating network (`--model taste_mlp`): will this user play this track?
-
-The recommender idea: with no explicit ratings and no negative feedback (a
-small app only knows what people posted or played), learn a classifier of
-(user, track) pairs from content. A track is described by its audio features
-and its text vector (lyrics/title through word vectors, see
-`tfrec_music.models.track_vectors`); a user by their taste centroid, the
-mean of the same description over the tracks they played. A 2-layer MLP
-(one hidden ReLU layer with L2 weight decay, one logit) reads
-`[track, centroid, track * centroid]` and is trained with sigmoid
-cross-entropy (`tfrs.tasks.Ranking`).
-
-- Positives: the user's training tracks. For a positive, the centroid
-  leaves that track out (leave-one-out), so the network cannot find the
-  track inside its own user description.
-- Negatives (`negatives`): tracks of the user's least similar user (the
-  farthest taste centroid, the strategy small apps use when they have no
-  negative feedback), or uniformly random tracks (the default). Either way a
-  user's own tracks are never drawn as negatives. Measured on the default
-  synthetic catalogue (seed 0): least-similar negatives are too easy (the
-  farthest user's tracks sit in another genre; training loss falls to 0.002)
-  and give test AUC 0.864, log loss 3.79, HR@10 0.040; random negatives give
-  AUC 0.950, log loss 0.227, HR@10 0.114 (popularity: AUC 0.847, HR@10 0.037).
-
-Evaluation beside the popularity baseline (and the synthetic oracle):
-- `auc`, `log_loss`: each validation/test positive (the user's held-out
-  next track) against `eval_negatives` random tracks the user never played.
-- `hr@10`, `ndcg@10`: full-catalogue ranking of the held-out track through
-  the standard protocol, on `eval_users` users (0 = all).
-Training and validation loss curves go to TensorBoard (`<job_dir>/logs/taste_mlp`).
-
-Export (`saved_models/taste_mlp/<version>/`): `serving_default(user_id [B],
-item_id [B])` -> `probability [B]`, `known [B]` (the catalogue's track features
-and the users' centroids are stored; an unknown user or track gives
-`known = False` and the probability of an average user/track: the mean
-taste centroid of the training users, the mean track description; `""` is
-unknown; identical rows give identical outputs; there is no `k`), and
-`score_features(track [B, F], taste [B, F])` -> `probability` for raw inputs.
-"""
+"""`TasteMLPFamily`: the taste MLP plugged into the training pipeline."""
 
 import argparse
 import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from tfrec_music import io
 from tfrec_music.data.tables import AUDIO_FEATURES
@@ -60,176 +21,17 @@ from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.evaluation.similarity import pair_auc
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
-from tfrec_music.models.config_checks import check_choices
-from tfrec_music.models.config_checks import check_ints
-from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.popularity import PopularityModel
-from tfrec_music.models.track_vectors import DEFAULT_TEXT_COLUMNS
+from tfrec_music.models.taste_mlp import config as config_lib
+from tfrec_music.models.taste_mlp.config import TASTE_TABLE_KEYS
+from tfrec_music.models.taste_mlp.config import TasteMLPConfig
+from tfrec_music.models.taste_mlp.network import TasteMLPModel
+from tfrec_music.models.taste_mlp.network import TasteScorer
+from tfrec_music.models.taste_mlp.serving import TasteServingModule
 from tfrec_music.models.track_vectors import text_track_vectors
 from tfrec_music.models.user_similarity import SimilarityIndex
-from tfrec_music.pipeline.lookups import id_table
 from tfrec_music.prepare.prepared import PreparedData
-
-NEGATIVE_STRATEGIES = ("least_similar", "random")
-TASTE_TABLE_KEYS = ("test/all/auc", "test/all/log_loss", "test/all/hr@10", "test/all/ndcg@10")
-
-
-@dataclasses.dataclass(frozen=True)
-class TasteMLPConfig:
-  """taste_mlp hyperparameters.
-
-  Attributes:
-    hidden_size: Units of the hidden layer.
-    weight_decay: L2 penalty on both layers' kernels.
-    negatives: `random` (default) or `least_similar` (tracks of the user's
-      least similar user).
-    negatives_per_positive: Negatives drawn per training positive (fresh each epoch).
-    learning_rate: Adam learning rate.
-    batch_size: Training batch size.
-    epochs: Most epochs (early stopping on validation AUC may stop sooner).
-    early_stopping_patience: Epochs without validation AUC gain before stopping.
-    word_vectors: Text vectors: `colisten`, `cooccurrence` or a GloVe file path.
-    word_dim: Size of learned word vectors.
-    text_columns: Item text columns.
-    eval_negatives: Random negatives per held-out positive for AUC.
-    eval_users: Users in the full-ranking HR@10 evaluation (0 = all).
-    seed: Seed of initialization, negatives and evaluation draws.
-  """
-
-  hidden_size: int = 64
-  weight_decay: float = 1e-5
-  negatives: str = "random"
-  negatives_per_positive: int = 4
-  learning_rate: float = 0.003
-  batch_size: int = 1024
-  epochs: int = 10
-  early_stopping_patience: int = 2
-  word_vectors: str = "colisten"
-  word_dim: int = 32
-  text_columns: Tuple[str, ...] = DEFAULT_TEXT_COLUMNS
-  eval_negatives: int = 4
-  eval_users: int = 1000
-  seed: int = 0
-
-  def __post_init__(self):
-    check_choices(self, {"negatives": NEGATIVE_STRATEGIES})
-    check_ints(self, ("hidden_size", "negatives_per_positive", "batch_size", "epochs", "word_dim",
-                      "eval_negatives"))
-    check_numbers(self, ("weight_decay",))
-    check_numbers(self, ("learning_rate",), positive=True)
-    object.__setattr__(self, "text_columns", tuple(self.text_columns))
-
-
-class TasteScorer(tf.keras.Model):
-  """The 2-layer MLP: `[track, taste, track * taste]` -> logit.
-
-  Args:
-    hidden_size: Hidden units.
-    weight_decay: L2 on the kernels.
-  """
-
-  def __init__(self, hidden_size: int, weight_decay: float, **kwargs):
-    super().__init__(**kwargs)
-    regularizer = tf.keras.regularizers.l2(weight_decay) if weight_decay > 0 else None
-    self.hidden = tf.keras.layers.Dense(hidden_size, activation="relu",
-                                        kernel_regularizer=regularizer, name="hidden")
-    self.out = tf.keras.layers.Dense(1, kernel_regularizer=regularizer, name="logit")
-
-  def call(self, track: tf.Tensor, taste: tf.Tensor, training: bool = False) -> tf.Tensor:
-    """track [B, F], taste [B, F] -> logits [B]."""
-    x = tf.concat([track, taste, track * taste], axis=1)
-    return tf.squeeze(self.out(self.hidden(x)), axis=1)
-
-  def get_config(self):
-    """Rebuilt from the family config; SavedModels carry the weights."""
-    return {"name": self.name}
-
-
-class TasteMLPModel(tfrs.Model):
-  """Training model: gathers track features and (leave-one-out) centroids, then the loss.
-
-  Args:
-    scorer: `TasteScorer`.
-    track_table: [n_items, F] track descriptions.
-    user_sums: [U, F] sums of each user's training track descriptions.
-    user_counts: [U] their counts.
-  """
-
-  def __init__(self, scorer: TasteScorer, track_table: np.ndarray, user_sums: np.ndarray,
-               user_counts: np.ndarray):
-    super().__init__()
-    self.scorer = scorer
-    self.track_table = tf.constant(track_table, tf.float32)
-    self.user_sums = tf.constant(user_sums, tf.float32)
-    self.user_counts = tf.constant(user_counts, tf.float32)
-    self.task = tfrs.tasks.Ranking(
-        loss=tf.keras.losses.BinaryCrossentropy(from_logits=True),
-        metrics=[tf.keras.metrics.AUC(from_logits=True, name="auc")])
-
-  def features(self, inputs: Dict[str, tf.Tensor]) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(track [B, F], taste [B, F]) of rows `item` [B], `user` [B], `leave_out` [B]."""
-    track = tf.gather(self.track_table, inputs["item"])
-    leave = tf.cast(inputs["leave_out"], tf.float32)[:, tf.newaxis]
-    total = tf.gather(self.user_sums, inputs["user"]) - leave * track
-    count = tf.gather(self.user_counts, inputs["user"])[:, tf.newaxis] - leave
-    return track, total / tf.maximum(count, 1.0)
-
-  def call(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    """Logits [B] of encoded rows."""
-    track, taste = self.features(inputs)
-    return self.scorer(track, taste, training=training)
-
-  def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    """Sigmoid cross-entropy of the rows' labels (plus the L2 penalty via Keras)."""
-    logits = self(inputs, training=training)
-    return self.task(labels=inputs["label"], predictions=logits)
-
-
-class TasteServingModule(tf.Module):
-  """(user id, track id) -> probability, with the catalogue and centroids inside.
-
-  Args:
-    scorer: Trained `TasteScorer`.
-    user_ids: [U] known users.
-    centroids: [U, F] their taste centroids.
-    item_ids: [n_items] catalogue tracks.
-    track_table: [n_items, F] their descriptions.
-  """
-
-  def __init__(self, scorer: TasteScorer, user_ids: np.ndarray, centroids: np.ndarray,
-               item_ids: np.ndarray, track_table: np.ndarray):
-    super().__init__()
-    self.scorer = scorer
-    dim = track_table.shape[1]
-    # Row 0 of each table is the fallback: the mean track / mean centroid.
-    self.centroids = tf.Variable(np.concatenate([centroids.mean(0, keepdims=True), centroids]),
-                                 dtype=tf.float32, trainable=False, name="centroids")
-    self.tracks = tf.Variable(np.concatenate([track_table.mean(0, keepdims=True), track_table]),
-                              dtype=tf.float32, trainable=False, name="tracks")
-    self.user_table = id_table(user_ids)
-    self.item_table = id_table(item_ids)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None], tf.string, name="item_id")])
-    def serve(user_id, item_id):
-      users = self.user_table.lookup(user_id) + 1
-      items = self.item_table.lookup(item_id) + 1
-      logits = self.scorer(tf.gather(self.tracks, items), tf.gather(self.centroids, users))
-      return {"probability": tf.sigmoid(logits), "known": (users > 0) & (items > 0)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name="track"),
-                                  tf.TensorSpec([None, dim], tf.float32, name="taste")])
-    def score_features(track, taste):
-      logits = self.scorer(track, taste)
-      return {"probability": tf.sigmoid(logits), "logit": logits}
-
-    self.serve = serve
-    self.score_features = score_features
-
-  def signatures(self) -> Dict[str, Callable]:
-    """Signatures for `tf.saved_model.save`."""
-    return {"serving_default": self.serve, "score_features": self.score_features}
 
 
 def least_similar_users(index: SimilarityIndex, chunk: int = 1024) -> np.ndarray:
@@ -255,27 +57,17 @@ class TasteMLPFamily(ModelFamily):
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:
     """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return {"tiny": {"hidden_size": 16, "epochs": 3, "batch_size": 256, "word_dim": 16,
-                     "eval_users": 0},
-            "default": {}}
+    return config_lib.presets()
 
   @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:
     """Hidden size and weight decay (the objective is validation AUC)."""
-    return {"hidden_size": hp.Choice("hidden_size", [32, 64, 128]),
-            "weight_decay": hp.Float("weight_decay", 1e-7, 1e-3, sampling="log")}
+    return config_lib.search_space(hp)
 
   @classmethod
   def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
     """taste_mlp flags; each `dest` is a `TasteMLPConfig` field."""
-    group.add_argument("--hidden-size", dest="hidden_size", type=int, default=None,
-                       help="Hidden units of the 2-layer MLP.")
-    group.add_argument("--weight-decay", dest="weight_decay", type=float, default=None,
-                       help="L2 weight decay of the MLP kernels.")
-    group.add_argument("--negatives", choices=NEGATIVE_STRATEGIES, default=None,
-                       help="Negatives from the least similar user's tracks, or random tracks.")
-    group.add_argument("--word-vectors", dest="word_vectors", default=None,
-                       help="Text vectors: colisten, cooccurrence or a GloVe-format file path.")
+    config_lib.add_arguments(group)
 
   def __init__(self, config: TasteMLPConfig, prepared: PreparedData):
     super().__init__(config, prepared)
