@@ -40,6 +40,7 @@ _REPLICA_SCRIPT = textwrap.dedent("""
       strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name != "one_device"
                   else tf.distribute.get_strategy())
       config = TwoTowerFamily.make_config("tiny", {"user_id_dropout": 0.0, "item_id_dropout": 0.0,
+                                                   "history_dropout": 0.0,
                                                    "cross_replica_negatives": cross, "seed": 0})
       with strategy.scope():
         family = TwoTowerFamily(config, prepared)

@@ -68,7 +68,12 @@ def test_random_search_writes_best_and_resumes(tmp_path):
   for trial_id in ("0", "1"):
     assert resumed[trial_id][1] == results[trial_id][1]
 
-  # The trainer reads the best hyperparameters.
+  # The trainer reads the best hyperparameters (the resumed search may have found a better
+  # trial and rewritten the file).
+  with open(best_path) as f:
+    best = json.load(f)
+  assert best["objective"]["value"] == max(r["validation"]["valid/all/hr@10"]
+                                           for r, _ in resumed.values())
   from trainer import task  # pylint: disable=g-import-not-at-top
   args = task.build_parser("two_tower").parse_args(["--hparams", best_path, "--epochs", "1"])
   hparams = task.resolve_hparams(args)

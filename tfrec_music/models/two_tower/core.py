@@ -46,6 +46,9 @@ class TwoTowerCore(ModelFamily):
   name = "two_tower"
   config_class = TwoTowerConfig
   supports_parameter_server = True
+  # The export excludes every training + validation track of a known user (what the
+  # evaluation excludes); False: only the stored history (the streamed export).
+  exclude_seen_rows = True
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:

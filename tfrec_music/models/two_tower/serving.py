@@ -60,13 +60,16 @@ def save_export(family: Any, directory: str) -> Dict[str, str]:
   stored = family.raw_query_features(known, "test")
   stored.pop("user_id")
   query_model = family.query_model()
-  # Everything played up to the test point, as the evaluation excludes.
-  seen = history_lib.seen_matrix(known, pd.concat([family.prepared.train, family.prepared.valid]))
+  # Everything played up to the test point, as the in-memory evaluation excludes (the
+  # streamed family excludes its stored history, as its own evaluation does).
+  seen = (history_lib.seen_matrix(known, pd.concat([family.prepared.train,
+                                                    family.prepared.valid]))
+          if family.exclude_seen_rows else None)
   for kind, path in (("exact", directory), ("scann", io.join(directory, "scann"))):
     module = retrieval.RetrievalServingModule(
         query_model, family.query_signature(), items, family.prepared.item_ids, kind, known,
         stored, popular_ids, popular_scores, k, stored_exclude=seen,
-        max_exclusions=max(200, seen.shape[1]))
+        max_exclusions=max(200, seen.shape[1] if seen is not None else 0))
     retrieval.save_retrieval_module(module, path)
   save_towers(family, directory)
   metadata = {c: family.prepared.items[c].fillna("").astype(str).to_numpy()

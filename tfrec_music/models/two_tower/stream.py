@@ -386,4 +386,5 @@ def stream_export(family: TwoTowerCore, data: StreamData, directory: str) -> Dic
     if user in known:
       histories[user] = [item_ids[i - 1] for i in row if i > 0]
   family.histories["test"] = histories
+  family.exclude_seen_rows = False  # the stored history is all a streamed export knows of
   return family.save(directory)
