@@ -22,6 +22,9 @@ from tfrec_music.models.family import EvalContext
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def catalog():

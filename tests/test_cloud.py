@@ -11,6 +11,9 @@ from tfrec_music import distribute
 from tfrec_music.training import RunConfig
 from tfrec_music.training import run
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 
 def test_vertex_variables_are_the_defaults(monkeypatch):
   monkeypatch.setenv("AIP_MODEL_DIR", "gs://bucket/model")

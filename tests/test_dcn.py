@@ -303,6 +303,7 @@ def test_sigkill_mid_training_then_rerun_resumes_and_finishes(tmp_path, labels):
         f"({fit['steps_per_epoch']} steps/epoch); finished {len(fit['history'])} epochs")
 
 
+@pytest.mark.slow
 def test_cli_stream_trains_from_shards_and_exports_the_dcn_serving_contract(tmp_path):
   """`python -m trainer.task --model dcn --data parquet --data-dir DIR --stream`.
 

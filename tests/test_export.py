@@ -66,6 +66,7 @@ def test_failed_export_leaves_no_version(tmp_path):
     latest_version_path(str(tmp_path / "m"))
 
 
+@pytest.mark.slow
 def test_popularity_round_trip_fresh_process_and_cli(tmp_path, toy_tables):
   model = PopularityModel.fit(prepare(toy_tables))
   path = export_versioned(_save_popularity(model, k=7), str(tmp_path), "popularity")
@@ -140,6 +141,7 @@ def test_killed_export_leaves_no_visible_version(tmp_path):
   assert os.path.exists(tmp_path / "exports" / "m" / "1" / "done")
 
 
+@pytest.mark.slow
 def test_concurrent_exports_get_distinct_versions(tmp_path):
   script = tmp_path / "slow_export.py"
   script.write_text(_SLOW_EXPORT)

@@ -17,6 +17,9 @@ from tests.conftest import kill_mid_training
 from tests.conftest import newest_checkpoint
 from tests.conftest import wait_for
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 TRAIN = [sys.executable, "-m", "trainer.task", "--model", "two_tower", "--preset", "tiny",
          "--set", "early_stopping_patience=100", "--verbosity", "INFO"]
 

@@ -31,6 +31,9 @@ from tfrec_music.models.user_similarity import UserSimilarityFamily
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 HUGE_K = 100_000  # far above every tiny catalogue
 
 # Loads one export in a fresh process and answers a list of calls:

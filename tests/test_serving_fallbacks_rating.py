@@ -33,6 +33,9 @@ from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 # The fresh process: loads one export, answers every request of a JSON file
 # (signature name + columnar inputs) and prints the outputs as JSON.
 _ANSWER = """

@@ -24,6 +24,9 @@ from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 _PROBE = r"""
 import json, sys, numpy as np, tfrec_music, tensorflow as tf
 from scann.scann_ops.py import scann_ops  # registers ScaNN's ops for the scann/ variant

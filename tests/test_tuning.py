@@ -12,6 +12,9 @@ import pytest
 from tests.conftest import REPO
 from tfrec_music.models.two_tower import TwoTowerFamily
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 TUNE = [sys.executable, "-m", "tuning.tune", "--model", "two_tower", "--preset", "tiny",
         "--verbosity", "WARNING"]
 

@@ -17,6 +17,9 @@ from tfrec_music.models.history import causal_history
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.pipeline.tfrecord import read_shards
 
+# Every test here trains or serves a model end to end: `make test-fast` skips the module.
+pytestmark = pytest.mark.slow
+
 LENGTH = 10
 
 
