@@ -17,9 +17,11 @@ Both are `A_u x_u = b_u`, `A_u = G + sum_e a_e y_e y_e' + lambda_u I`,
 implicit: a = c - 1, b = c, G = Y'Y).
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
+import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -137,12 +139,26 @@ def edge_coefficients(values, params: ALSParams, scale=None):
 # ------------------------------------------------------------------ layout
 @dataclasses.dataclass
 class _Block:
-  rows: tf.Tensor   # [H] int32 rows solved (padding: the scratch row n)
-  cols: tf.Tensor   # [H, D] int32 fixed-side rows (padding: 0 with a = b = 0)
-  a: tf.Tensor      # [H, D] float32
-  b: tf.Tensor      # [H, D] float32
-  reg: tf.Tensor    # [H] float32 lambda_u (padding rows: 1)
-  count: tf.Tensor  # [H] int32 real entries of each line (left-aligned)
+  """H rows of one side, their entries left-aligned in lines of D (two tensors: few arguments).
+
+  `index` [H, 2 + D] int32: the row solved (padding lines: the scratch row
+  n), its number of entries, then the fixed-side rows of its entries
+  (padding: 0). `coef` [H, 2 D + 1] float32: a, then b of each entry (0 for
+  padding), then the row's lambda (padding lines: 1).
+  """
+
+  index: tf.Tensor
+  coef: tf.Tensor
+
+  @property
+  def rows(self) -> tf.Tensor:
+    """[H] rows solved."""
+    return self.index[:, 0]
+
+  @property
+  def cols(self) -> tf.Tensor:
+    """[H, D] fixed-side rows."""
+    return self.index[:, 2:]
 
 
 def padded_length(degree: np.ndarray) -> np.ndarray:
@@ -211,15 +227,22 @@ def _build_blocks(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarr
     block_reg[:len(chunk)] = reg * (chunk_degree if reg_scaled else 1.0)
     block_count = np.zeros(height, np.int32)
     block_count[:len(chunk)] = chunk_degree
-    blocks.append(_Block(*(tf.constant(v) for v in (block_rows, block_cols, block_a, block_b,
-                                                    block_reg, block_count))))
+    blocks.append(_Block(
+        tf.constant(np.hstack([block_rows[:, None], block_count[:, None], block_cols])),
+        tf.constant(np.hstack([block_a, block_b, block_reg[:, None]]))))
   return blocks, degree
 
 
 # ------------------------------------------------------------------ solves
-def _data_loss(yg, x, b, count, implicit):
-  """Sum over a block's real entries of the data term (see `ALSSolver.loss`)."""
-  scores = tf.linalg.matvec(yg, x)                                  # [H, D]
+def _data_loss(scores, b, count, implicit):
+  """Sum over a block's real entries of the data term (see `ALSSolver.step`).
+
+  Args:
+    scores: [H, D] x_u . y_e of every entry of the block's lines.
+    b: [H, D] entry coefficients (implicit: the confidence c).
+    count: [H] real entries of each line (left-aligned).
+    implicit: The feedback kind.
+  """
   mask = tf.sequence_mask(count, tf.shape(scores)[1], scores.dtype)
   if implicit:
     # c (1 - s)^2 - s^2 (the s^2 of every pair is added once, via the Grams).
@@ -227,48 +250,113 @@ def _data_loss(yg, x, b, count, implicit):
   return tf.reduce_sum(mask * tf.square(b - scores))
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _cg_block(yg, gram, x, a, b, reg, count, steps, implicit):
-  """Warm-started conjugate gradient on one block; returns (x [H, k], data loss)."""
+def _unpack(fixed, index, coef):
+  """(yg [H, D, k], rows, count, a, b, reg) of a block (see `_Block`)."""
+  length = tf.shape(index)[1] - 2
+  yg = tf.gather(fixed, index[:, 2:])
+  return (yg, index[:, 0], index[:, 1], coef[:, :length], coef[:, length:2 * length],
+          coef[:, 2 * length])
 
-  def matvec(v):
-    proj = tf.linalg.matvec(yg, v) * a                               # [H, D]
-    return (tf.linalg.matmul(v, gram) + tf.linalg.matvec(yg, proj, transpose_a=True)
+
+@tf.function(jit_compile=True)
+def _cg_block(fixed, current, gram, index, coef, steps, implicit):
+  """Warm-started conjugate gradient on one block; returns (x [H, k], data loss)."""
+  yg, rows, count, a, b, reg = _unpack(fixed, index, coef)
+
+  def matvec(v, proj, rhs=0.0):
+    """A v - yg' rhs, given proj = yg v [H, D]."""
+    return (tf.linalg.matmul(v, gram) + tf.linalg.matvec(yg, proj * a - rhs, transpose_a=True)
             + reg[:, tf.newaxis] * v)
 
-  r = tf.linalg.matvec(yg, b, transpose_a=True) - matvec(x)
+  x = tf.gather(current, rows)
+  scores = tf.linalg.matvec(yg, x)                                  # yg x, kept up to date
+  r = -matvec(x, scores, b)  # b - A x in one pass over yg
   p = r
   rs = tf.reduce_sum(r * r, axis=1, keepdims=True)
   for _ in tf.range(steps):
-    ap = matvec(p)
+    proj = tf.linalg.matvec(yg, p)
+    ap = matvec(p, proj)
     step = tf.math.divide_no_nan(rs, tf.reduce_sum(p * ap, axis=1, keepdims=True))
     x += step * p
+    scores += step * proj
     r -= step * ap
     rs_new = tf.reduce_sum(r * r, axis=1, keepdims=True)
     p = r + tf.math.divide_no_nan(rs_new, rs) * p
     rs = rs_new
-  return x, _data_loss(yg, x, b, count, implicit)
+  return x, _data_loss(scores, b, count, implicit)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _normal_block(yg, gram, a, b, reg):
+@tf.function(jit_compile=True)
+def _normal_block(fixed, gram, index, coef):
   """A [H, k, k] and rhs [H, k] of one block."""
+  yg, _, _, a, b, reg = _unpack(fixed, index, coef)
   eye = tf.eye(tf.shape(gram)[0], dtype=gram.dtype)
   a_matrix = (tf.linalg.matmul(yg * a[..., tf.newaxis], yg, transpose_a=True) + gram
               + reg[:, tf.newaxis, tf.newaxis] * eye)
   return a_matrix, tf.linalg.matvec(yg, b, transpose_a=True)
 
 
-@tf.function(jit_compile=True, reduce_retracing=True)
-def _block_loss(yg, x, b, count, implicit):
-  return _data_loss(yg, x, b, count, implicit)
+@tf.function(jit_compile=True)
+def _block_loss(fixed, index, coef, x, implicit):
+  yg, _, count, _, b, _ = _unpack(fixed, index, coef)
+  return _data_loss(tf.linalg.matvec(yg, x), b, count, implicit)
 
 
-def _cholesky_block(yg, gram, a, b, reg, count, implicit):
-  """Exact solve of one block (XLA builds A; TF's batched Cholesky solves it)."""
-  a_matrix, rhs = _normal_block(yg, gram, a, b, reg)
-  x = tf.linalg.cholesky_solve(tf.linalg.cholesky(a_matrix), rhs[..., tf.newaxis])[..., 0]
-  return x, _block_loss(yg, x, b, count, implicit)
+def _flat(fn, *args) -> Callable:
+  """`fn` traced for `args` (Python values static): tensor arguments -> list of outputs.
+
+  The solver calls one program per block and half-step; the traced
+  function's flat call (TF 2.20) costs a tenth of the Python time of a
+  `tf.function` call.
+  """
+  concrete = fn.get_concrete_function(*args)
+  inference = getattr(concrete, "inference_fn", None)
+  if inference is not None and hasattr(inference, "call_flat"):
+    return inference.call_flat
+  return lambda *tensors: tf.nest.flatten(concrete(*tensors))
+
+
+class _BlockSolve:
+  """One block's compiled solve: `(fixed, current, gram) -> (x [H, k], data loss)`."""
+
+  def __init__(self, block: _Block, fixed: tf.Tensor, current: tf.Tensor, gram: tf.Tensor,
+               params: ALSParams):
+    self.block = block
+    self.cholesky = params.solver == "cholesky"
+    self.steps = tf.constant(params.cg_steps)
+    if self.cholesky:
+      self._normal = _flat(_normal_block, fixed, gram, block.index, block.coef)
+      x = tf.TensorSpec([block.index.shape[0], params.rank], tf.float32)
+      self._loss = _flat(_block_loss, fixed, block.index, block.coef, x, params.implicit)
+    else:
+      self._cg = _flat(_cg_block, fixed, current, gram, block.index, block.coef, self.steps,
+                       params.implicit)
+
+  def __call__(self, fixed: tf.Tensor, current: tf.Tensor, gram: tf.Tensor):
+    block = self.block
+    if not self.cholesky:
+      return self._cg(fixed, current, gram, block.index, block.coef, self.steps)
+    # XLA builds A; TF's batched Cholesky (much faster than XLA's on CPU) solves it.
+    a_matrix, rhs = self._normal(fixed, gram, block.index, block.coef)
+    x = tf.linalg.cholesky_solve(tf.linalg.cholesky(a_matrix), rhs[..., tf.newaxis])[..., 0]
+    return x, self._loss(fixed, block.index, block.coef, x)[0]
+
+
+_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+
+def _map(fn: Callable, items: Sequence) -> list:
+  """`[fn(item) for item in items]` on a pool of one thread per core.
+
+  On CPU, XLA programs launched from one graph run one at a time; eager
+  calls from several threads run side by side, so the blocks of a half-step
+  are dispatched from threads (the inter-op thread setting bounds them).
+  """
+  global _POOL
+  if _POOL is None:
+    workers = tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count() or 1
+    _POOL = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="als_block")
+  return list(_POOL.map(fn, items))
 
 
 def _normal_equations(fixed, gram, cols, a, b, reg):
@@ -317,9 +405,9 @@ class ALSSolver:
 
   Each row's entries are laid out in padded blocks (rows grouped by length,
   `block_bounds`); a block gathers its fixed-side vectors once and solves
-  all its rows together in one XLA program, and one alternating pass (users,
-  items and the loss) is a single TensorFlow graph call, so the same code
-  runs on CPU, GPU or TPU.
+  all its rows together in one XLA program (the data term of the loss comes
+  out of the item blocks), the blocks of a half-step dispatched from a pool
+  of threads, so the same code runs on CPU, GPU or TPU.
 
   Example:
     >>> solver = ALSSolver(users, items, ratings, n_users, n_items,
@@ -379,9 +467,9 @@ class ALSSolver:
          ).astype(np.float32))
     self._weights = tuple(tf.constant(d if params.reg_scaled else np.ones_like(d), tf.float32)
                           for d in (self.user_degree, self.item_degree))
-    # One graph per solver (a closure, so the solvers of a cross-validation
-    # do not count as retracings of one function).
-    self._pass = tf.function(lambda users, items: self._alternate(users, items))
+    self._solves = [None, None]
+    self._rows = tuple(tf.concat([b.rows for b in blocks] or [tf.zeros([0], tf.int32)], 0)
+                       for blocks in (self.user_blocks, self.item_blocks))
     self.losses: List[float] = []
 
   # ----------------------------------------------------------------- steps
@@ -391,45 +479,47 @@ class ALSSolver:
       return tf.linalg.matmul(factors, factors, transpose_a=True)
     return tf.zeros([self.params.rank, self.params.rank], tf.float32)
 
-  def _half_step(self, blocks: Sequence[_Block], fixed: tf.Tensor, current: tf.Tensor
+  def _half_step(self, side: int, fixed: tf.Tensor, current: tf.Tensor
                  ) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Solves every row of `blocks` given `fixed`; returns (factors, data loss)."""
+    """Solves every row of one side (0: users, 1: items) given `fixed`.
+
+    Returns:
+      (new factors of the side, data loss of its entries at them).
+    """
+    blocks = (self.user_blocks, self.item_blocks)[side]
     n, k = int(current.shape[0]), self.params.rank
     gram = self.gram(fixed)
-    padded = tf.concat([current, tf.zeros([1, k])], axis=0)
-    steps = tf.constant(self.params.cg_steps)
-    rows, solved, losses = [], [], [tf.zeros([])]
-    for block in blocks:
-      yg = tf.gather(fixed, block.cols)                             # [H, D, k]
-      if self.params.solver == "cholesky":
-        x, loss = _cholesky_block(yg, gram, block.a, block.b, block.reg, block.count,
-                                  self.params.implicit)
-      else:
-        x, loss = _cg_block(yg, gram, tf.gather(padded, block.rows), block.a, block.b,
-                            block.reg, block.count, steps, self.params.implicit)
-      rows.append(block.rows)
-      solved.append(x)
-      losses.append(loss)
-    if not rows:
+    # Both sides' factors padded with zero rows to one height (the solved
+    # side's row n, where padding lines point, among them): blocks of the
+    # same shape then share one compiled program across the two sides.
+    height = max(self.n_users, self.n_items) + 1
+    fixed = tf.pad(fixed, [[0, height - int(fixed.shape[0])], [0, 0]])
+    padded = tf.pad(current, [[0, height - n], [0, 0]])
+    if self._solves[side] is None:
+      self._solves[side] = [_BlockSolve(b, fixed, padded, gram, self.params) for b in blocks]
+    solved = _map(lambda solve: solve(fixed, padded, gram), self._solves[side])
+    if not solved:
       return tf.zeros_like(current), tf.zeros([])
-    out = tf.scatter_nd(tf.concat(rows, 0)[:, tf.newaxis], tf.concat(solved, 0), [n + 1, k])
-    return out[:n], tf.add_n(losses)
+    out = tf.scatter_nd(self._rows[side][:, tf.newaxis], tf.concat([x for x, _ in solved], 0),
+                        [n + 1, k])
+    return out[:n], tf.add_n([loss for _, loss in solved])
 
-  def _alternate(self, users: tf.Tensor, items: tf.Tensor):
-    """One pass: users, then items; returns (users, items, objective)."""
-    users, _ = self._half_step(self.user_blocks, items, users)
-    items, data = self._half_step(self.item_blocks, users, items)
+  def step(self) -> float:
+    """One alternating pass (users, then items); returns the objective after it.
+
+    Implicit: sum over all pairs of s^2 (trace of X'X Y'Y) plus, over the
+    observed pairs, c (1 - s)^2 - s^2; explicit: (r - s)^2 over the observed
+    pairs; then the penalty (see the module docstring).
+    """
+    users, _ = self._half_step(0, self.item_factors, self.user_factors)
+    items, data = self._half_step(1, users, self.item_factors)
     if self.params.implicit:
       data += tf.reduce_sum(tf.linalg.matmul(users, users, transpose_a=True)
                             * tf.linalg.matmul(items, items, transpose_a=True))
     penalty = (tf.reduce_sum(self._weights[0] * tf.reduce_sum(tf.square(users), axis=1))
                + tf.reduce_sum(self._weights[1] * tf.reduce_sum(tf.square(items), axis=1)))
-    return users, items, data + self.params.reg * penalty
-
-  def step(self) -> float:
-    """One alternating pass (users, then items); returns the loss after it."""
-    self.user_factors, self.item_factors, loss = self._pass(self.user_factors, self.item_factors)
-    loss = float(loss)
+    self.user_factors, self.item_factors = users, items
+    loss = float(data + self.params.reg * penalty)
     if not math.isfinite(loss):
       raise FloatingPointError(
           f"ALS loss became {loss} at iteration {len(self.losses) + 1}. Raise `reg` "
