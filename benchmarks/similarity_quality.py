@@ -28,13 +28,11 @@ KEYS = ("valid/all/friend_auc", "test/all/friend_auc", "test/all/friend_in_top10
 SETTINGS = (
     ("centroid, recent half, euclidean (before)", {"parts": ("centroid",),
                                                    "metric": "euclidean"}),
-    ("centroid, recent half, cosine", {"parts": ("centroid",)}),
     ("lsa", {"parts": ("lsa",)}),
     ("als", {"parts": ("als",)}),
     ("lsa + als", {"parts": ("lsa", "als")}),
     ("lsa + als + centroid (default)", {}),
     ("lsa + als + centroid over every track", {"recent_share": 1.0}),
-    ("lsa + als + centroid, euclidean", {"metric": "euclidean"}),
 )
 
 

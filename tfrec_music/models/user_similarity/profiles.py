@@ -1,20 +1,10 @@
 """User taste vectors from listening rows: the `lsa`, `als` and `centroid` parts and their blend.
 
-- `lsa`: a user's profile is a sparse vector over the tracks, log(1 + plays)
-  x idf (idf = log(users / users who played the track)); its truncated SVD
-  keeps the directions along which many users' profiles vary, so two users
-  who play different but co-listened tracks still come out alike.
-- `als`: implicit ALS user factors (`tfrec_music.models.als`), confidence
-  1 + alpha x log(1 + plays).
-- `centroid`: the mean of the user's track vectors (`taste_centroids`).
-
-With several parts a user's vector is the concatenation of each part's unit
-vector scaled by `w_p`, so the cosine of two users is the mean of the parts'
-cosines weighted by `w_p^2` = 1 / (standard deviation of the part's cosine
-over random user pairs): each part's cosine counts in units of its own
-spread. New users (a list of played tracks) are placed by the same recipe:
-`lsa` projects their tf-idf profile, `als` folds them in with one
-least-squares solve, `centroid` averages their track vectors.
+`lsa` is the truncated SVD of the users' log(1 + plays) x idf profiles, `als`
+the implicit ALS user factors, `centroid` the mean of the user's track
+vectors. Several parts are blended so that the cosine of two users is the
+mean of the parts' cosines, each in units of its spread over random pairs
+(`part_weights`). `TasteParts` places a new user from their tracks the same way.
 """
 
 import dataclasses
