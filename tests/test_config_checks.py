@@ -113,3 +113,15 @@ def test_an_unknown_preset_is_one_error_for_every_family():
   # A catalogue preset without settings of the family's own uses its default settings.
   assert get_family("popularity").make_config("large", {}) == get_family(
       "popularity").make_config("default", {})
+
+
+def test_the_run_seed_reaches_the_model_config_unless_set():
+  from tfrec_music.models.registry import get_family
+  from tfrec_music.training import RunConfig
+  from tfrec_music.training import model_config_for
+  two_tower = get_family("two_tower")
+  assert model_config_for(two_tower, RunConfig(seed=3)).seed == 3
+  assert model_config_for(two_tower, RunConfig(seed=3, hparams={"seed": 1})).seed == 1
+  # A config without a seed field (popularity) is built as before.
+  assert model_config_for(get_family("popularity"), RunConfig(seed=3)) == \
+      get_family("popularity").make_config("default", {})

@@ -94,6 +94,19 @@ def _set_seeds(seed: int) -> None:
   tf.random.set_seed(seed)
 
 
+def model_config_for(family_cls: Any, config: RunConfig) -> Any:
+  """The family's config for this run: its preset, the overrides, and the run's seed.
+
+  `--seed` drives initialization and shuffling too: a config with a `seed`
+  field takes the run's seed unless the overrides set one.
+  """
+  hparams = dict(config.hparams)
+  fields = {f.name for f in dataclasses.fields(family_cls.config_class)}
+  if "seed" in fields and "seed" not in hparams:
+    hparams["seed"] = config.seed
+  return family_cls.make_config(config.preset, hparams)
+
+
 def load_and_prepare(config: RunConfig):
   """The shared front half of a run (also used by tuning): load, then prepare.
 
@@ -102,7 +115,7 @@ def load_and_prepare(config: RunConfig):
     timings dict). Writes `data_card.json` to the job dir for synthetic data.
   """
   family_cls = get_family(config.model)
-  model_config = family_cls.make_config(config.preset, dict(config.hparams))
+  model_config = model_config_for(family_cls, config)
   _set_seeds(config.seed)
   io.makedirs(config.job_dir)
   report = DataReport()
@@ -234,7 +247,7 @@ def _run_streaming(config: RunConfig, strategy: Any, backup_dir: str) -> RunResu
                      "--preset large --out DIR`, or `python -m "
                      "tfrec_music.data.loaders.yahoo_music --out DIR`).")
   family_cls = get_family(config.model)
-  model_config = family_cls.make_config(config.preset, dict(config.hparams))
+  model_config = model_config_for(family_cls, config)
   _set_seeds(config.seed)
   io.makedirs(config.job_dir)
   resolved = {"run": dataclasses.asdict(config), "model": dataclasses.asdict(model_config)}
