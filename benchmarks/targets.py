@@ -51,6 +51,9 @@ CHANGES: Tuple[ConfigChange, ...] = (
                  "two-tower defaults temperature 0.05 -> 0.1, user_id_dropout 0.2 -> 0.5, "
                  "history_dropout 0 -> 0.3, history_window auto (data without timestamps: a "
                  "training row's history is the user's other tracks)"),
+    ConfigChange("2026-12-03 10:40 UTC", ("similarity_quality",),
+                 "user similarity default: cosine of LSA tf-idf + ALS + track-centroid parts "
+                 "(was the track centroid's 1/distance); commits 7e9b71b, 8e20ee0"),
 )
 
 
