@@ -347,7 +347,8 @@ def targets(implicit_result: Dict[str, Any], explicit_result: Dict[str, Any]) ->
     spark = explicit_result["spark"]["seconds_per_iteration"]
     out["speedup_vs_spark"] = spark / ours
     out["at_least_5x_faster_than_spark"] = spark >= 5 * ours
-    rmse, spark_rmse = explicit_result["tfrec_als"]["test_rmse"], explicit_result["spark"]["test_rmse"]
+    rmse = explicit_result["tfrec_als"]["test_rmse"]
+    spark_rmse = explicit_result["spark"]["test_rmse"]
     out["rmse_relative_to_spark"] = rmse / spark_rmse - 1.0
     out["rmse_within_1pct_of_spark"] = abs(rmse / spark_rmse - 1.0) <= 0.01
   return out

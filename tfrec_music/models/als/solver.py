@@ -81,7 +81,8 @@ class ALSParams:
     if not (isinstance(self.reg, (int, float)) and self.reg > 0 and math.isfinite(self.reg)):
       raise ValueError(f"`reg` should be a positive number. Received: `reg` = {self.reg!r}.")
     if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
-      raise ValueError(f"`alpha` should be a non-negative number. Received: `alpha` = {self.alpha!r}.")
+      raise ValueError("`alpha` should be a non-negative number. "
+                       f"Received: `alpha` = {self.alpha!r}.")
     if not isinstance(self.block_entries, (int, np.integer)) or self.block_entries <= 0:
       raise ValueError("`block_entries` should be a positive integer. "
                        f"Received: `block_entries` = {self.block_entries!r}.")
@@ -437,7 +438,8 @@ class ALSSolver:
     if not (len(user_index) == len(item_index) == len(values)):
       raise ValueError("`user_index`, `item_index` and `values` should have the same length. "
                        f"Received: {len(user_index)}, {len(item_index)}, {len(values)}.")
-    for name, index, n in (("user_index", user_index, n_users), ("item_index", item_index, n_items)):
+    for name, index, n in (("user_index", user_index, n_users),
+                           ("item_index", item_index, n_items)):
       if len(index) and (index.min() < 0 or index.max() >= n):
         raise ValueError(f"`{name}` should be in [0, {n}). Received: values from "
                          f"{index.min()} to {index.max()}.")
