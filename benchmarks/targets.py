@@ -57,6 +57,9 @@ CHANGES: Tuple[ConfigChange, ...] = (
     ConfigChange("2026-12-03 11:06 UTC", ("scann_recall",),
                  "ScaNN export defaults: 5% of the leaves searched (was 10%), 2 dimensions per "
                  "block; the benchmark measures trained two-tower vectors (commit ffae29d)"),
+    ConfigChange("2026-12-03 11:10 UTC", ("als_vs_reference", "two_tower_quality"),
+                 "ALS family presets solve with 6-step conjugate gradient on the new blocked "
+                 "XLA solver (commits a2e70bb, 919bc5b)"),
 )
 
 
