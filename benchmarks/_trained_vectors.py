@@ -16,6 +16,7 @@ Vectors are cached as `.npy` under `<cache_dir>/<key>/`, so training and
 encoding run once per (seed, size).
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ import tensorflow as tf
 
 from tfrec_music import training
 from tfrec_music.data import synthetic
+from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.models.features import encode_catalogue
+from tfrec_music.models.registry import get_family
 
 NEW_ID_PREFIX = "new"
 # Part of the cache folder's name: bump it when what is cached changes.
@@ -132,8 +135,15 @@ def build(cache_dir: str, n_items: int, seed: int = 0) -> Dict[str, str]:
 
 
 def load(cache_root: str, n_items: int, seed: int = 0) -> Dict[str, np.ndarray]:
-  """Cached (or newly built) trained vectors: `items` [n_items, d], `queries` [U, d], `info`."""
-  cache_dir = os.path.join(cache_root, f"{CACHE_VERSION}_two_tower_default_seed{seed}_{n_items}")
+  """Cached (or newly built) trained vectors: `items` [n_items, d], `queries` [U, d], `info`.
+
+  The cache folder is named by the seed, the size and a hash of the two-tower's
+  `default` config, so a change of the model's defaults trains a new model.
+  """
+  config = get_family("two_tower").make_config("default", {})
+  digest = hashlib.sha256(config_fingerprint(config).encode()).hexdigest()[:10]
+  cache_dir = os.path.join(
+      cache_root, f"{CACHE_VERSION}_two_tower_default_{digest}_seed{seed}_{n_items}")
   if not os.path.exists(os.path.join(cache_dir, "info.json")):
     build(cache_dir, n_items, seed)
   with open(os.path.join(cache_dir, "info.json"), encoding="utf-8") as f:

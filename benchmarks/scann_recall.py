@@ -76,14 +76,17 @@ def make_vectors(kind: str, n_items: int, n_queries: int, dim: int, seed: int,
       `n_items`; smaller sizes take its first rows).
 
   Returns:
-    `{"items": [M, d], "queries": [Q, d] (test), "tuning": [Q', d]}` float32.
+    `{"items": [M, d], "queries": [Q, d] (test), "tuning": [Q', d]}` float32;
+    trained vectors add `model` (the two-tower's config and training summary).
   """
   rng = np.random.default_rng(seed)
   if kind == "trained":
     data = _trained_vectors.load(cache_dir, max(trained_size, n_items), seed)
     users = data["queries"][rng.permutation(len(data["queries"]))]
     half = len(users) // 2
-    return {"items": data["items"][:n_items], "tuning": users[:half], "queries": users[half:]}
+    return {"items": data["items"][:n_items], "tuning": users[:half], "queries": users[half:],
+            "model": {k: data["info"][k] for k in ("model_config", "fit", "trained_items",
+                                                   "cold_user_queries")}}
   if kind == "random":
     draw = lambda n: rng.standard_normal((n, dim), dtype=np.float32)  # noqa: E731
   elif kind == "clustered":
@@ -235,6 +238,8 @@ def run_one(kind: str, n_items: int, k: int, args: argparse.Namespace) -> Dict[s
       "scann_options": retrieval.default_scann_options(n_items, scann.fetch_k),
       f"recall@{k}": recall, "recall_queries": len(recall_q),
       "build_s": {"exact": exact_build, "scann": scann_build}}
+  if "model" in data:
+    row["model"] = data["model"]
   modules = {"exact": exact, "scann": scann}
   for batch, n_q in ((1, args.batch1_queries), (256, args.batch256_queries)):
     measured = interleaved_qps(modules, queries[:n_q], batch, args.runs)
