@@ -225,6 +225,21 @@ def config_fingerprint(config: Any, **data: Any) -> str:
                     default=str)
 
 
+def _clean_up(config_file: str, rows_dir: str, *folders: str) -> None:
+  """Removes a finished fit's backup files and empty folders. Every worker of a cluster runs
+  it, so a path another worker removed first is skipped, not an error."""
+  steps = [(config_file, tf.io.gfile.exists, tf.io.gfile.remove),
+           (rows_dir, tf.io.gfile.exists, tf.io.gfile.rmtree)]
+  steps += [(folder, lambda f: tf.io.gfile.isdir(f) and not tf.io.gfile.listdir(f),
+             tf.io.gfile.rmtree) for folder in folders]  # BackupAndRestore emptied them
+  for path, wanted, remove in steps:
+    try:
+      if wanted(path):
+        remove(path)
+    except tf.errors.NotFoundError:
+      logging.info("Backup clean-up: another worker removed %s first.", path)
+
+
 def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,
                         validate: Callable[[int], float], patience: int, job_dir: str,
                         name: str, checkpoint_every: int = 0,
@@ -288,12 +303,8 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
                        *callbacks])
   if stopping.best_weights is not None:
     model.set_weights(stopping.best_weights)
-  tf.io.gfile.remove(io.join(job_dir, "backup", f"{name}_config.json"))
-  if tf.io.gfile.exists(rows_dir):
-    tf.io.gfile.rmtree(rows_dir)
-  for folder in (keras_dir, io.join(job_dir, "backup"), shared_dir):
-    if tf.io.gfile.isdir(folder) and not tf.io.gfile.listdir(folder):
-      tf.io.gfile.rmtree(folder)  # BackupAndRestore removed its checkpoint; drop the empty parent
+  _clean_up(io.join(job_dir, "backup", f"{name}_config.json"), rows_dir,
+            keras_dir, io.join(job_dir, "backup"), shared_dir)
   return {"best_epoch": stopping.best_epoch, f"best_{metric_name}": stopping.best_value,
           "epochs_run": len(stopping.history), "history": stopping.history,
           "resumed_from_epoch": stopping.resumed_from_epoch,
