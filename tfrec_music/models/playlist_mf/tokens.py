@@ -1,0 +1,48 @@
+"""Words of playlist names and track titles: one tokenizer for training and serving."""
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+NAME_TOKEN_PATTERN = r"[^\p{L}\p{N}]+"
+
+
+def name_tokens(names: tf.Tensor) -> tf.RaggedTensor:
+  """Texts [B] -> ragged tokens [B, None]: lower case, split on non-alphanumerics."""
+  text = tf.strings.lower(names, encoding="utf-8")
+  text = tf.strings.regex_replace(text, NAME_TOKEN_PATTERN, " ")
+  return tf.strings.split(tf.strings.strip(text))
+
+
+def token_lists(texts: Sequence[str]) -> List[List[str]]:
+  """Texts [N] -> their tokens as Python strings (the `name_tokens` split)."""
+  if not len(texts):
+    return []
+  ragged = name_tokens(tf.constant(np.asarray(texts).astype(str), tf.string))
+  return [[t.decode("utf-8") for t in row] for row in ragged.to_list()]
+
+
+def token_codes(texts: Sequence[str], min_count: int) -> Tuple[np.ndarray, List[str]]:
+  """Texts -> (codes [N, L] of each text's distinct kept tokens, -1 padded; vocabulary).
+
+  A token is kept when at least `min_count` texts hold it; the vocabulary is
+  sorted, so codes do not depend on the order of the texts.
+
+  Example: texts ["chill rock 1", "chill pop 2", "Rock!"], min_count 2 ->
+  vocabulary ["chill", "rock"], codes [[0, 1], [0, -1], [1, -1]].
+  """
+  rows = [set(row) for row in token_lists(texts)]
+  counts = {}
+  for row in rows:
+    for token in row:
+      counts[token] = counts.get(token, 0) + 1
+  vocab = sorted(t for t, c in counts.items() if c >= min_count)
+  index = {t: i for i, t in enumerate(vocab)}
+  kept = [sorted(index[t] for t in row if t in index) for row in rows]
+  codes = np.full((len(kept), max([len(r) for r in kept] + [1])), -1, np.int64)
+  for i, row in enumerate(kept):
+    codes[i, :len(row)] = row
+  return codes, vocab
