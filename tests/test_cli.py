@@ -22,6 +22,31 @@ def test_help_lists_the_flags():
   for flag in ("--model", "--data", "--data-dir", "--preset", "--epochs", "--seed", "--job-dir",
                "--export-dir", "--hparams", "--columns", "--unknown-items"):
     assert flag in proc.stdout
+  # Without --model, the default model's (two_tower's) own flags are listed too.
+  assert "two_tower hyperparameters" in proc.stdout and "--temperature" in proc.stdout
+
+
+def test_two_tower_flags_are_the_familys_own():
+  from trainer import task  # pylint: disable=g-import-not-at-top
+  argv = ["--temperature", "0.2", "--mixed-negatives", "256", "--cross-replica-negatives",
+          "--layer-sizes", "256,128", "--optimizer", "sgd", "--features", "ids",
+          "--embedding-dim", "32", "--epochs", "2"]
+  hparams = task.resolve_hparams(task.build_parser("two_tower").parse_args(argv))
+  assert hparams == {"temperature": 0.2, "mixed_negatives": 256, "cross_replica_negatives": True,
+                     "layer_sizes": [256, 128], "optimizer": "sgd", "features": "ids",
+                     "embedding_dim": 32, "epochs": 2}
+  for model in (None, "dcn"):
+    _, unknown = task.build_parser(model).parse_known_args(["--temperature", "0.2"])
+    assert unknown == ["--temperature", "0.2"]
+
+
+def test_another_models_flag_is_a_clear_error(capsys):
+  from trainer import task  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    task.main(["--model", "dcn", "--temperature", "0.2", "--no-export"])
+  assert e.value.code == 2
+  assert ("--model dcn does not take --temperature (a flag of --model two_tower)"
+          in capsys.readouterr().err)
 
 
 @pytest.mark.slow

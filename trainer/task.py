@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 from tfrec_music.data.registry import NAMED_LOADERS
@@ -30,17 +30,9 @@ def _parse_value(text: str):
 _MODEL_PARSER = argparse.ArgumentParser(add_help=False)
 _MODEL_PARSER.add_argument("--model", default="two_tower")
 
-MODEL_FLAGS = ("epochs", "features", "embedding_dim", "layer_sizes", "learning_rate",
-               "optimizer", "batch_size", "temperature", "mixed_negatives", "cross_replica_negatives",
-               "top_k")
-
-
-def _int_list(text: str):
-  try:
-    return [int(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers like 256,128. Received: {text!r}.") from e
+# Flags of the common group: fields of most families' configs. A family's own
+# flags (`ModelFamily.add_arguments`) join the parser when `--model` names it.
+MODEL_FLAGS = ("epochs", "embedding_dim", "learning_rate", "batch_size", "top_k")
 
 
 def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
@@ -93,23 +85,13 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
   p.add_argument("--checkpoint-every", type=int, default=0,
                  help="Checkpoint every N training steps (0: every epoch); a killed job "
                       "rerun with the same command resumes from the last checkpoint.")
-  common = p.add_argument_group("model hyperparameters (unset: the preset's value)")
-  common.add_argument("--features", choices=("ids", "all"), default=None,
-                     help="two_tower: content features off (ids) or on (all).")
+  common = p.add_argument_group(
+      "model hyperparameters (unset: the preset's value)",
+      "Flags most models take; each model's own follow in its group "
+      "(`--model NAME --help` lists them).")
   common.add_argument("--embedding-dim", type=int, default=None, help="Embedding size.")
-  common.add_argument("--layer-sizes", type=_int_list, default=None,
-                     help="Hidden layer sizes, comma-separated, e.g. 256,128.")
   common.add_argument("--learning-rate", type=float, default=None, help="Learning rate.")
-  common.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
-                     help="Optimizer.")
   common.add_argument("--batch-size", type=int, default=None, help="Training batch size.")
-  common.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
-  common.add_argument("--mixed-negatives", type=int, default=None,
-                     help="Extra uniform negatives per batch (two_tower).")
-  common.add_argument("--cross-replica-negatives", action="store_const", const=True,
-                     default=None,
-                     help="two_tower with several replicas: in-batch negatives from every "
-                          "replica's batch (all-gathered), not only the replica's own.")
   common.add_argument("--top-k", type=int, default=None, help="Results per request in the export.")
   p.add_argument("--hparams", default=None,
                  help="JSON file of hyperparameters (as written by python -m tuning.tune); "
@@ -129,6 +111,47 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
     p.set_defaults(family_flags=[a.dest for a in p._actions  # pylint: disable=protected-access
                                  if a.dest not in before])
   return p
+
+
+def _flag_owners(model: str) -> Dict[str, List[str]]:
+  """Each other family's own flags -> the families that define it."""
+  from tfrec_music.models.registry import get_family  # pylint: disable=g-import-not-at-top
+  owners = {}
+  for name in FAMILY_NAMES:
+    if name == model:
+      continue
+    try:
+      family = get_family(name)
+    except ImportError:  # an optional dependency is missing: its flags are unknown here
+      continue
+    scratch = argparse.ArgumentParser(add_help=False)
+    family.add_arguments(scratch.add_argument_group(name))
+    for action in scratch._actions:  # pylint: disable=protected-access
+      for flag in action.option_strings:
+        owners.setdefault(flag, []).append(name)
+  return owners
+
+
+def check_unknown_flags(parser: argparse.ArgumentParser, model: str,
+                        unknown: Sequence[str]) -> None:
+  """Stops with a usage error on another model's flag; logs and ignores other unknown flags.
+
+  Cloud platforms append flags of their own, so an unknown flag alone is no
+  error; but one that another family defines (`--temperature` with
+  `--model dcn`) would be silently lost, so it is refused (exit code 2).
+  """
+  if not unknown:
+    return
+  if model in FAMILY_NAMES and any(arg.startswith("--") for arg in unknown):
+    owners = _flag_owners(model)
+    foreign = {flag: owners[flag] for flag in (arg.split("=", 1)[0] for arg in unknown)
+               if flag in owners}
+    if foreign:
+      taken = ", ".join(f"{flag} (a flag of --model {' / '.join(models)})"
+                        for flag, models in foreign.items())
+      parser.error(f"--model {model} does not take {taken}. `--model {model} --help` lists its "
+                   "flags; --set NAME=VALUE sets any field of its config.")
+  logging.warning("Ignoring unknown flags: %s", unknown)
 
 
 def resolve_hparams(args: argparse.Namespace) -> dict:
@@ -153,11 +176,11 @@ def resolve_hparams(args: argparse.Namespace) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
   """Entry point; returns the process exit code."""
   model, _ = _MODEL_PARSER.parse_known_args(argv)
-  args, unknown = build_parser(model.model).parse_known_args(argv)
+  parser = build_parser(model.model)
+  args, unknown = parser.parse_known_args(argv)
   logging.basicConfig(level=getattr(logging, args.verbosity.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s")
-  if unknown:
-    logging.warning("Ignoring unknown flags: %s", unknown)
+  check_unknown_flags(parser, args.model, unknown)
   from tfrec_music import distribute  # pylint: disable=g-import-not-at-top
   from tfrec_music import training  # pylint: disable=g-import-not-at-top
   from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top

@@ -48,13 +48,13 @@ def build_parser(model: Optional[str] = None) -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
   """Entry point; returns the process exit code (2: bad flags or data)."""
   model_args, _ = task._MODEL_PARSER.parse_known_args(argv)  # pylint: disable=protected-access
-  args, unknown = build_parser(model_args.model).parse_known_args(argv)
+  parser = build_parser(model_args.model)
+  args, unknown = parser.parse_known_args(argv)
   logging.basicConfig(level=getattr(logging, args.verbosity.upper(), logging.INFO),
                       format="%(asctime)s %(levelname)s %(message)s")
-  if unknown:
-    logging.warning("Ignoring unknown flags: %s", unknown)
+  task.check_unknown_flags(parser, args.model, unknown)
   from tfrec_music import training  # pylint: disable=g-import-not-at-top
-  from tfrec_music import tuning  # pylint: disable=g-import-not-at-top
+  from tfrec_music import search  # pylint: disable=g-import-not-at-top
   from tfrec_music.data.tables import DataValidationError  # pylint: disable=g-import-not-at-top
   job_dir = args.job_dir or os.path.join("jobs", "tuning", args.model)
   try:
@@ -66,22 +66,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         cold_user_share=args.cold_user_share, hparams=fixed, export=False)
     family_cls = training.get_family(args.model)
     try:
-      family_cls.search_space(tuning.kt.HyperParameters())
+      family_cls.search_space(search.kt.HyperParameters())
     except NotImplementedError as e:
-      raise ValueError(f"{e} Tunable models: {', '.join(tuning.tunable_models())}.") from e
+      raise ValueError(f"{e} Tunable models: {', '.join(search.tunable_models())}.") from e
     if args.max_trials <= 0:
       raise ValueError(f"`--max-trials` should be positive. Received: {args.max_trials}.")
     if args.executions_per_trial <= 0:
       raise ValueError("`--executions-per-trial` should be positive. "
                        f"Received: {args.executions_per_trial}.")
     prepared = None
-    if not tuning.is_chief_oracle():  # the chief only serves the oracle
+    if not search.is_chief_oracle():  # the chief only serves the oracle
       _, _, _, prepared, report, _ = training.load_and_prepare(config)
       report.write(os.path.join(job_dir, "data_report.json"))
-    oracle = tuning.make_oracle(args.tuner, family_cls, args.max_trials, args.seed,
+    oracle = search.make_oracle(args.tuner, family_cls, args.max_trials, args.seed,
                                 args.max_epochs,
                                 config=family_cls.make_config(args.preset, fixed))
-    tuner = tuning.FamilyTuner(oracle, family_cls, prepared, preset=args.preset, fixed=fixed,
+    tuner = search.FamilyTuner(oracle, family_cls, prepared, preset=args.preset, fixed=fixed,
                                seed=args.seed, directory=job_dir,
                                project_name=f"{args.model}_{args.tuner}",
                                overwrite=args.overwrite,
@@ -91,14 +91,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   tuner.search()
-  if tuning.is_chief_oracle():
+  if search.is_chief_oracle():
     print("Oracle chief: all trials finished.")
-  if "KERASTUNER_ORACLE_IP" in os.environ and not tuning.is_chief_oracle():
+  if "KERASTUNER_ORACLE_IP" in os.environ and not search.is_chief_oracle():
     print(f"Worker {tuner.tuner_id}: no trials left.")
     return 0  # the chief holds every result and writes the summary
   output = args.output or os.path.join(job_dir, "best_hparams.json")
   try:
-    best = tuning.write_best(output, family_cls, tuner)
+    best = search.write_best(output, family_cls, tuner)
   except (RuntimeError, IndexError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -1,7 +1,8 @@
-"""Two-tower hyperparameters, presets and search space."""
+"""Two-tower hyperparameters, presets, CLI flags and search space."""
 
+import argparse
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
@@ -106,6 +107,31 @@ def presets() -> Dict[str, Dict[str, Any]]:
                    "layer_sizes": (64,), "history_length": 10, "top_k": 20,
                    "validation_users": 0},
           "default": {}}
+
+
+def _int_list(text: str) -> List[int]:
+  try:
+    return [int(v) for v in text.split(",") if v.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers like 256,128. Received: {text!r}.") from e
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+  """Two-tower flags; each `dest` is a `TwoTowerConfig` field (the common flags cover the rest)."""
+  group.add_argument("--features", choices=("ids", "all"), default=None,
+                     help="Content features off (ids) or on (all).")
+  group.add_argument("--layer-sizes", type=_int_list, default=None,
+                     help="Hidden layer sizes, comma-separated, e.g. 256,128.")
+  group.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
+                     help="Optimizer.")
+  group.add_argument("--temperature", type=float, default=None, help="Softmax temperature.")
+  group.add_argument("--mixed-negatives", type=int, default=None,
+                     help="Extra uniform negatives per batch.")
+  group.add_argument("--cross-replica-negatives", action="store_const", const=True,
+                     default=None,
+                     help="With several replicas: in-batch negatives from every replica's "
+                          "batch (all-gathered), not only the replica's own.")
 
 
 def search_space(hp, d: TwoTowerConfig) -> Dict[str, Any]:

@@ -62,7 +62,7 @@ class TwoTowerCore(ModelFamily):
     and history dropouts and the least plays for a track id of its own.
 
     Each default is the `default` preset's value, so a search's first trial
-    (see `tfrec_music.tuning`) is the hand-tuned configuration.
+    (see `tfrec_music.search`) is the hand-tuned configuration.
     """
     d = cls.make_config("default", {})
     return config_lib.search_space(hp, d)
