@@ -6,8 +6,9 @@ with these, so a bad flag (`--set epochs=0`, `--set l2=-1`,
 it should be, and what was received.
 """
 
+import argparse
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -84,3 +85,16 @@ def check_choices(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
       want = (f"{allowed[0]!r} or {allowed[1]!r}" if len(allowed) == 2
               else f"one of {allowed!r}")
       raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
+
+
+def int_list(text: str) -> List[int]:
+  """Parses a `--flag 128,64` value into integers (argparse `type=`).
+
+  Raises:
+    argparse.ArgumentTypeError: a part is not an integer.
+  """
+  try:
+    return [int(v) for v in text.split(",") if v.strip()]
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(
+        f"expected comma-separated integers like 128,64. Received: {text!r}.") from e

@@ -2,11 +2,12 @@
 
 import argparse
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import int_list
 
 # Metric keys of the table the CLI prints.
 RATING_TABLE_KEYS = ("test/all/rmse", "test/all/mse", "test/all/mae", "test/cold/rmse",
@@ -106,17 +107,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                      help="Number of cross layers.")
   group.add_argument("--projection-dim", dest="projection_dim", type=int, default=None,
                      help="Low-rank size of the cross layers (0: full rank).")
-  group.add_argument("--deep-layers", dest="deep_layers", type=_int_list, default=None,
+  group.add_argument("--deep-layers", dest="deep_layers", type=int_list, default=None,
                      help="Deep network sizes, comma-separated, e.g. 128,64 ('' for none).")
   group.add_argument("--structure", choices=("stacked", "parallel"), default=None,
                      help="Cross network then deep network, or both side by side.")
   group.add_argument("--negatives", type=int, default=None,
                      help="Sampled negatives per positive (implicit labels).")
 
-
-def _int_list(text: str) -> List[int]:
-  try:
-    return [int(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers like 128,64. Received: {text!r}.") from e
