@@ -2,12 +2,13 @@
 
 import argparse
 import dataclasses
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
 from tfrec_music.models.config_checks import check_shares
+from tfrec_music.models.config_checks import int_list
 
 USER_FEATURES = ("country",)
 
@@ -30,6 +31,9 @@ class TwoTowerConfig:
     normalize: L2-normalize both towers' outputs (cosine scores); off, the
       vector norms can carry item popularity.
     logq_correction: Subtract log sampling probability from logits.
+    logq_exponent: How much of the correction: logits lose `logq_exponent`
+      x log q (1 = the full correction, the score then carries no
+      popularity; below 1 some of the popularity prior stays in the score).
     remove_accidental_hits: Mask in-batch negatives equal to the positive.
     mixed_negatives: Extra uniformly sampled negatives per batch.
     cross_replica_negatives: With several replicas, score each query against
@@ -74,6 +78,7 @@ class TwoTowerConfig:
   temperature: float = 0.1
   normalize: bool = True
   logq_correction: bool = True
+  logq_exponent: float = 1.0
   remove_accidental_hits: bool = True
   mixed_negatives: int = 0
   cross_replica_negatives: bool = False
@@ -97,6 +102,7 @@ class TwoTowerConfig:
     check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
                       "validation_users"), minimum=0)
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
+    check_shares(self, ("logq_exponent",))
     check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
     object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 
@@ -109,19 +115,12 @@ def presets() -> Dict[str, Dict[str, Any]]:
           "default": {}}
 
 
-def _int_list(text: str) -> List[int]:
-  try:
-    return [int(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers like 256,128. Received: {text!r}.") from e
-
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
   """Two-tower flags; each `dest` is a `TwoTowerConfig` field (the common flags cover the rest)."""
   group.add_argument("--features", choices=("ids", "all"), default=None,
                      help="Content features off (ids) or on (all).")
-  group.add_argument("--layer-sizes", type=_int_list, default=None,
+  group.add_argument("--layer-sizes", type=int_list, default=None,
                      help="Hidden layer sizes, comma-separated, e.g. 256,128.")
   group.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default=None,
                      help="Optimizer.")

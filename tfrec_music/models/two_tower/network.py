@@ -43,7 +43,8 @@ class TwoTowerModel(tfrs.Model):
       # A candidate's chance to appear in a batch: as a positive or a uniform draw.
       prob = config.batch_size * prob + config.mixed_negatives / self.n_items
       prob = prob / prob.sum()
-    self.log_q = tf.constant(np.maximum(prob, 1e-12), tf.float32)
+    # Retrieval subtracts log(p): p ** e subtracts e x log(p).
+    self.log_q = tf.constant(np.maximum(prob, 1e-12) ** config.logq_exponent, tf.float32)
     # Summed per replica and divided by the global batch in `compute_loss`, so
     # the gradients summed across replicas are the global-batch mean.
     self.task = tfrs.tasks.Retrieval(
