@@ -14,7 +14,7 @@ FAMILIES: Dict[str, Tuple[str, str]] = {
     "two_tower": ("tfrec_music.models.two_tower.family", "TwoTowerFamily"),
     "popularity": ("tfrec_music.models.popularity_family", "PopularityFamily"),
     "dcn": ("tfrec_music.models.dcn.family", "DCNFamily"),
-    "two_tower_dcn": ("tfrec_music.models.cascade", "CascadeFamily"),
+    "two_tower_dcn": ("tfrec_music.models.cascade.family", "CascadeFamily"),
     "playlist_mf": ("tfrec_music.models.playlist_mf", "PlaylistMFFamily"),
     "als": ("tfrec_music.models.als", "ALSFamily"),
     "user_similarity": ("tfrec_music.models.user_similarity", "UserSimilarityFamily"),
