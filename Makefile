@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 MODEL ?= two_tower
 PRESET ?= default
 ARGS ?=
+# Test processes (pytest-xdist; each test file runs whole in one of them); 0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install train test test-fast bench sdist clean
 
@@ -21,10 +24,10 @@ train: $(STAMP)
 	$(PY) -m trainer.task --model $(MODEL) --preset $(PRESET) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
