@@ -7,8 +7,8 @@ delivers at least 3x the examples per second the training step consumes.
 For each size the script writes canonical Parquet shards with
 `synthetic.write_large` (the `large` catalogue: 25k tracks; skipped when
 `--root` already holds them), materializes them into TFRecord shards with
-`two_tower_stream.materialize` (reused when complete), and trains one epoch
-with `two_tower_stream.stream_fit` in a fresh process, reporting that
+`two_tower.materialize.materialize` (reused when complete), and trains one epoch
+with `two_tower.stream.stream_fit` in a fresh process, reporting that
 process's peak RSS (`ru_maxrss`), its RSS after imports, the bytes of the
 user/track id embedding tables with their Adam slots, the training
 examples/s and the examples/s of the input pipeline iterated alone.
@@ -38,8 +38,8 @@ _N_ITEMS = 25_000
 
 _MATERIALIZE = r"""
 import json, resource, sys
-from tfrec_music.models import two_tower_stream
-m = two_tower_stream.materialize(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+from tfrec_music.models.two_tower.materialize import materialize
+m = materialize(sys.argv[1], sys.argv[2], int(sys.argv[3]))
 m["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 print(json.dumps(m))
 """
@@ -49,11 +49,11 @@ import json, resource, sys
 import tfrec_music
 import tensorflow
 from tfrec_music.models.two_tower import TwoTowerFamily
-from tfrec_music.models import two_tower_stream
+from tfrec_music.models.two_tower.stream import stream_fit
 from benchmarks._stats import rss_mb
 after_imports = rss_mb()  # the runtime is part of the baseline, not of the data
 config = TwoTowerFamily.make_config("default", json.loads(sys.argv[3]))
-summary = two_tower_stream.stream_fit(sys.argv[1], config, sys.argv[2])
+summary = stream_fit(sys.argv[1], config, sys.argv[2])
 summary.pop("history")
 summary["rss_after_imports_mb"] = round(after_imports, 1)
 summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

@@ -12,9 +12,10 @@ import tfrec_music  # noqa: F401
 from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.data.tables import DataValidationError
-from tfrec_music.models import two_tower_stream
 from tfrec_music.models.history import causal_history
 from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.models.two_tower import materialize as materialize_lib
+from tfrec_music.models.two_tower import stream as stream_lib
 from tfrec_music.pipeline.tfrecord import read_shards
 
 # Every test here trains or serves a model end to end: `make test-fast` skips the module.
@@ -29,7 +30,7 @@ def materialized(tmp_path_factory):
   data_dir, shard_dir = str(root / "data"), str(root / "shards")
   # Small parquet shards and read chunks, so users span both.
   synthetic.write_large(data_dir, preset="tiny", seed=0, shard_rows=1500)
-  manifest = two_tower_stream.materialize(data_dir, shard_dir, LENGTH, shard_rows=1000,
+  manifest = materialize_lib.materialize(data_dir, shard_dir, LENGTH, shard_rows=1000,
                                           read_rows=700, eval_users=150)
   return data_dir, shard_dir, manifest
 
@@ -56,7 +57,7 @@ def test_round_trip_rows_and_causal_history(materialized):
   assert manifest["rows"]["train"] == len(train)
   assert manifest["rows"]["valid"] == manifest["rows"]["test"] == int((role == "test").sum())
   assert manifest["shards"] == -(-len(train) // 1000)
-  data = two_tower_stream.load_stream_data(shard_dir)
+  data = stream_lib.load_stream_data(shard_dir)
   vocab = data.prepared.vocabularies["item_id"]
   assert vocab == sorted(train["item_id"].unique())
   # The in-memory history function on the same rows (users in order, time order).
@@ -85,7 +86,7 @@ def test_round_trip_rows_and_causal_history(materialized):
 def test_eval_sample_holds_each_users_last_two_interactions(materialized):
   data_dir, shard_dir, _ = materialized
   frame, role = _reference(data_dir)
-  data = two_tower_stream.load_stream_data(shard_dir)
+  data = stream_lib.load_stream_data(shard_dir)
   ev = data.eval
   assert len(ev["user"]) == 150                    # reservoir of `eval_users`
   item_ids = data.prepared.item_ids
@@ -106,15 +107,15 @@ def test_rerun_reuses_and_other_settings_rewrite(materialized):
   data_dir, shard_dir, manifest = materialized
   shard = os.path.join(shard_dir, "train-00000.tfrecord")
   before = os.stat(shard).st_mtime_ns
-  again = two_tower_stream.materialize(data_dir, shard_dir, LENGTH, shard_rows=1000,
+  again = materialize_lib.materialize(data_dir, shard_dir, LENGTH, shard_rows=1000,
                                        read_rows=700, eval_users=150)
   assert again["reused"] and again["rows"] == manifest["rows"]
   assert os.stat(shard).st_mtime_ns == before
   other = str(os.path.join(os.path.dirname(shard_dir), "other"))
-  first = two_tower_stream.materialize(data_dir, other, 4, shard_rows=100_000)
+  first = materialize_lib.materialize(data_dir, other, 4, shard_rows=100_000)
   assert not first["reused"] and first["shards"] == 1
-  os.remove(os.path.join(other, two_tower_stream.DONE))     # as if killed before the end
-  assert not two_tower_stream.materialize(data_dir, other, 4, shard_rows=100_000)["reused"]
+  os.remove(os.path.join(other, materialize_lib.DONE))     # as if killed before the end
+  assert not materialize_lib.materialize(data_dir, other, 4, shard_rows=100_000)["reused"]
 
 
 def test_users_must_be_contiguous(tmp_path):
@@ -125,17 +126,17 @@ def test_users_must_be_contiguous(tmp_path):
                 "timestamp": [1, 2, 3, 4]}).to_parquet(data_dir / "interactions-00000.parquet")
   with pytest.raises(DataValidationError, match=r"interactions-00000.parquet, row 4, column "
                      r"`user_id`: user 'u1' appears again.*sort the interaction shards"):
-    two_tower_stream.materialize(str(data_dir), str(tmp_path / "out"), 3, read_rows=2)
+    materialize_lib.materialize(str(data_dir), str(tmp_path / "out"), 3, read_rows=2)
 
 
 def test_stream_fit_learns_beats_popularity_and_exports(materialized, tmp_path):
   _, shard_dir, manifest = materialized
   with pytest.raises(ValueError, match="materialized with history_length = 10"):
-    two_tower_stream.stream_fit(shard_dir, TwoTowerFamily.make_config("tiny", {
+    stream_lib.stream_fit(shard_dir, TwoTowerFamily.make_config("tiny", {
         "history_length": 5}), str(tmp_path / "bad"))
   config = TwoTowerFamily.make_config("tiny", {"epochs": 4, "top_k": 10})
   export = str(tmp_path / "export" / "1")
-  summary = two_tower_stream.stream_fit(shard_dir, config, str(tmp_path / "job"),
+  summary = stream_lib.stream_fit(shard_dir, config, str(tmp_path / "job"),
                                         export_dir=export)
   assert summary["epochs_run"] >= 2
   losses = summary["losses"]
@@ -146,7 +147,7 @@ def test_stream_fit_learns_beats_popularity_and_exports(materialized, tmp_path):
   assert summary["rows"] == manifest["rows"]
   assert json.load(open(tmp_path / "job" / "stream_summary.json"))["test/all/hr@10"] == \
       summary["test/all/hr@10"]
-  data = two_tower_stream.load_stream_data(shard_dir)
+  data = stream_lib.load_stream_data(shard_dir)
   user = data.prepared.vocabularies["user_id"][3]
   row = data.serving_history[data.user_order.index(user)]
   history = [str(data.prepared.item_ids[i - 1]) for i in row if i > 0]

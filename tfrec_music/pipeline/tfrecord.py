@@ -250,7 +250,7 @@ def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = T
       worth) and re-cut into batches. tf.data then handles one element per
       block instead of one per row: several times the throughput. Rows keep
       their neighbours within a block, so use it when the writer already
-      mixed the rows (as `two_tower_stream.materialize` does per chunk).
+      mixed the rows (as `two_tower.materialize.materialize` does per chunk).
 
   Returns:
     A `tf.data.Dataset` of dicts of [batch] (or [batch, L] for list columns)

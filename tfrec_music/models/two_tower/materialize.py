@@ -374,5 +374,5 @@ def read_manifest(shard_dir: str) -> Dict[str, Any]:
   if not io.exists(io.join(shard_dir, DONE)):
     raise FileNotFoundError(
         f"{shard_dir} holds no complete materialization (no {DONE} marker). Run "
-        "`two_tower_stream.materialize(data_dir, shard_dir, history_length)` first.")
+        "`two_tower.materialize.materialize(data_dir, shard_dir, history_length)` first.")
   return json.loads(io.read_text(io.join(shard_dir, MANIFEST)))
