@@ -60,12 +60,12 @@ def new_tracks(seed: int, n_new: int, trained_items: pd.DataFrame) -> pd.DataFra
   """
   # Two users and no playlists: only the track table is wanted, and the
   # interaction draw scores every user against every track.
-  catalog = synthetic.generate("default", seed=seed, n_items=n_new, n_users=2,
+  catalogue = synthetic.generate("default", seed=seed, n_items=n_new, n_users=2,
                                n_playlists=0)
   # The generator writes an album's tracks together: shuffle, so that the
   # first n rows (a smaller benchmark size) are a sample of every album.
   order = np.random.default_rng([seed, n_new]).permutation(n_new)
-  items = catalog.tables.items.iloc[order].reset_index(drop=True)
+  items = catalogue.tables.items.iloc[order].reset_index(drop=True)
   items["item_id"] = [f"{NEW_ID_PREFIX}{i:07d}" for i in range(len(items))]
   for column in ("artist", "album"):
     items[column] = _rename_by_prefix(items[column].astype(str),

@@ -130,10 +130,10 @@ def _prepared(preset: str, feedback: str, seed: int, users_scale: int = 1):
                                 job_dir="/tmp/als_bench", hparams={"feedback": feedback})
     return training.load_and_prepare(config)[3]
   n_users = synthetic.resolve_config(preset).n_users * users_scale
-  catalog = synthetic.generate(preset, seed=seed, n_users=n_users)
+  catalogue = synthetic.generate(preset, seed=seed, n_users=n_users)
   overrides = ALSFamily.prepare_overrides_for(ALSFamily.make_config(preset,
                                                                     {"feedback": feedback}))
-  return prepare(catalog.tables, PrepareConfig(seed=seed, **dict(overrides)))
+  return prepare(catalogue.tables, PrepareConfig(seed=seed, **dict(overrides)))
 
 
 def _hr10(prepared, user_index: pd.Index, user_factors: np.ndarray,

@@ -32,9 +32,9 @@ from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
 
-def dcn_row(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+def dcn_row(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
   """Test RMSE of the DCN and the three baselines for one seed."""
-  prepared = prepare(catalog.tables, PrepareConfig(**{**DCNFamily.prepare_overrides,
+  prepared = prepare(catalogue.tables, PrepareConfig(**{**DCNFamily.prepare_overrides,
                                                       "seed": seed}))
   family = DCNFamily(DCNFamily.make_config(preset, {**overrides, "seed": seed}), prepared)
   start = time.perf_counter()
@@ -50,17 +50,17 @@ def dcn_row(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Di
   return row
 
 
-def cascade_row(catalog, preset: str, seed: int,
+def cascade_row(catalogue, preset: str, seed: int,
                 overrides: Optional[Dict[str, object]] = None) -> Dict[str, float]:
   """Test HR@10 of the cascade and of retrieval alone (same users) for one seed."""
-  prepared = prepare(catalog.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
+  prepared = prepare(catalogue.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
                                                       "seed": seed}))
   family = CascadeFamily(CascadeFamily.make_config(preset, {**(overrides or {}), "seed": seed}),
                          prepared)
   start = time.perf_counter()
   family.fit(f"/tmp/dcn_quality/cascade-{seed}")
   row = {"cascade/fit_seconds": time.perf_counter() - start, "cascade/blend": family.blend}
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
   for name in ("model", "two_tower", "popularity", "oracle"):
     for key in ("test/all/hr@10", "valid/all/hr@10"):
       if key in metrics.get(name, {}):
@@ -90,12 +90,12 @@ def main() -> None:
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
-  catalog = synthetic.generate(args.preset, seed=args.data_seed)
+  catalogue = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:
-    row = {} if args.no_dcn else dcn_row(catalog, args.preset, seed, overrides)
+    row = {} if args.no_dcn else dcn_row(catalogue, args.preset, seed, overrides)
     if args.cascade:
-      row.update(cascade_row(catalog, args.preset, seed, parse_sets(args.cascade_set)))
+      row.update(cascade_row(catalogue, args.preset, seed, parse_sets(args.cascade_set)))
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
   print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",

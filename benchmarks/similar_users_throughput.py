@@ -52,8 +52,8 @@ def build_export(n_users: int, export_dir: str, word_dim: int, seed: int) -> str
   from tfrec_music.models.user_similarity import UserSimilarityFamily  # pylint: disable=g-import-not-at-top
   from tfrec_music.prepare import PrepareConfig  # pylint: disable=g-import-not-at-top
   from tfrec_music.prepare import prepare  # pylint: disable=g-import-not-at-top
-  catalog = synthetic.generate("default", seed=seed, n_users=n_users)
-  prepared = prepare(catalog.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
+  catalogue = synthetic.generate("default", seed=seed, n_users=n_users)
+  prepared = prepare(catalogue.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
   config = UserSimilarityFamily.make_config("default", {
       "track_vectors": "text", "word_dim": word_dim, "heatmap_size": 0, "seed": seed})
   family = UserSimilarityFamily(config, prepared)

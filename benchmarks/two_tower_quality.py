@@ -32,9 +32,9 @@ KEYS = tuple(f"test/{group}/{metric}@10" for metric in ("hr", "ndcg")
              for group in ("all", "cold", "warm", "cold_user"))
 
 
-def run_seed(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
   """Figures of one seed: both feature settings, popularity and the oracle."""
-  prepared = prepare(catalog.tables, PrepareConfig(seed=seed))
+  prepared = prepare(catalogue.tables, PrepareConfig(seed=seed))
   row: Dict[str, float] = {}
   for features in ("all", "ids"):
     config = TwoTowerFamily.make_config(preset, {**overrides, "features": features,
@@ -52,7 +52,7 @@ def run_seed(catalog, preset: str, seed: int, overrides: Dict[str, object]) -> D
   metrics = evaluate_scorer(als.score_fn(), prepared, splits=("test",), ks=(10,))
   row.update({f"als/{k}": metrics[k] for k in KEYS})
   for name, scorer in (("popularity", PopularityModel.fit(prepared).score_fn()),
-                       ("oracle", catalog.oracle.score_fn(prepared.item_ids))):
+                       ("oracle", catalogue.oracle.score_fn(prepared.item_ids))):
     metrics = evaluate_scorer(fixed_scorer(scorer), prepared, splits=("test",), ks=(10,))
     row.update({f"{name}/{k}": metrics[k] for k in KEYS})
   row["ratio/all_vs_popularity"] = row["all/test/all/hr@10"] / row["popularity/test/all/hr@10"]
@@ -73,10 +73,10 @@ def main() -> None:
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
-  catalog = synthetic.generate(args.preset, seed=args.data_seed)
+  catalogue = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:
-    row = run_seed(catalog, args.preset, seed, overrides)
+    row = run_seed(catalogue, args.preset, seed, overrides)
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                       if k.startswith("ratio/") or k.endswith("hr@10")),

@@ -27,13 +27,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def catalog():
+def catalogue():
   return synthetic.generate("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
-def trained(catalog, tmp_path_factory):
-  prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
+def trained(catalogue, tmp_path_factory):
+  prepared = prepare(catalogue.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
   family = CascadeFamily(CascadeFamily.make_config("tiny", {}), prepared)
   family.fit(str(tmp_path_factory.mktemp("job")))
   export = str(tmp_path_factory.mktemp("export") / "1")
@@ -140,11 +140,11 @@ def test_hard_negatives_come_from_retrieved_tracks_the_user_never_had(trained):
   assert not any((u, i) in seen for u, i in zip(users, items))
 
 
-def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(catalog,
+def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(catalogue,
                                                                               tmp_path):
   """`rankers=2`: two re-rankers with their own seeds; the cascade and its export score a
   candidate with the mean of their logits; a finished re-ranker is restored, not retrained."""
-  prepared = prepare(catalog.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
+  prepared = prepare(catalogue.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
   family = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
   summary = family.fit(str(tmp_path / "job"))
   assert [r.config.seed for r in family.rankers] == [0, 1000] and len(summary["rankers"]) == 2
@@ -283,9 +283,9 @@ def test_cascade_reorders_only_the_retrieved_candidates(trained):
     assert set(top10) <= set(candidates[row])
 
 
-def test_evaluation_reports_cascade_and_retrieval_on_the_same_users(trained, catalog):
+def test_evaluation_reports_cascade_and_retrieval_on_the_same_users(trained, catalogue):
   family, _, _ = trained
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
   assert list(metrics)[:2] == ["model", "two_tower"]
   assert {"popularity", "oracle"} <= set(metrics)
   for key in ("test/all/count", "valid/all/count", "test/cold_user/count"):

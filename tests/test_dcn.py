@@ -24,8 +24,8 @@ from tfrec_music.prepare import prepare
 
 @pytest.fixture(scope="module")
 def tiny_prepared():
-  catalog = synthetic.generate("tiny", seed=0)
-  return prepare(catalog.tables, PrepareConfig(**DCNFamily.prepare_overrides))
+  catalogue = synthetic.generate("tiny", seed=0)
+  return prepare(catalogue.tables, PrepareConfig(**DCNFamily.prepare_overrides))
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,8 @@ _REPLICA_SCRIPT = textwrap.dedent("""
     from tfrec_music.models.two_tower import TwoTowerFamily
     from tfrec_music.pipeline.dataset import make_dataset
     from tfrec_music.prepare import PrepareConfig, prepare
-    catalog = synthetic.generate("tiny", seed=0)
-    prepared = prepare(catalog.tables, PrepareConfig(seed=0))
+    catalogue = synthetic.generate("tiny", seed=0)
+    prepared = prepare(catalogue.tables, PrepareConfig(seed=0))
     out = {}
     for name, cross in (("one_device", False), ("mirrored", False), ("mirrored_cross", True)):
       strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if name != "one_device"

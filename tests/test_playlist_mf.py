@@ -38,15 +38,16 @@ from tfrec_music.prepare import prepare
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   # The tiny catalogue with more playlists (300 themed playlists of 10-30 tracks).
-  catalog = synthetic.generate("tiny", n_playlists=300, playlist_max_tracks=30)
-  loaded = LoadedData(tables=catalog.tables, oracle=catalog.oracle, playlists=catalog.playlists)
+  catalogue = synthetic.generate("tiny", n_playlists=300, playlist_max_tracks=30)
+  loaded = LoadedData(tables=catalogue.tables, oracle=catalogue.oracle,
+                      playlists=catalogue.playlists)
   config = PlaylistMFFamily.make_config("tiny", {})
   tables = PlaylistMFFamily.select_tables(loaded, config)
   prepared = prepare(tables, PrepareConfig(cold_user_share=0.2))
   family = PlaylistMFFamily(config, prepared)
   job = tmp_path_factory.mktemp("job")
   family.fit(str(job))
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle, loaded=loaded))
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle, loaded=loaded))
   export = tmp_path_factory.mktemp("export") / "1"
   signatures = family.save(str(export))
   return family, prepared, metrics, str(job), str(export), signatures
@@ -402,8 +403,9 @@ def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_with_advice(tmp_path):
-  catalog = synthetic.generate("tiny")
-  loaded = LoadedData(tables=catalog.tables, oracle=catalog.oracle, playlists=catalog.playlists)
+  catalogue = synthetic.generate("tiny")
+  loaded = LoadedData(tables=catalogue.tables, oracle=catalogue.oracle,
+                      playlists=catalogue.playlists)
   # Vectors of norm ~1e18: the L2 penalty overflows float32 at the first step.
   config = PlaylistMFFamily.make_config("tiny", {"init_stddev": 1e18})
   prepared = prepare(PlaylistMFFamily.select_tables(loaded, config),

@@ -104,8 +104,9 @@ def _check_ranking(row_ids, row_scores, excluded, catalogue, empty_score):
 # ---------------------------------------------------------------- playlist MF
 @pytest.fixture(scope="module")
 def playlist(tmp_path_factory):
-  catalog = synthetic.generate("tiny", n_playlists=120, playlist_max_tracks=20)
-  loaded = LoadedData(tables=catalog.tables, oracle=catalog.oracle, playlists=catalog.playlists)
+  catalogue = synthetic.generate("tiny", n_playlists=120, playlist_max_tracks=20)
+  loaded = LoadedData(tables=catalogue.tables, oracle=catalogue.oracle,
+                      playlists=catalogue.playlists)
   config = PlaylistMFFamily.make_config("tiny", {"epochs": 3})
   prepared = prepare(PlaylistMFFamily.select_tables(loaded, config),
                      PrepareConfig(cold_user_share=0.2))

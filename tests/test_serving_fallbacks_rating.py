@@ -75,13 +75,13 @@ def _answer(export, requests, folder):
 
 
 @pytest.fixture(scope="module")
-def catalog():
+def catalogue():
   return synthetic.generate("tiny", seed=0)
 
 
-def _train_and_save(family_cls, catalog, tmp_path_factory):
+def _train_and_save(family_cls, catalogue, tmp_path_factory):
   """(family, export folder, export path `<folder>/1`) of the tiny preset, trained once."""
-  prepared = prepare(catalog.tables, PrepareConfig(**family_cls.prepare_overrides))
+  prepared = prepare(catalogue.tables, PrepareConfig(**family_cls.prepare_overrides))
   family = family_cls(family_cls.make_config("tiny", {}), prepared)
   family.fit(str(tmp_path_factory.mktemp(f"{family_cls.name}_job")))
   folder = str(tmp_path_factory.mktemp(f"{family_cls.name}_export"))
@@ -114,8 +114,8 @@ def _python_rating(family, raw):
 
 
 @pytest.fixture(scope="module")
-def dcn(catalog, tmp_path_factory):
-  family, folder, export = _train_and_save(DCNFamily, catalog, tmp_path_factory)
+def dcn(catalogue, tmp_path_factory):
+  family, folder, export = _train_and_save(DCNFamily, catalogue, tmp_path_factory)
   test = family.prepared.test.head(6)
   users, items = test["user_id"].astype(str).tolist(), test["item_id"].astype(str).tolist()
   known = _raw_rows(family, users, items)
@@ -219,8 +219,8 @@ def test_dcn_absent_columns_refused_by_serving_default_filled_by_score_ids(dcn):
 
 
 @pytest.fixture(scope="module")
-def cascade(catalog, tmp_path_factory):
-  family, folder, export = _train_and_save(CascadeFamily, catalog, tmp_path_factory)
+def cascade(catalogue, tmp_path_factory):
+  family, folder, export = _train_and_save(CascadeFamily, catalogue, tmp_path_factory)
   prepared = family.prepared
   # The same trained stages exported with `top_k` and `candidates` above the catalogue.
   wide = os.path.join(folder, "2")

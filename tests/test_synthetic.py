@@ -25,10 +25,10 @@ def tiny():
   return synthetic.generate("tiny", seed=0)
 
 
-def _leave_last_out(catalog):
+def _leave_last_out(catalogue):
   """(users [N], targets [N] item indices, history per user, popularity [I])."""
-  inter = catalog.tables.interactions
-  item_ids = catalog.tables.items["item_id"].to_numpy()
+  inter = catalogue.tables.interactions
+  item_ids = catalogue.tables.items["item_id"].to_numpy()
   inter = inter.assign(i=pd.Index(item_ids).get_indexer(inter["item_id"]))
   last = inter.groupby("user_id", sort=False).tail(1)
   train = inter.drop(last.index)

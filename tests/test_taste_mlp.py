@@ -26,13 +26,13 @@ from tfrec_music.prepare import prepare
 
 
 @pytest.fixture(scope="module")
-def catalog():
+def catalogue():
   return synthetic.generate("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
-def prepared(catalog):
-  return prepare(catalog.tables, PrepareConfig(**TasteMLPFamily.prepare_overrides))
+def prepared(catalogue):
+  return prepare(catalogue.tables, PrepareConfig(**TasteMLPFamily.prepare_overrides))
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_negatives_come_from_least_similar_user_and_never_own(fitted):
   assert neg.sum() == 4 * pos.sum()
 
 
-def test_tiny_training_beats_popularity_and_logs_curves(fitted, catalog):
+def test_tiny_training_beats_popularity_and_logs_curves(fitted, catalogue):
   family, job = fitted
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
   model, popularity = metrics["model"], metrics["popularity"]
   assert model["test/all/auc"] > 0.7
   assert model["test/all/auc"] > popularity["test/all/auc"]

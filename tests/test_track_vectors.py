@@ -16,8 +16,8 @@ from tfrec_music.prepare import prepare
 
 @pytest.fixture(scope="module")
 def tiny():
-  catalog = synthetic.generate("tiny", seed=0)
-  return prepare(catalog.tables, PrepareConfig(cold_user_share=0.0))
+  catalogue = synthetic.generate("tiny", seed=0)
+  return prepare(catalogue.tables, PrepareConfig(cold_user_share=0.0))
 
 
 def _with_items(prepared, items):

@@ -34,13 +34,13 @@ from tfrec_music.prepare import prepare
 
 
 @pytest.fixture(scope="module")
-def catalog():
+def catalogue():
   return synthetic.generate("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
-def fitted(catalog, tmp_path_factory):
-  prepared = prepare(catalog.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
+def fitted(catalogue, tmp_path_factory):
+  prepared = prepare(catalogue.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
   config = UserSimilarityFamily.make_config("tiny", {"track_vectors": "text", "word_dim": 16})
   family = UserSimilarityFamily(config, prepared)
   job = tmp_path_factory.mktemp("job")
@@ -187,9 +187,9 @@ def test_similarity_metrics_by_hand():
 
 
 # ----------------------------------------------------------------- family
-def test_family_finds_friends_and_similar_artists(fitted, catalog):
+def test_family_finds_friends_and_similar_artists(fitted, catalogue):
   family, job = fitted
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
   model, oracle = metrics["model"], metrics["oracle"]
   assert model["test/all/friend_pairs"] > 50
   assert 0.6 < model["test/all/friend_auc"] <= oracle["test/all/friend_auc"] + 0.05
@@ -250,14 +250,14 @@ def test_bad_config_is_named():
       UserSimilarityFamily.make_config("tiny", {"parts": parts})
 
 
-def test_collaborative_parts_alone_need_no_track_vectors(catalog, tmp_path):
-  prepared = prepare(catalog.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
+def test_collaborative_parts_alone_need_no_track_vectors(catalogue, tmp_path):
+  prepared = prepare(catalogue.tables, PrepareConfig(**UserSimilarityFamily.prepare_overrides))
   family = UserSimilarityFamily(UserSimilarityFamily.make_config("tiny", {"parts": ("lsa",)}),
                                 prepared)
   summary = family.fit(str(tmp_path))
   assert "track_vectors" not in summary and family.model.tracks is None
   assert family.model.artists is None and summary["part_dims"] == {"lsa": 16}
-  metrics = family.evaluate(EvalContext(oracle=catalog.oracle))["model"]
+  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))["model"]
   assert metrics["test/all/friend_auc"] > 0.6
   history = family.history[family.history["user_id"] == "u00003"]["item_id"].tolist()
   assert family.model.similar_to_tracks(history, 3)["user"].iloc[0] == "u00003"

@@ -78,11 +78,11 @@ def load_data(data: str = "synthetic", *, data_dir: Optional[str] = None,
   report = report if report is not None else DataReport()
   if data == "synthetic":
     from tfrec_music.data import synthetic  # pylint: disable=g-import-not-at-top
-    catalog = synthetic.generate(preset, seed=seed)
+    catalogue = synthetic.generate(preset, seed=seed)
     report.record("load", source=f"synthetic:{preset}", seed=seed,
-                  **{f"{k}_rows": v for k, v in catalog.tables.summary().items()})
-    return LoadedData(tables=catalog.tables, oracle=catalog.oracle,
-                      playlists=catalog.playlists, data_card=catalog.data_card())
+                  **{f"{k}_rows": v for k, v in catalogue.tables.summary().items()})
+    return LoadedData(tables=catalogue.tables, oracle=catalogue.oracle,
+                      playlists=catalogue.playlists, data_card=catalogue.data_card())
   if data.startswith("tfds:"):
     from tfrec_music.data.loaders import tfds_source  # pylint: disable=g-import-not-at-top
     tables = tfds_source.load_tfds(data[len("tfds:"):], columns=columns, data_dir=data_dir,

@@ -58,7 +58,7 @@ class SyntheticBuilderConfig(tfds.core.BuilderConfig):
 
 
 @functools.lru_cache(maxsize=2)
-def _catalog(preset: str) -> synthetic.SyntheticCatalog:
+def _catalogue(preset: str) -> synthetic.SyntheticCatalogue:
   # Both configs of a preset are often prepared together: generate once.
   return synthetic.generate(preset, seed=_SEED)
 
@@ -126,8 +126,8 @@ class TfrecMusicSynthetic(tfds.core.GeneratorBasedBuilder):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self) -> Iterator[Tuple[int, dict]]:
-    catalog = _catalog(self.builder_config.preset)
-    tables = catalog.tables
+    catalogue = _catalogue(self.builder_config.preset)
+    tables = catalogue.tables
     if self.builder_config.table == "interactions":
       users = tables.users.set_index("user_id")
       frame = tables.interactions.join(users[["country", "username"]], on="user_id")

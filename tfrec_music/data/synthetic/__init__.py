@@ -13,16 +13,16 @@ same rows bit for bit.
 
 Example:
   >>> from tfrec_music.data import synthetic
-  >>> catalog = synthetic.generate("tiny", seed=0)
-  >>> print(synthetic.format_data_card(catalog.data_card()))
+  >>> catalogue = synthetic.generate("tiny", seed=0)
+  >>> print(synthetic.format_data_card(catalogue.data_card()))
 
 Command line (the `large` preset is streamed to sharded parquet files):
   python -m tfrec_music.data.synthetic --preset large --out /tmp/large
 """
 
 from tfrec_music.data.synthetic.card import format_data_card
-from tfrec_music.data.synthetic.catalog import SyntheticCatalog
-from tfrec_music.data.synthetic.catalog import generate
+from tfrec_music.data.synthetic.catalogue import SyntheticCatalogue
+from tfrec_music.data.synthetic.catalogue import generate
 from tfrec_music.data.synthetic.cli import main
 from tfrec_music.data.synthetic.config import PRESETS
 from tfrec_music.data.synthetic.config import SyntheticConfig
@@ -43,7 +43,7 @@ __all__ = [
     "Oracle",
     "PLAYLIST_COLUMNS",
     "PRESETS",
-    "SyntheticCatalog",
+    "SyntheticCatalogue",
     "SyntheticConfig",
     "format_data_card",
     "generate",

@@ -44,7 +44,7 @@ def format_data_card(card: dict) -> str:
   """A printable summary of a data card.
 
   Args:
-    card: As returned by `SyntheticCatalog.data_card` or `write_large`.
+    card: As returned by `SyntheticCatalogue.data_card` or `write_large`.
 
   Returns:
     A few aligned lines.

@@ -7,7 +7,7 @@ import time
 from typing import Optional, Sequence
 
 from tfrec_music.data.synthetic.card import format_data_card
-from tfrec_music.data.synthetic.catalog import generate
+from tfrec_music.data.synthetic.catalogue import generate
 from tfrec_music.data.synthetic.config import PRESETS
 from tfrec_music.data.synthetic.config import STREAM_ONLY_PRESETS
 from tfrec_music.data.synthetic.writer import write_large

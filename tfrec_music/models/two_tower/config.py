@@ -33,7 +33,8 @@ class TwoTowerConfig:
     logq_correction: Subtract log sampling probability from logits.
     logq_exponent: How much of the correction: logits lose `logq_exponent`
       x log q (1 = the full correction, the score then carries no
-      popularity; below 1 some of the popularity prior stays in the score).
+      popularity; below 1 some of the popularity prior stays in the score,
+      above 1 popular tracks are pushed down further).
     remove_accidental_hits: Mask in-batch negatives equal to the positive.
     mixed_negatives: Extra uniformly sampled negatives per batch.
     cross_replica_negatives: With several replicas, score each query against
@@ -102,7 +103,7 @@ class TwoTowerConfig:
     check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
                       "validation_users"), minimum=0)
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
-    check_shares(self, ("logq_exponent",))
+    check_numbers(self, ("logq_exponent",))
     check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
     object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 

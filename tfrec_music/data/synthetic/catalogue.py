@@ -19,7 +19,7 @@ from tfrec_music.data.tables import validate_tables
 
 
 @dataclasses.dataclass
-class SyntheticCatalog:
+class SyntheticCatalogue:
   """One generated catalogue.
 
   Attributes:
@@ -49,7 +49,7 @@ class SyntheticCatalog:
                       n_links, len(self.playlists))
 
 
-def generate(preset: str = "default", seed: int = 0, **overrides) -> SyntheticCatalog:
+def generate(preset: str = "default", seed: int = 0, **overrides) -> SyntheticCatalogue:
   """Generates the synthetic catalogue in memory.
 
   Args:
@@ -81,7 +81,7 @@ def generate(preset: str = "default", seed: int = 0, **overrides) -> SyntheticCa
                            ("interactions", "items", "users", "user_links")},
                   name="synthetic")
   tables = validate_tables(tables, report=DataReport())
-  return SyntheticCatalog(tables=tables, playlists=playlists, oracle=gen.oracle(),
+  return SyntheticCatalogue(tables=tables, playlists=playlists, oracle=gen.oracle(),
                           config=config, preset=preset)
 
 
