@@ -27,12 +27,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-# Moved to `tfrec_music.evaluation.rating_scorers`; kept here for the callers of this path.
-from tfrec_music.evaluation.rating_scorers import baseline_scorers  # noqa: F401
-from tfrec_music.evaluation.rating_scorers import evaluate_rating_scorers  # noqa: F401
-
-__all__ = ["GlobalMean", "BiasedBaseline", "BiasedMF", "IdIndex", "fit_rating_baselines",
-           "baseline_scorers", "evaluate_rating_scorers"]
+__all__ = ["GlobalMean", "BiasedBaseline", "BiasedMF", "IdIndex", "fit_rating_baselines"]
 
 
 class IdIndex:

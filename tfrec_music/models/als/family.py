@@ -322,13 +322,14 @@ class ALSFamily(ModelFamily):
   def _evaluate_ratings(self, splits: Sequence[str], baselines: bool = True
                         ) -> Dict[str, Dict[str, float]]:
     """RMSE / MSE / MAE by split and item slice of the model (and the rating baselines)."""
+    from tfrec_music.evaluation import rating_scorers  # pylint: disable=g-import-not-at-top
     from tfrec_music.models import rating_baselines  # pylint: disable=g-import-not-at-top
     scorers = {"model": lambda f: self.predict(f["user_id"], f["item_id"])}
     if baselines:
       fits = rating_baselines.fit_rating_baselines(self.prepared.train, self.prepared.valid,
                                                    seed=self.config.seed)
-      scorers.update(rating_baselines.baseline_scorers(fits, self.rating_range))
-    out = rating_baselines.evaluate_rating_scorers(self.prepared, scorers, splits)
+      scorers.update(rating_scorers.baseline_scorers(fits, self.rating_range))
+    out = rating_scorers.evaluate_rating_scorers(self.prepared, scorers, splits)
     if baselines:
       out["biased"]["chosen_reg"] = fits.chosen["biased/reg"]
       out["biased_mf"]["chosen_reg"] = fits.chosen["biased_mf/reg"]
