@@ -41,10 +41,14 @@ class ModelFamily(abc.ABC):
   Attributes:
     name: Folder name under the export dir, e.g. `"two_tower"`.
     config_class: Frozen dataclass of the family's hyperparameters.
+    config_module: The family's `config` module; its `presets()`,
+      `add_arguments(group)` and `search_space(hp)`, where defined, are the
+      family's (a family overrides the classmethods only to do more).
   """
 
   name: str = ""
   config_class: type = None
+  config_module: Any = None
   # Metric keys of the table the CLI prints (test split).
   table_keys: Sequence[str] = RETRIEVAL_TABLE_KEYS
   # `PrepareConfig` fields this family needs changed (e.g. a ratio split).
@@ -88,8 +92,11 @@ class ModelFamily(abc.ABC):
   def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
     """Adds the family's own CLI flags; each flag's `dest` names a config field.
 
-    Flags must default to None (unset: the preset's value).
+    Flags must default to None (unset: the preset's value). By default the
+    `add_arguments(group)` of `config_module`, if it has one.
     """
+    if hasattr(cls.config_module, "add_arguments"):
+      cls.config_module.add_arguments(group)
 
   @classmethod
   def select_tables(cls, loaded: Any, config: Any) -> Any:
@@ -161,9 +168,13 @@ class ModelFamily(abc.ABC):
     Returns:
       Config overrides built from `hp`'s current values.
 
+    By default the `search_space(hp)` of `config_module`, if it has one.
+
     Raises:
       NotImplementedError: the family has nothing to tune.
     """
+    if hasattr(cls.config_module, "search_space"):
+      return cls.config_module.search_space(hp)
     raise NotImplementedError(f"Model `{cls.name}` has no tuning search space.")
 
   @classmethod
@@ -203,8 +214,13 @@ class ModelFamily(abc.ABC):
 
   @classmethod
   def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """Named presets: preset name -> config overrides."""
-    return {}
+    """Named presets: preset name -> config overrides.
+
+    By default `config_module.presets()` (or its `PRESETS`), if it has one.
+    """
+    if hasattr(cls.config_module, "presets"):
+      return cls.config_module.presets()
+    return dict(getattr(cls.config_module, "PRESETS", {}))
 
   @abc.abstractmethod
   def fit(self, job_dir: str) -> Dict[str, Any]:

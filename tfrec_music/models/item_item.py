@@ -322,28 +322,11 @@ class HistoryServingModule(retrieval.RetrievalServingModule):
 class ItemItemFamily(ModelFamily):
   """Glue shared by the history x item-matrix families (`itemknn`, `ease`).
 
-  Flags, presets and search space come from the family's `config_module`;
-  the metrics add the validation choice (`select/...`); the export is a
-  `HistoryServingModule`. A family implements `fit` (which sets
-  `self.selection`), `product` and `serving_module`.
+  Flags, presets and search space come from the family's `config_module`
+  (`ModelFamily`'s defaults); the metrics add the validation choice
+  (`select/...`); the export is a `HistoryServingModule`. A family implements
+  `fit` (which sets `self.selection`), `product` and `serving_module`.
   """
-
-  config_module: Any = None
-
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """The config module's `PRESETS` (`tiny`, `default`)."""
-    return cls.config_module.PRESETS
-
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """The config module's flags."""
-    cls.config_module.add_arguments(group)
-
-  @classmethod
-  def search_space(cls, hp) -> Dict[str, Any]:
-    """The config module's search space."""
-    return cls.config_module.search_space(hp)
 
   def __init__(self, config: Any, prepared: PreparedData):
     super().__init__(config, prepared)

@@ -1,6 +1,5 @@
 """`--model als` in the training pipeline: cross-validation, fit, scoring, outputs, export."""
 
-import argparse
 import logging
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -65,20 +64,11 @@ class ALSFamily(ModelFamily):
 
   name = "als"
   config_class = ALSConfig
+  config_module = config_lib
   # Both tables' keys; the printed table shows the ones present.
   table_keys = tuple(RETRIEVAL_TABLE_KEYS) + RATING_TABLE_KEYS
   prepare_overrides: Dict[str, Any] = {}
   objective = ("valid/all/hr@10", "max")
-
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return config_lib.presets()
-
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """ALS flags; each `dest` is an `ALSConfig` field."""
-    config_lib.add_arguments(group)
 
   @classmethod
   def objective_for(cls, config: ALSConfig) -> Tuple[str, str]:
@@ -92,10 +82,6 @@ class ALSFamily(ModelFamily):
     """Explicit ratings use the ratio split; implicit plays the default leave-one-out."""
     return dict(EXPLICIT_PREPARE) if config.feedback == "explicit" else {}
 
-  @classmethod
-  def search_space(cls, hp) -> Dict[str, Any]:
-    """Rank, lambda and (implicit) alpha; one grid point per trial (no inner CV)."""
-    return config_lib.search_space(hp)
 
   def __init__(self, config: ALSConfig, prepared: PreparedData):
     super().__init__(config, prepared)

@@ -25,7 +25,7 @@ class CascadeFamily(CascadeCore):
 
   name = "two_tower_dcn"
   config_class = CascadeConfig
-  presets = staticmethod(config_lib.presets)
+  config_module = config_lib
 
   @classmethod
   def make_config(cls, preset: str, overrides: Dict[str, Any]) -> CascadeConfig:

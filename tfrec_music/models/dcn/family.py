@@ -71,9 +71,7 @@ class DCNFamily(ModelFamily):
     return ("valid/all/auc", "max") if config.labels == "implicit" else cls.objective
 
   # Presets, CLI flags and the tuning search space live in `config`.
-  presets = staticmethod(config_lib.presets)
-  add_arguments = staticmethod(config_lib.add_arguments)
-  search_space = staticmethod(config_lib.search_space)
+  config_module = config_lib
 
   def __init__(self, config: DCNConfig, prepared: PreparedData):
     super().__init__(config, prepared)

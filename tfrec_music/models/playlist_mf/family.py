@@ -1,6 +1,5 @@
 """Playlist MF plugged into the training pipeline: tables, fit, scoring, evaluation, export."""
 
-import argparse
 import logging
 from typing import Any, Dict, Optional, Tuple
 
@@ -46,6 +45,7 @@ class PlaylistMFFamily(ModelFamily):
 
   name = "playlist_mf"
   config_class = PlaylistMFConfig
+  config_module = config_lib
   table_keys = ("test/k0/r_precision", "test/k1/r_precision", "test/k5/r_precision",
                 "test/k10/r_precision", "test/k25/r_precision", "test/k5/ndcg",
                 "test/k5/clicks", "test/seen/r_precision", "test/unseen/r_precision",
@@ -59,20 +59,8 @@ class PlaylistMFFamily(ModelFamily):
   # target each they count about 4x fewer hits, hence noisier.
   objective = ("valid/seen_refit/r_precision", "max")
 
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return config_lib.presets()
 
-  @classmethod
-  def search_space(cls, hp) -> Dict[str, Any]:
-    """Vector size, L2 (training and fold-in), learning rate."""
-    return config_lib.search_space(hp)
 
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """`--loss`, `--negatives`, `--negative-sampling`, `--l2`."""
-    config_lib.add_arguments(group)
 
   def validation_metrics(self) -> Dict[str, float]:
     """Validation-split metrics only: `valid/{seen,seen_refit,k1,k5,k10}/<metric>`."""

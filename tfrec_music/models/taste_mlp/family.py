@@ -1,6 +1,5 @@
 """`TasteMLPFamily`: the taste MLP plugged into the training pipeline."""
 
-import argparse
 import dataclasses
 import logging
 import threading
@@ -50,24 +49,13 @@ class TasteMLPFamily(ModelFamily):
 
   name = "taste_mlp"
   config_class = TasteMLPConfig
+  config_module = config_lib
   table_keys = TASTE_TABLE_KEYS
   prepare_overrides = {"cold_user_share": 0.0}
   objective = ("valid/all/auc", "max")
 
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return config_lib.presets()
 
-  @classmethod
-  def search_space(cls, hp) -> Dict[str, Any]:
-    """Hidden size and weight decay (the objective is validation AUC)."""
-    return config_lib.search_space(hp)
 
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """taste_mlp flags; each `dest` is a `TasteMLPConfig` field."""
-    config_lib.add_arguments(group)
 
   def __init__(self, config: TasteMLPConfig, prepared: PreparedData):
     super().__init__(config, prepared)

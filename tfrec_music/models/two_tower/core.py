@@ -45,15 +45,11 @@ class TwoTowerCore(ModelFamily):
 
   name = "two_tower"
   config_class = TwoTowerConfig
+  config_module = config_lib
   supports_parameter_server = True
   # The export excludes every training + validation track of a known user (what the
   # evaluation excludes); False: only the stored history (the streamed export).
   exclude_seen_rows = True
-
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return config_lib.presets()
 
   @classmethod
   def search_space(cls, hp) -> Dict[str, Any]:

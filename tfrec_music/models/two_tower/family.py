@@ -1,9 +1,6 @@
 """`TwoTowerFamily`: the two-tower family of the training pipeline (in memory or `--stream`)."""
 
-import argparse
-
 from tfrec_music import io
-from tfrec_music.models.two_tower import config as config_lib
 from tfrec_music.models.two_tower.core import TwoTowerCore
 from tfrec_music.models.two_tower.materialize import materialize
 from tfrec_music.models.two_tower.stream import stream_fit
@@ -11,11 +8,6 @@ from tfrec_music.models.two_tower.stream import stream_fit
 
 class TwoTowerFamily(TwoTowerCore):
   """Two-tower retrieval plugged into the training pipeline."""
-
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """`--features`, `--layer-sizes`, `--optimizer`, `--temperature`, negatives flags."""
-    config_lib.add_arguments(group)
 
   @classmethod
   def stream_train(cls, data_dir, config, job_dir, *, checkpoint_every=0, backup_dir=None):

@@ -1,6 +1,5 @@
 """`--model user_similarity` in the pipeline: fit, friend-pair evaluation, outputs, export."""
 
-import argparse
 import logging
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,20 +30,13 @@ class UserSimilarityFamily(ModelFamily):
 
   name = "user_similarity"
   config_class = UserSimilarityConfig
+  config_module = config_lib
   table_keys = SIMILARITY_TABLE_KEYS
   # Every user is indexed: no users are held out of the interactions.
   prepare_overrides = {"cold_user_share": 0.0}
   objective = ("valid/all/friend_auc", "max")
 
-  @classmethod
-  def presets(cls) -> Dict[str, Dict[str, Any]]:
-    """`tiny` trains in seconds for tests; `default` is the measured setting."""
-    return config_lib.presets()
 
-  @classmethod
-  def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-    """User-similarity flags; each `dest` is a `UserSimilarityConfig` field."""
-    config_lib.add_arguments(group)
 
   def __init__(self, config: UserSimilarityConfig, prepared: PreparedData):
     super().__init__(config, prepared)
