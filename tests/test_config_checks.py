@@ -125,3 +125,19 @@ def test_the_run_seed_reaches_the_model_config_unless_set():
   # A config without a seed field (popularity) is built as before.
   assert model_config_for(get_family("popularity"), RunConfig(seed=3)) == \
       get_family("popularity").make_config("default", {})
+
+
+def test_logq_exponent_scales_the_correction_and_rejects_negatives():
+  import numpy as np
+  from tfrec_music.models.registry import get_family
+  from tfrec_music.models.two_tower.network import TwoTowerModel
+  two_tower = get_family("two_tower")
+  with pytest.raises(ValueError, match=r"`logq_exponent` should be a non-negative number"):
+    two_tower.make_config("tiny", {"logq_exponent": -1})
+  probability = np.array([0.5, 0.25, 0.25])
+  for exponent in (1.0, 1.25):
+    config = two_tower.make_config("tiny", {"logq_exponent": exponent})
+    model = TwoTowerModel(None, None, {}, probability, config)
+    # TFRS subtracts log(p) from the logits: p ** e subtracts e x log(p).
+    np.testing.assert_allclose(np.log(model.log_q.numpy()), exponent * np.log(probability),
+                               rtol=1e-6)
