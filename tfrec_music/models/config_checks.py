@@ -8,7 +8,7 @@ it should be, and what was received.
 
 import argparse
 import math
-from typing import Any, Iterable, List, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -87,14 +87,26 @@ def check_choices(config: Any, choices: Mapping[str, Sequence[Any]]) -> None:
       raise ValueError(f"`{name}` should be {want}. Received: `{name}` = {value!r}.")
 
 
-def int_list(text: str) -> List[int]:
-  """Parses a `--flag 128,64` value into integers (argparse `type=`).
+def number_list(cast: Callable[[str], Any], example: str = "16,32",
+                container: Callable = tuple) -> Callable[[str], Any]:
+  """An argparse `type=` for comma-separated numbers (`--rank 16,32`).
 
-  Raises:
-    argparse.ArgumentTypeError: a part is not an integer.
+  Args:
+    cast: Converts one part (`int`, `float`).
+    example: Shown in the error message.
+    container: Builds the result from the parts (`tuple`, `list`).
+
+  Returns:
+    The parser; it raises `argparse.ArgumentTypeError` when a part is not a number.
   """
-  try:
-    return [int(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(
-        f"expected comma-separated integers like 128,64. Received: {text!r}.") from e
+  def parse(text: str):
+    try:
+      return container(cast(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+      raise argparse.ArgumentTypeError(
+          f"expected comma-separated numbers, e.g. {example}. Received: {text!r}.") from None
+  return parse
+
+
+# `--layer-sizes 128,64`, `--deep-layers 128,64`: a list of integers.
+int_list = number_list(int, "128,64", list)

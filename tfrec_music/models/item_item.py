@@ -8,7 +8,6 @@ the export), the held-out history for `cold_user`. Users without a history
 get the popularity ranking, in evaluation and in the export.
 """
 
-import argparse
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
@@ -32,17 +31,6 @@ HISTORY_SPLITS = {"valid": ("train",), "test": ("train", "valid"),
                   "cold_user": ("cold_user_history",)}
 HISTORY_SIGNATURE = {"history": tf.TensorSpec([None, None], tf.string, name="history"),
                      "weights": tf.TensorSpec([None, None], tf.float32, name="weights")}
-
-
-def number_list(cast: Callable) -> Callable[[str], tuple]:
-  """An argparse type for comma-separated numbers (`--neighbours 50,100`)."""
-  def parse(text: str) -> tuple:
-    try:
-      return tuple(cast(t) for t in str(text).split(",") if t.strip())
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"expected comma-separated numbers, e.g. 50,100. Received: {text!r}.") from None
-  return parse
 
 
 def history_frame(prepared: PreparedData, split: str) -> pd.DataFrame:

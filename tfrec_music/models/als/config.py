@@ -13,6 +13,7 @@ from tfrec_music.models.als.solver import WEIGHT_TRANSFORMS
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import number_list
 
 RATING_TABLE_KEYS = ("test/all/rmse", "test/all/mae", "test/cold/rmse", "test/warm/rmse")
 CENTERS = ("biases", "mean", "none")
@@ -115,16 +116,6 @@ def _as_tuple(value) -> tuple:
   return (value,)
 
 
-def _number_list(cast):
-  def parse(text: str):
-    try:
-      return tuple(cast(t) for t in str(text).split(",") if t.strip())
-    except ValueError:
-      raise argparse.ArgumentTypeError(
-          f"expected comma-separated numbers, e.g. 16,32. Received: {text!r}.") from None
-  return parse
-
-
 def presets() -> Dict[str, Dict[str, Any]]:
   """`tiny` trains in seconds for tests; `default` is the measured setting.
 
@@ -143,9 +134,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
   """ALS flags; each `dest` is an `ALSConfig` field."""
   group.add_argument("--feedback", choices=FEEDBACKS, default=None,
                      help="implicit: play counts as confidence (HR@10); explicit: ratings (RMSE).")
-  group.add_argument("--rank", dest="ranks", type=_number_list(int), default=None,
+  group.add_argument("--rank", dest="ranks", type=number_list(int), default=None,
                      help="Factor size(s), comma-separated; several are cross-validated.")
-  group.add_argument("--reg", dest="regs", type=_number_list(float), default=None,
+  group.add_argument("--reg", dest="regs", type=number_list(float), default=None,
                      help="Regularization lambda(s), comma-separated; several are "
                           "cross-validated.")
   group.add_argument("--alpha", type=float, default=None,

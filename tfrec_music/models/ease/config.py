@@ -9,9 +9,9 @@ import numpy as np
 
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
+from tfrec_music.models.config_checks import number_list
 from tfrec_music.models.item_item import SEARCHES
 from tfrec_music.models.item_item import WEIGHTINGS
-from tfrec_music.models.item_item import number_list
 
 # Sized so a 17,632-item catalogue (HetRec Last.fm-2k's artists: 1.24 GB per
 # float32 items x items matrix) fits a 24 GiB machine with room to spare.
@@ -60,7 +60,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {"tiny": {"lambdas": (10.0, 100.0, 1000.0)}
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
   """EASE flags; each `dest` is an `EASEConfig` field."""
-  group.add_argument("--lambdas", type=number_list(float), default=None,
+  group.add_argument("--lambdas", type=number_list(float, "50,100"), default=None,
                      help="L2 weight(s) lambda, comma-separated; several are compared on "
                           "validation HR@10.")
   group.add_argument("--search", choices=SEARCHES, default=None,

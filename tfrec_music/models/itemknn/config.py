@@ -9,8 +9,8 @@ import numpy as np
 from tfrec_music.models.config_checks import check_choices
 from tfrec_music.models.config_checks import check_ints
 from tfrec_music.models.config_checks import check_numbers
+from tfrec_music.models.config_checks import number_list
 from tfrec_music.models.item_item import WEIGHTINGS
-from tfrec_music.models.item_item import number_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {"tiny": {"neighbours": (20, 50)}, "default
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
   """ItemKNN flags; each `dest` is an `ItemKNNConfig` field."""
-  group.add_argument("--neighbours", type=number_list(int), default=None,
+  group.add_argument("--neighbours", type=number_list(int, "50,100"), default=None,
                      help="Neighbours per item, comma-separated; several are compared on "
                           "validation HR@10.")
   group.add_argument("--shrink", type=float, default=None,
