@@ -30,9 +30,9 @@ from tfrec_music.models.playlist_mf.network import Bag
 from tfrec_music.models.playlist_mf.network import PlaylistMFModel
 from tfrec_music.models.playlist_mf.network import negative_distribution
 from tfrec_music.models.playlist_mf.serving import PlaylistContinuation
-from tfrec_music.models.playlist_mf.serving import pad_indices
 from tfrec_music.models.playlist_mf.serving import save_continuation
 from tfrec_music.models.playlist_mf.tokens import name_tokens
+from tfrec_music.models.playlist_mf.tokens import pad_indices
 from tfrec_music.models.playlist_mf.tokens import token_codes
 
 __all__ = [

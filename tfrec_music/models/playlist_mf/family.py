@@ -33,8 +33,8 @@ from tfrec_music.models.playlist_mf.config import PlaylistMFConfig
 from tfrec_music.models.playlist_mf.network import PlaylistMFModel
 from tfrec_music.models.playlist_mf.network import negative_distribution
 from tfrec_music.models.playlist_mf.serving import PlaylistContinuation
-from tfrec_music.models.playlist_mf.serving import pad_indices
 from tfrec_music.models.playlist_mf.serving import save_continuation
+from tfrec_music.models.playlist_mf.tokens import pad_indices
 from tfrec_music.models.playlist_mf.tokens import token_codes
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.prepare.prepared import PreparedData

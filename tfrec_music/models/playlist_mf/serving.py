@@ -285,15 +285,6 @@ class PlaylistContinuation(tf.Module):
     return {"serving_default": self.serve, "continue_seeds": self.serve_seeds}
 
 
-def pad_indices(seeds: Sequence[np.ndarray]) -> np.ndarray:
-  """[B] index arrays -> [B, L] int64 padded with -1 (L >= 1)."""
-  width = max([len(s) for s in seeds] + [1])
-  out = np.full((len(seeds), width), -1, np.int64)
-  for row, s in enumerate(seeds):
-    out[row, :len(s)] = s
-  return out
-
-
 def save_continuation(module: PlaylistContinuation, directory: str) -> None:
   """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])

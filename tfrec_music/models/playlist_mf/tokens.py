@@ -1,4 +1,5 @@
-"""Words of playlist names and track titles: one tokenizer for training and serving."""
+"""Words of playlist names and track titles: one tokenizer for training and serving,
+and the -1-padded index rows that token codes and seed tracks are passed as."""
 
 from typing import List, Sequence, Tuple
 
@@ -41,8 +42,13 @@ def token_codes(texts: Sequence[str], min_count: int) -> Tuple[np.ndarray, List[
       counts[token] = counts.get(token, 0) + 1
   vocab = sorted(t for t, c in counts.items() if c >= min_count)
   index = {t: i for i, t in enumerate(vocab)}
-  kept = [sorted(index[t] for t in row if t in index) for row in rows]
-  codes = np.full((len(kept), max([len(r) for r in kept] + [1])), -1, np.int64)
-  for i, row in enumerate(kept):
-    codes[i, :len(row)] = row
-  return codes, vocab
+  return pad_indices([sorted(index[t] for t in row if t in index) for row in rows]), vocab
+
+
+def pad_indices(rows: Sequence[Sequence[int]]) -> np.ndarray:
+  """[B] index rows -> [B, L] int64 padded with -1 (L = the longest row, >= 1)."""
+  width = max([len(row) for row in rows] + [1])
+  out = np.full((len(rows), width), -1, np.int64)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
+  return out
