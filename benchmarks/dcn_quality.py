@@ -25,6 +25,7 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 from benchmarks._stats import parse_sets
 from benchmarks._stats import print_seed_table
 from tfrec_music.data import synthetic
+from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.models.cascade import CascadeFamily
 from tfrec_music.models.dcn import DCNFamily
 from tfrec_music.models.family import EvalContext
@@ -72,6 +73,30 @@ def cascade_row(catalogue, preset: str, seed: int,
                                              / max(row["two_tower/valid/all/hr@10"], 1e-12))
   for weight, hr in family.fit_summary.get("valid_hr@10_by_blend", {}).items():
     row[f"cascade/valid_hr@10_blend_{weight}"] = hr
+  # What each re-ranker bought (validation) and what it cost (fit seconds).
+  for n, hr in family.fit_summary.get("valid_hr@10_by_rankers", {}).items():
+    row[f"cascade/valid_hr@10_rankers_{n}"] = hr
+  for stage, seconds in family.fit_summary.get("stage_seconds", {}).items():
+    row[f"cascade/seconds_{stage}"] = seconds
+  row.update(_prefix_test_rows(family, row["cascade/blend"]))
+  return row
+
+
+def _prefix_test_rows(family: CascadeFamily, blend: float) -> Dict[str, float]:
+  """Test HR@10 of the cascade with only its first n re-rankers, n = 1 .. rankers - 1.
+
+  Each prefix gets its own blend, chosen on validation as a fit with n
+  re-rankers would; the family is left as it was fitted.
+  """
+  rankers, row = list(family.rankers), {}
+  for n in range(1, len(rankers)):
+    family.rankers = rankers[:n]
+    family._choose_blend()  # pylint: disable=protected-access
+    metrics = evaluate_scorer(family.score_fn(), family.prepared, splits=("test",),
+                              cold_users=False, lists=False)
+    row[f"cascade/test_hr@10_rankers_{n}"] = metrics["test/all/hr@10"]
+    row[f"cascade/blend_rankers_{n}"] = family.blend
+  family.rankers, family.blend = rankers, blend
   return row
 
 

@@ -296,6 +296,14 @@ def test_evaluation_reports_cascade_and_retrieval_on_the_same_users(trained, cat
     assert family.fit_summary[stage]["resumed_from_step"] == 0
     assert family.fit_summary[stage]["epochs_run"] == len(family.fit_summary[stage]["history"])
   assert family.blend == max(family.config.blend_weights, key=lambda w: hr[str(w)])
+  # What each re-ranker fit bought, on validation: "0" is the retrieval order
+  # (the two-tower's own validation HR@10), the last is the chosen blend's.
+  by_rankers = family.fit_summary["valid_hr@10_by_rankers"]
+  assert list(by_rankers) == [str(n) for n in range(family.config.rankers + 1)]
+  assert by_rankers["0"] == pytest.approx(metrics["two_tower"]["valid/all/hr@10"])
+  assert by_rankers[str(family.config.rankers)] == pytest.approx(hr[str(family.blend)])
+  assert set(family.fit_summary["stage_seconds"]) == {"retrieval", "ranker"} | {
+      f"ranker_{i}" for i in range(1, family.config.rankers)}
   # The blend was chosen by validation HR@10: the reported validation HR@10 of
   # the cascade is that choice's (same candidates, same ranking rule).
   assert metrics["model"]["valid/all/hr@10"] == pytest.approx(hr[str(family.blend)])

@@ -189,14 +189,21 @@ class CascadeCore(ModelFamily):
                         split: str) -> np.ndarray:
     """[B, C] re-ranker logits of each user's candidates (history before `split`).
 
-    With an ensemble, the mean of the re-rankers' logits. They share one
-    vocabulary and history featurization (the same prepared data), so the
-    encoded features are computed once.
+    With an ensemble, the mean of the re-rankers' logits (`_ranker_logits`).
+    """
+    return np.mean(self._ranker_logits(user_ids, candidates, split), axis=0)
+
+  def _ranker_logits(self, user_ids: np.ndarray, candidates: np.ndarray,
+                     split: str) -> np.ndarray:
+    """[R, B, C] each re-ranker's logits of each user's candidates.
+
+    The re-rankers share one vocabulary and history featurization (the same
+    prepared data), so the encoded features are computed once.
     """
     b, c = candidates.shape
     features = self._pair_inputs(self.ranker, user_ids, candidates, split)
     rankers = self.rankers or [self.ranker]
-    return np.mean([r.predict_encoded(features) for r in rankers], axis=0).reshape(b, c)
+    return np.stack([r.predict_encoded(features).reshape(b, c) for r in rankers])
 
   def _pair_inputs(self, ranker: HardNegativeDCN, user_ids: np.ndarray, candidates: np.ndarray,
                    split: str) -> Dict[str, np.ndarray]:
@@ -224,21 +231,34 @@ class CascadeCore(ModelFamily):
     # Excluded tracks (score -inf: the user had them) stay last, whatever the blend.
     return np.where(np.isneginf(retrieval_scores), -np.inf, final)
 
-  def _choose_blend(self) -> Dict[str, float]:
-    """Validation HR@10 of each blend weight; keeps the best (first on ties)."""
+  def _choose_blend(self) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Validation HR@10 of each blend weight; keeps the best (first on ties).
+
+    Returns:
+      (HR@10 by blend weight with every re-ranker, the best blend's HR@10 by
+      number of re-rankers: "0" is the retrieval order, "n" the mean of the
+      first n re-rankers' logits, each at its own best blend). The second
+      tells what each further re-ranker fit bought (see `rankers`).
+    """
     valid = self.prepared.valid
     if len(valid) == 0:
-      return {}
+      return {}, {}
     users = valid["user_id"].astype(str).to_numpy()
     targets = self.prepared.item_index(valid["item_id"])
     candidates, scores = self.retrieve(users, "valid")
-    logits = self._candidate_logits(users, candidates, "valid")
+    logits = self._ranker_logits(users, candidates, "valid")
     k = min(10, candidates.shape[1])
-    result = {}
-    for weight in self.config.blend_weights:
-      final = self._final(logits, scores, weight, users)
+
+    def hr(final: np.ndarray) -> float:
       top = np.take_along_axis(candidates, np.argsort(-final, axis=1, kind="stable")[:, :k],
                                axis=1)
-      result[str(weight)] = float(np.mean((top == targets[:, None]).any(axis=1)))
-    self.blend = float(max(self.config.blend_weights, key=lambda w: result[str(w)]))
-    return result
+      return float(np.mean((top == targets[:, None]).any(axis=1)))
+
+    by_rankers = {"0": hr(scores)}
+    for n in range(1, len(logits) + 1):
+      mean = logits[:n].mean(axis=0)
+      by_blend = {str(w): hr(self._final(mean, scores, w, users))
+                  for w in self.config.blend_weights}
+      by_rankers[str(n)] = max(by_blend.values())
+    self.blend = float(max(self.config.blend_weights, key=lambda w: by_blend[str(w)]))
+    return by_blend, by_rankers

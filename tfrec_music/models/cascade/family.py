@@ -6,6 +6,7 @@ candidates' scoring are `CascadeCore`'s.
 """
 
 import logging
+import time
 from typing import Any, Callable, Dict, Sequence
 
 import numpy as np
@@ -45,17 +46,21 @@ class CascadeFamily(CascadeCore):
     """
     self._share_checkpointing(self.retrieval, "retrieval")
     backup = self.backup_dir or io.join(job_dir, "backup")
+    start = time.perf_counter()
     retrieval_summary = self._fit_or_restore(self.retrieval, "retrieval", job_dir, backup)
     config = self.config
     candidates = self._training_candidates()
+    seconds = {"retrieval": time.perf_counter() - start}
     self.rankers, ranker_summaries, stages = [], [], ["retrieval"]
     for index in range(config.rankers):
+      start = time.perf_counter()
       ranker = self._new_ranker(index, candidates)
       name = "ranker" if index == 0 else f"ranker_{index}"
       stages.append(name)
       self._share_checkpointing(ranker, name)
       ranker_summaries.append(self._fit_or_restore(ranker, name, job_dir, backup))
       self.rankers.append(ranker)
+      seconds[name] = time.perf_counter() - start
     self.ranker = self.rankers[0]
     for name in stages:
       folder = io.join(backup, f"two_tower_dcn_{name}")
@@ -63,11 +68,13 @@ class CascadeFamily(CascadeCore):
         tf.io.gfile.rmtree(folder)  # finished: the stage backups are no longer needed
     if tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
       tf.io.gfile.rmtree(backup)
-    valid_hr = self._choose_blend()
-    logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s)", self.blend,
-                 valid_hr)
+    valid_hr, by_rankers = self._choose_blend()
+    logging.info("two_tower_dcn: blend %.2f (validation HR@10 by blend: %s; by number of "
+                 "re-rankers: %s; stage seconds: %s)", self.blend, valid_hr, by_rankers,
+                 seconds)
     self.fit_summary = {"retrieval": retrieval_summary, "ranker": ranker_summaries[0],
-                        "blend": self.blend, "valid_hr@10_by_blend": valid_hr}
+                        "blend": self.blend, "valid_hr@10_by_blend": valid_hr,
+                        "valid_hr@10_by_rankers": by_rankers, "stage_seconds": seconds}
     if config.rankers > 1:
       self.fit_summary["rankers"] = ranker_summaries
     return self.fit_summary
