@@ -17,6 +17,7 @@ with `--data-seed`):
 """
 
 import argparse
+import os
 import time
 from typing import Dict, List, Optional
 
@@ -52,14 +53,15 @@ def dcn_row(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> 
 
 
 def cascade_row(catalogue, preset: str, seed: int,
-                overrides: Optional[Dict[str, object]] = None) -> Dict[str, float]:
+                overrides: Optional[Dict[str, object]] = None,
+                job_dir: str = "/tmp/dcn_quality") -> Dict[str, float]:
   """Test HR@10 of the cascade and of retrieval alone (same users) for one seed."""
   prepared = prepare(catalogue.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
                                                       "seed": seed}))
   family = CascadeFamily(CascadeFamily.make_config(preset, {**(overrides or {}), "seed": seed}),
                          prepared)
   start = time.perf_counter()
-  family.fit(f"/tmp/dcn_quality/cascade-{seed}")
+  family.fit(os.path.join(job_dir, f"cascade-{seed}"))
   row = {"cascade/fit_seconds": time.perf_counter() - start, "cascade/blend": family.blend}
   metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
   for name in ("model", "two_tower", "popularity", "oracle"):
@@ -113,6 +115,9 @@ def main() -> None:
   parser.add_argument("--cascade-set", action="append", default=[], metavar="NAME=VALUE",
                       help="Cascade config override.")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
+  parser.add_argument("--job-dir", default="/tmp/dcn_quality",
+                      help="The cascade fits' job folders go here (cascade-<seed>); give "
+                           "runs side by side their own.")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
   catalogue = synthetic.generate(args.preset, seed=args.data_seed)
@@ -120,7 +125,8 @@ def main() -> None:
   for seed in args.seeds:
     row = {} if args.no_dcn else dcn_row(catalogue, args.preset, seed, overrides)
     if args.cascade:
-      row.update(cascade_row(catalogue, args.preset, seed, parse_sets(args.cascade_set)))
+      row.update(cascade_row(catalogue, args.preset, seed, parse_sets(args.cascade_set),
+                             args.job_dir))
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()), flush=True)
   print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",

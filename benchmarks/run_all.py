@@ -103,7 +103,8 @@ SUITE: Tuple[Benchmark, ...] = (
     Benchmark("two_tower_quality", "two_tower_quality",
               ("--seeds", "0", "1", "2", "--preset", "default"), None, "--json", 1500,
               "two-tower ids / all features, popularity, oracle: HR@10, NDCG@10 (item 6)"),
-    # ~65 min (64.8 measured): the cascade trains three re-rankers per seed (19-24 min a seed).
+    # The cascade trains one re-ranker per seed (6 + 2 negatives per positive): about 6 min a
+    # seed on an idle 2-core machine (it was 19-24 min with three re-rankers of 12 + 4).
     Benchmark("dcn_quality", "dcn_quality", ("--seeds", "0", "1", "2", "--cascade"), None,
               "--json", 5400, "DCN RMSE and the cascade's HR@10 (item 6)"),
     Benchmark("two_tower_streaming", "two_tower_streaming", ("--targets", "1000000", "10000000"),

@@ -60,6 +60,9 @@ CHANGES: Tuple[ConfigChange, ...] = (
     ConfigChange("2026-12-03 11:10 UTC", ("als_vs_reference", "two_tower_quality"),
                  "ALS family presets solve with 6-step conjugate gradient on the new blocked "
                  "XLA solver (commits a2e70bb, 919bc5b)"),
+    ConfigChange("2026-12-04 04:20 UTC", ("dcn_quality",),
+                 "cascade defaults chosen by validation HR@10 per minute of fit: one re-ranker "
+                 "(was 3), 6 hard + 2 uniform negatives per positive (was 12 + 4)"),
 )
 
 

@@ -25,8 +25,12 @@ class CascadeConfig:
     top_k: Tracks served after re-ranking.
     hard_negatives: Negatives per positive drawn from the user's top
       `candidates` retrieved tracks (excluding the user's training tracks).
-      12 (with 4 uniform) was chosen on the default preset, seed 0, by
-      validation HR@10 with the history features: 0.2486 vs 0.2469 with 4 + 4.
+      6 (with 2 uniform) was chosen on the default preset by validation HR@10
+      per minute of fit, one re-ranker: seed 0 0.2467 with 6 + 2 vs 0.2459
+      with 12 + 4 and 0.2448 with 3 + 1, the re-ranker fit taking about 0.6x
+      the time of 12 + 4 (it trains on every negative: time follows the
+      negatives per positive); seed 1 0.2423 with 6 + 2 (retrieval alone
+      0.2305).
     random_negatives: Uniform negatives per positive.
     blend_weights: Candidate weights of the retrieval score in the final
       score; the one with the best validation HR@10 is used. 1.5, 3 and 4
@@ -61,14 +65,13 @@ class CascadeConfig:
       embeds the user id (off: a user is their history and country).
     rankers: Re-rankers trained with different seeds (initialization and
       negatives); the cascade scores a candidate with the mean of their
-      logits (an ensemble: less of one fit's noise). 1 = a single re-ranker;
-      each one more costs one more re-ranker fit. Two beat one on the
-      default preset's validation HR@10 (seed 0: 0.2480 vs 0.2438; seed 1:
-      0.2432 vs 0.2396). A third (the default) changed validation HR@10 by
-      -0.0010 to +0.0044 over seeds 0-4 (mean +0.0008, median -0.0002) and
-      test HR@10 by -0.0017 to +0.0042 (mean +0.0006): within one seed's
-      noise, for ~1.5x the cascade's fit time; kept because a mean of more
-      fits is less noisy (`rankers=2` is the faster choice).
+      logits. 1 (the default) was chosen by validation HR@10 per minute of
+      fit on the default preset (`valid_hr@10_by_rankers` in the fit summary
+      reports each prefix of an ensemble): the first re-ranker lifts
+      retrieval's 0.2362 to 0.2459 (seed 0; seed 3: 0.2375 to 0.2442), a
+      second adds 0.0010 (0.0011), a third -0.0016 (-0.0007), each for one
+      more re-ranker fit, which is most of the cascade's time (retrieval
+      ~2 min, a re-ranker ~5-9 min on 2 cores).
     retrieval_preset: Two-tower preset (set from `--preset`).
     retrieval_overrides: Two-tower config overrides (e.g. `{"epochs": 3}`).
     seed: Seed of both models and the negative sampling.
@@ -76,8 +79,8 @@ class CascadeConfig:
 
   candidates: int = 100
   top_k: int = 10
-  hard_negatives: int = 12
-  random_negatives: int = 4
+  hard_negatives: int = 6
+  random_negatives: int = 2
   blend_weights: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
   embedding_dim: int = 16
   cross_layers: int = 2
@@ -93,7 +96,7 @@ class CascadeConfig:
   history_features: Tuple[str, ...] = HISTORY_FEATURES
   history_pooling: Tuple[str, ...] = ("item_id", "artist", "genre")
   user_id_embedding: bool = True
-  rankers: int = 3
+  rankers: int = 1
   retrieval_preset: str = "default"
   retrieval_overrides: Tuple[Tuple[str, Any], ...] = ()
   seed: int = 0
