@@ -1,4 +1,4 @@
-"""ALS solver: padded blocks of rows, solved with XLA-compiled batched tf.linalg.
+"""ALS solver: padded blocks of rows (`layout`), solved with XLA-compiled batched tf.linalg.
 
 The recommender idea: a rating (or a confidence that a user likes a track)
 is the dot product of a user vector and a track vector. With the track
@@ -28,6 +28,8 @@ import numpy as np
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
+
+from tfrec_music.models.als import layout
 
 __all__ = ["ALSParams", "ALSSolver", "confidence", "fold_in", "edge_coefficients"]
 
@@ -137,103 +139,6 @@ def edge_coefficients(values, params: ALSParams, scale=None):
   return ones, values
 
 
-# ------------------------------------------------------------------ layout
-@dataclasses.dataclass
-class _Block:
-  """H rows of one side, their entries left-aligned in lines of D (two tensors: few arguments).
-
-  `index` [H, 2 + D] int32: the row solved (padding lines: the scratch row
-  n), its number of entries, then the fixed-side rows of its entries
-  (padding: 0). `coef` [H, 2 D + 1] float32: a, then b of each entry (0 for
-  padding), then the row's lambda (padding lines: 1).
-  """
-
-  index: tf.Tensor
-  coef: tf.Tensor
-
-  @property
-  def rows(self) -> tf.Tensor:
-    """[H] rows solved."""
-    return self.index[:, 0]
-
-  @property
-  def cols(self) -> tf.Tensor:
-    """[H, D] fixed-side rows."""
-    return self.index[:, 2:]
-
-
-def padded_length(degree: np.ndarray) -> np.ndarray:
-  """Rounds row lengths up to 4, 6, 8, 12, 16, 24, 32, 48, ... (half-octaves)."""
-  degree = np.maximum(degree, 1)
-  octave = 2 ** np.ceil(np.log2(degree)).astype(np.int64)
-  step = np.maximum(2, octave // 4)
-  return np.maximum(4, np.ceil(degree / step) * step).astype(np.int64)
-
-
-def block_bounds(lengths: np.ndarray, block_entries: int) -> List[Tuple[int, int, int, int]]:
-  """Splits rows sorted by decreasing length into blocks of about `block_entries`.
-
-  A block is [H, D]: D is the length of its first (longest) row and
-  H = block_entries // D, so every block of rows of one length class has the
-  same shape and XLA compiles it once. The last block's height is rounded up
-  to a power of two (at least 8) instead.
-
-  Returns:
-    [(start, stop, height, length)] over the sorted rows.
-  """
-  out, start, n = [], 0, len(lengths)
-  while start < n:
-    length = int(lengths[start])
-    height = max(1, block_entries // length)
-    stop = min(n, start + height)
-    if stop - start < height:
-      height = min(height, max(8, 1 << int(math.ceil(math.log2(stop - start)))))
-    out.append((start, stop, height, length))
-    start = stop
-  return out
-
-
-def _build_blocks(rows: np.ndarray, cols: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  n_rows: int, reg: float, reg_scaled: bool, block_entries: int
-                  ) -> Tuple[List[_Block], np.ndarray]:
-  """Lays the entries of every row out as padded dense blocks (see `block_bounds`).
-
-  Returns:
-    (blocks, degree [n_rows]).
-  """
-  order = np.lexsort((cols, rows))
-  rows, cols, a, b = rows[order], cols[order], a[order], b[order]
-  degree = np.bincount(rows, minlength=n_rows)
-  starts = np.concatenate([[0], np.cumsum(degree)])
-  active = np.flatnonzero(degree > 0)
-  active = active[np.argsort(-degree[active], kind="stable")]
-  blocks = []
-  for lo, hi, height, length in block_bounds(padded_length(degree[active]), block_entries):
-    chunk = active[lo:hi]
-    chunk_degree = degree[chunk]
-    # Scatter each row's entries into its padded line.
-    line = np.repeat(np.arange(len(chunk)), chunk_degree)
-    position = np.arange(int(chunk_degree.sum())) - np.repeat(
-        np.cumsum(chunk_degree) - chunk_degree, chunk_degree)
-    entry = np.repeat(starts[chunk], chunk_degree) + position
-    block_cols = np.zeros((height, length), np.int32)
-    block_a = np.zeros((height, length), np.float32)
-    block_b = np.zeros((height, length), np.float32)
-    block_cols[line, position] = cols[entry]
-    block_a[line, position] = a[entry]
-    block_b[line, position] = b[entry]
-    block_rows = np.full(height, n_rows, np.int32)
-    block_rows[:len(chunk)] = chunk
-    block_reg = np.ones(height, np.float32)
-    block_reg[:len(chunk)] = reg * (chunk_degree if reg_scaled else 1.0)
-    block_count = np.zeros(height, np.int32)
-    block_count[:len(chunk)] = chunk_degree
-    blocks.append(_Block(
-        tf.constant(np.hstack([block_rows[:, None], block_count[:, None], block_cols])),
-        tf.constant(np.hstack([block_a, block_b, block_reg[:, None]]))))
-  return blocks, degree
-
-
 # ------------------------------------------------------------------ solves
 def _data_loss(scores, b, count, implicit):
   """Sum over a block's real entries of the data term (see `ALSSolver.step`).
@@ -252,15 +157,14 @@ def _data_loss(scores, b, count, implicit):
 
 
 def _unpack(fixed, index, coef):
-  """(yg [H, D, k], rows, count, a, b, reg) of a block (see `_Block`)."""
+  """(yg [H, D, k], rows, count, a, b, reg) of a block (see `layout.Stack`)."""
   length = tf.shape(index)[1] - 2
   yg = tf.gather(fixed, index[:, 2:])
   return (yg, index[:, 0], index[:, 1], coef[:, :length], coef[:, length:2 * length],
           coef[:, 2 * length])
 
 
-@tf.function(jit_compile=True)
-def _cg_block(fixed, current, gram, index, coef, steps, implicit):
+def _cg_rows(fixed, current, gram, index, coef, steps, implicit):
   """Warm-started conjugate gradient on one block; returns (x [H, k], data loss)."""
   yg, rows, count, a, b, reg = _unpack(fixed, index, coef)
 
@@ -288,6 +192,25 @@ def _cg_block(fixed, current, gram, index, coef, steps, implicit):
 
 
 @tf.function(jit_compile=True)
+def _cg_stack(fixed, current, gram, index, coef, count, steps, implicit):
+  """`_cg_rows` on the first `count` blocks of a stack in turn.
+
+  One block's gathered vectors stay in cache, and a call solves many blocks
+  (on CPU a call costs the thread pool a hand-off).
+
+  Returns:
+    (x [B H, k] (zeros for the blocks not solved), data loss).
+  """
+  def solve(i, x, loss):
+    block_x, block_loss = _cg_rows(fixed, current, gram, index[i], coef[i], steps, implicit)
+    return i + 1, tf.tensor_scatter_nd_update(x, [[i]], block_x[tf.newaxis]), loss + block_loss
+
+  x = tf.zeros([tf.shape(index)[0], tf.shape(index)[1], tf.shape(gram)[0]], gram.dtype)
+  _, x, loss = tf.while_loop(lambda i, *_: i < count, solve, (0, x, tf.zeros([], gram.dtype)))
+  return tf.reshape(x, [-1, tf.shape(gram)[0]]), loss
+
+
+@tf.function(jit_compile=True)
 def _normal_block(fixed, gram, index, coef):
   """A [H, k, k] and rhs [H, k] of one block."""
   yg, _, _, a, b, reg = _unpack(fixed, index, coef)
@@ -303,10 +226,18 @@ def _block_loss(fixed, index, coef, x, implicit):
   return _data_loss(tf.linalg.matvec(yg, x), b, count, implicit)
 
 
+@tf.function(jit_compile=True)
+def _objective(users, items, user_gram, item_gram, user_weight, item_weight, data, reg):
+  """`data` + trace(X'X Y'Y) (zero Grams: explicit) + reg * the penalty."""
+  penalty = (tf.reduce_sum(user_weight * tf.reduce_sum(tf.square(users), axis=1))
+             + tf.reduce_sum(item_weight * tf.reduce_sum(tf.square(items), axis=1)))
+  return data + tf.reduce_sum(user_gram * item_gram) + reg * penalty
+
+
 def _flat(fn, *args) -> Callable:
   """`fn` traced for `args` (Python values static): tensor arguments -> list of outputs.
 
-  The solver calls one program per block and half-step; the traced
+  The solver calls one program per stack and half-step; the traced
   function's flat call (TF 2.20) costs a tenth of the Python time of a
   `tf.function` call.
   """
@@ -317,41 +248,44 @@ def _flat(fn, *args) -> Callable:
   return lambda *tensors: tf.nest.flatten(concrete(*tensors))
 
 
-class _BlockSolve:
-  """One block's compiled solve: `(fixed, current, gram) -> (x [H, k], data loss)`."""
+class _StackSolve:
+  """One stack's compiled solve: `(fixed, current, gram) -> (x [B H, k], data loss)`."""
 
-  def __init__(self, block: _Block, fixed: tf.Tensor, current: tf.Tensor, gram: tf.Tensor,
-               params: ALSParams):
-    self.block = block
+  def __init__(self, block: layout.Stack, fixed: tf.Tensor, current: tf.Tensor,
+               gram: tf.Tensor, params: ALSParams):
     self.cholesky = params.solver == "cholesky"
     self.steps = tf.constant(params.cg_steps)
-    if self.cholesky:
-      self._normal = _flat(_normal_block, fixed, gram, block.index, block.coef)
-      x = tf.TensorSpec([block.index.shape[0], params.rank], tf.float32)
-      self._loss = _flat(_block_loss, fixed, block.index, block.coef, x, params.implicit)
+    if self.cholesky:  # stacks of one block
+      self.index, self.coef = block.index[0], block.coef[0]
+      self._normal = _flat(_normal_block, fixed, gram, self.index, self.coef)
+      x = tf.TensorSpec([self.index.shape[0], params.rank], tf.float32)
+      self._loss = _flat(_block_loss, fixed, self.index, self.coef, x, params.implicit)
     else:
-      self._cg = _flat(_cg_block, fixed, current, gram, block.index, block.coef, self.steps,
-                       params.implicit)
+      self.index, self.coef, self.count = block.index, block.coef, block.count
+      self._cg = _flat(_cg_stack, fixed, current, gram, block.index, block.coef, block.count,
+                       self.steps, params.implicit)
 
   def __call__(self, fixed: tf.Tensor, current: tf.Tensor, gram: tf.Tensor):
-    block = self.block
     if not self.cholesky:
-      return self._cg(fixed, current, gram, block.index, block.coef, self.steps)
+      return self._cg(fixed, current, gram, self.index, self.coef, self.count, self.steps)
     # XLA builds A; TF's batched Cholesky (much faster than XLA's on CPU) solves it.
-    a_matrix, rhs = self._normal(fixed, gram, block.index, block.coef)
+    a_matrix, rhs = self._normal(fixed, gram, self.index, self.coef)
     x = tf.linalg.cholesky_solve(tf.linalg.cholesky(a_matrix), rhs[..., tf.newaxis])[..., 0]
-    return x, self._loss(fixed, block.index, block.coef, x)[0]
+    return x, self._loss(fixed, self.index, self.coef, x)[0]
 
 
 _POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+# Blocks of `block_entries` a CG stack holds at most.
+_STACK_BLOCKS = 8
 
 
 def _map(fn: Callable, items: Sequence) -> list:
   """`[fn(item) for item in items]` on a pool of one thread per core.
 
   On CPU, XLA programs launched from one graph run one at a time; eager
-  calls from several threads run side by side, so the blocks of a half-step
-  are dispatched from threads (the inter-op thread setting bounds them).
+  calls from several threads run side by side, so the stacks of a half-step
+  are dispatched from threads, largest first (the inter-op thread setting
+  bounds them).
   """
   global _POOL
   if _POOL is None:
@@ -405,10 +339,11 @@ class ALSSolver:
   """Alternating least squares over one sparse matrix of observations.
 
   Each row's entries are laid out in padded blocks (rows grouped by length,
-  `block_bounds`); a block gathers its fixed-side vectors once and solves
-  all its rows together in one XLA program (the data term of the loss comes
-  out of the item blocks), the blocks of a half-step dispatched from a pool
-  of threads, so the same code runs on CPU, GPU or TPU.
+  `layout.block_bounds`); a block gathers its fixed-side vectors once and
+  solves all its rows together, in one XLA program per stack of blocks of
+  one shape (the data term of the loss comes out of the item blocks), the
+  stacks of a half-step dispatched from a pool of threads, so the same code
+  runs on CPU, GPU or TPU.
 
   Example:
     >>> solver = ALSSolver(users, items, ratings, n_users, n_items,
@@ -454,24 +389,28 @@ class ALSSolver:
     a, b = edge_coefficients(values, params,
                              None if scale is None else np.asarray(scale, np.float64))
     a, b = a.astype(np.float32), b.astype(np.float32)
-    budget = params.block_entries
-    self.user_blocks, self.user_degree = _build_blocks(
-        user_index, item_index, a, b, n_users, params.reg, params.reg_scaled, budget)
-    self.item_blocks, self.item_degree = _build_blocks(
-        item_index, user_index, a, b, n_items, params.reg, params.reg_scaled, budget)
+    shape = (params.reg, params.reg_scaled, params.block_entries,
+             0 if params.solver == "cholesky" else _STACK_BLOCKS)
+    self.user_blocks, self.user_degree = layout.build_stacks(
+        user_index, item_index, a, b, n_users, *shape)
+    self.item_blocks, self.item_degree = layout.build_stacks(
+        item_index, user_index, a, b, n_items, *shape)
     rng = np.random.default_rng(params.seed)
     scale = params.init_scale / math.sqrt(params.rank)
-    self.user_factors = tf.constant(
-        (rng.normal(0.0, scale, (n_users, params.rank)) * (self.user_degree > 0)[:, None]
-         ).astype(np.float32))
-    self.item_factors = tf.constant(
-        (rng.normal(0.0, scale, (n_items, params.rank)) * (self.item_degree > 0)[:, None]
-         ).astype(np.float32))
-    self._weights = tuple(tf.constant(d if params.reg_scaled else np.ones_like(d), tf.float32)
+    # Both sides' factors are kept padded with zero rows to one height (the
+    # scratch row n of each side, where padding lines point, among them):
+    # blocks of one shape then share one compiled program across the sides.
+    height = max(self.n_users, self.n_items) + 1
+    initial = [rng.normal(0.0, scale, (n, params.rank)) * (degree > 0)[:, None]
+               for n, degree in ((n_users, self.user_degree), (n_items, self.item_degree))]
+    self._factors = [tf.constant(np.pad(x, [[0, height - len(x)], [0, 0]]).astype(np.float32))
+                     for x in initial]
+    self._weights = tuple(tf.constant(np.pad(d if params.reg_scaled else np.ones_like(d),
+                                             [0, height - len(d)]), tf.float32)
                           for d in (self.user_degree, self.item_degree))
     self._solves = [None, None]
-    self._rows = tuple(tf.concat([b.rows for b in blocks] or [tf.zeros([0], tf.int32)], 0)
-                       for blocks in (self.user_blocks, self.item_blocks))
+    self._positions = tuple(layout.positions(blocks, n, height) for blocks, n in (
+        (self.user_blocks, n_users), (self.item_blocks, n_items)))
     self.losses: List[float] = []
 
   # ----------------------------------------------------------------- steps
@@ -481,6 +420,32 @@ class ALSSolver:
       return tf.linalg.matmul(factors, factors, transpose_a=True)
     return tf.zeros([self.params.rank, self.params.rank], tf.float32)
 
+  @property
+  def user_factors(self) -> tf.Tensor:
+    """[n_users, k] user vectors."""
+    return self._factors[0][:self.n_users]
+
+  @property
+  def item_factors(self) -> tf.Tensor:
+    """[n_items, k] item vectors."""
+    return self._factors[1][:self.n_items]
+
+  def _solve_side(self, side: int, fixed: tf.Tensor, current: tf.Tensor, gram: tf.Tensor
+                  ) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`_half_step` on factors padded to the common height (see `__init__`).
+
+    The stacks' solutions are concatenated and gathered back into row order
+    (rows without entries: zero).
+    """
+    if self._solves[side] is None:
+      blocks = (self.user_blocks, self.item_blocks)[side]
+      self._solves[side] = [_StackSolve(b, fixed, current, gram, self.params) for b in blocks]
+    solved = _map(lambda solve: solve(fixed, current, gram), self._solves[side])
+    if not solved:
+      return tf.zeros_like(current), tf.zeros([])
+    lines = tf.concat([x for x, _ in solved] + [tf.zeros([1, current.shape[1]])], 0)
+    return tf.gather(lines, self._positions[side]), tf.add_n([loss for _, loss in solved])
+
   def _half_step(self, side: int, fixed: tf.Tensor, current: tf.Tensor
                  ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Solves every row of one side (0: users, 1: items) given `fixed`.
@@ -488,23 +453,11 @@ class ALSSolver:
     Returns:
       (new factors of the side, data loss of its entries at them).
     """
-    blocks = (self.user_blocks, self.item_blocks)[side]
-    n, k = int(current.shape[0]), self.params.rank
-    gram = self.gram(fixed)
-    # Both sides' factors padded with zero rows to one height (the solved
-    # side's row n, where padding lines point, among them): blocks of the
-    # same shape then share one compiled program across the two sides.
-    height = max(self.n_users, self.n_items) + 1
-    fixed = tf.pad(fixed, [[0, height - int(fixed.shape[0])], [0, 0]])
-    padded = tf.pad(current, [[0, height - n], [0, 0]])
-    if self._solves[side] is None:
-      self._solves[side] = [_BlockSolve(b, fixed, padded, gram, self.params) for b in blocks]
-    solved = _map(lambda solve: solve(fixed, padded, gram), self._solves[side])
-    if not solved:
-      return tf.zeros_like(current), tf.zeros([])
-    out = tf.scatter_nd(self._rows[side][:, tf.newaxis], tf.concat([x for x, _ in solved], 0),
-                        [n + 1, k])
-    return out[:n], tf.add_n([loss for _, loss in solved])
+    height = int(self._factors[0].shape[0])
+    out, loss = self._solve_side(
+        side, tf.pad(fixed, [[0, height - int(fixed.shape[0])], [0, 0]]),
+        tf.pad(current, [[0, height - int(current.shape[0])], [0, 0]]), self.gram(fixed))
+    return out[:int(current.shape[0])], loss
 
   def step(self) -> float:
     """One alternating pass (users, then items); returns the objective after it.
@@ -513,15 +466,13 @@ class ALSSolver:
     observed pairs, c (1 - s)^2 - s^2; explicit: (r - s)^2 over the observed
     pairs; then the penalty (see the module docstring).
     """
-    users, _ = self._half_step(0, self.item_factors, self.user_factors)
-    items, data = self._half_step(1, users, self.item_factors)
-    if self.params.implicit:
-      data += tf.reduce_sum(tf.linalg.matmul(users, users, transpose_a=True)
-                            * tf.linalg.matmul(items, items, transpose_a=True))
-    penalty = (tf.reduce_sum(self._weights[0] * tf.reduce_sum(tf.square(users), axis=1))
-               + tf.reduce_sum(self._weights[1] * tf.reduce_sum(tf.square(items), axis=1)))
-    self.user_factors, self.item_factors = users, items
-    loss = float(data + self.params.reg * penalty)
+    users, items = self._factors
+    users, _ = self._solve_side(0, items, users, self.gram(items))
+    user_gram = self.gram(users)
+    items, data = self._solve_side(1, users, items, user_gram)
+    self._factors = [users, items]
+    loss = float(_objective(users, items, user_gram, self.gram(items), *self._weights, data,
+                            self.params.reg))
     if not math.isfinite(loss):
       raise FloatingPointError(
           f"ALS loss became {loss} at iteration {len(self.losses) + 1}. Raise `reg` "
