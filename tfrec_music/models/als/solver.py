@@ -408,6 +408,7 @@ class ALSSolver:
     self._weights = tuple(tf.constant(np.pad(d if params.reg_scaled else np.ones_like(d),
                                              [0, height - len(d)]), tf.float32)
                           for d in (self.user_degree, self.item_degree))
+    self._reg = tf.constant(params.reg, tf.float32)  # a tensor: one trace for every lambda
     self._solves = [None, None]
     self._positions = tuple(layout.positions(blocks, n, height) for blocks, n in (
         (self.user_blocks, n_users), (self.item_blocks, n_items)))
@@ -472,7 +473,7 @@ class ALSSolver:
     items, data = self._solve_side(1, users, items, user_gram)
     self._factors = [users, items]
     loss = float(_objective(users, items, user_gram, self.gram(items), *self._weights, data,
-                            self.params.reg))
+                            self._reg))
     if not math.isfinite(loss):
       raise FloatingPointError(
           f"ALS loss became {loss} at iteration {len(self.losses) + 1}. Raise `reg` "
