@@ -156,7 +156,11 @@ class FusedAdam(tf.keras.optimizers.Adam):
     return [_dense(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
   def update_step(self, gradient, variable):
-    """One `ResourceApplyAdam` (Keras' own update with AMSGrad or adaptive epsilon)."""
+    """One `ResourceApplyAdam` (Keras' own update with AMSGrad or adaptive epsilon).
+
+    `gradient` is dense: `apply_gradients` passes every gradient through
+    `_deduplicate_sparse_grad` first.
+    """
     if self.amsgrad or getattr(self, "adaptive_epsilon", False):
       return super().update_step(gradient, variable)
     index = self._index_dict[self._var_key(variable)]
@@ -167,8 +171,7 @@ class FusedAdam(tf.keras.optimizers.Adam):
         var=variable.handle, m=self._momentums[index].handle,
         v=self._velocities[index].handle, beta1_power=tf.pow(beta_1, step),
         beta2_power=tf.pow(beta_2, step), lr=tf.cast(self.learning_rate, dtype),
-        beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype),
-        grad=_dense(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient)
+        beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
 
 
 def _dense(slices: tf.IndexedSlices) -> tf.Tensor:
