@@ -34,13 +34,18 @@ from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
 
-def dcn_row(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+# Where the fits' job folders go (dcn-<seed>, cascade-<seed>) unless `--job-dir` says.
+JOB_DIR = "/tmp/dcn_quality"
+
+
+def dcn_row(catalogue, preset: str, seed: int, overrides: Dict[str, object],
+            job_dir: str = JOB_DIR) -> Dict[str, float]:
   """Test RMSE of the DCN and the three baselines for one seed."""
   prepared = prepare(catalogue.tables, PrepareConfig(**{**DCNFamily.prepare_overrides,
                                                       "seed": seed}))
   family = DCNFamily(DCNFamily.make_config(preset, {**overrides, "seed": seed}), prepared)
   start = time.perf_counter()
-  family.fit(f"/tmp/dcn_quality/dcn-{seed}")
+  family.fit(os.path.join(job_dir, f"dcn-{seed}"))
   row = {"dcn/fit_seconds": time.perf_counter() - start,
          "dcn/examples_per_second": family.fit_summary["examples_per_second"]}
   metrics = family.evaluate(EvalContext())
@@ -54,7 +59,7 @@ def dcn_row(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> 
 
 def cascade_row(catalogue, preset: str, seed: int,
                 overrides: Optional[Dict[str, object]] = None,
-                job_dir: str = "/tmp/dcn_quality") -> Dict[str, float]:
+                job_dir: str = JOB_DIR) -> Dict[str, float]:
   """Test HR@10 of the cascade and of retrieval alone (same users) for one seed."""
   prepared = prepare(catalogue.tables, PrepareConfig(**{**CascadeFamily.prepare_overrides,
                                                       "seed": seed}))
@@ -115,15 +120,15 @@ def main() -> None:
   parser.add_argument("--cascade-set", action="append", default=[], metavar="NAME=VALUE",
                       help="Cascade config override.")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
-  parser.add_argument("--job-dir", default="/tmp/dcn_quality",
-                      help="The cascade fits' job folders go here (cascade-<seed>); give "
+  parser.add_argument("--job-dir", default=JOB_DIR,
+                      help="The fits' job folders go here (dcn-<seed>, cascade-<seed>); give "
                            "runs side by side their own.")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
   catalogue = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:
-    row = {} if args.no_dcn else dcn_row(catalogue, args.preset, seed, overrides)
+    row = {} if args.no_dcn else dcn_row(catalogue, args.preset, seed, overrides, args.job_dir)
     if args.cascade:
       row.update(cascade_row(catalogue, args.preset, seed, parse_sets(args.cascade_set),
                              args.job_dir))
