@@ -216,5 +216,24 @@ def main(argv: Optional[List[str]] = None) -> int:
   return 0
 
 
+def exit_with(code: int) -> None:
+  """Ends the process with `code`; a failed run skips interpreter teardown.
+
+  Once a run has failed (bad data, bad flags, diverged training) there is
+  nothing left to write but the message, already printed. Under load
+  TensorFlow's native thread pools were seen (once in a CI run) to abort the
+  process at interpreter teardown ("terminate called without an active
+  exception"), turning exit code 2 into -6, so failed runs flush their
+  streams and logs and leave with `os._exit`. Successful runs exit normally
+  (exit handlers may still have work to do).
+  """
+  if code == 0:
+    sys.exit(0)
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  exit_with(main())
