@@ -27,8 +27,10 @@ from benchmarks._stats import parse_sets
 from benchmarks._stats import print_seed_table
 from tfrec_music.data import synthetic
 from tfrec_music.evaluation.protocol import evaluate_scorer
+from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.models.cascade import CascadeFamily
 from tfrec_music.models.dcn import DCNFamily
+from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.family import EvalContext
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -68,11 +70,15 @@ def cascade_row(catalogue, preset: str, seed: int,
   start = time.perf_counter()
   family.fit(os.path.join(job_dir, f"cascade-{seed}"))
   row = {"cascade/fit_seconds": time.perf_counter() - start, "cascade/blend": family.blend}
-  metrics = family.evaluate(EvalContext(oracle=catalogue.oracle))
-  for name in ("model", "two_tower", "popularity", "oracle"):
+  # The four scorers this row reports, on the same protocol as `family.evaluate` (which also
+  # fits the ItemKNN and EASE baselines and scores cold users and top-K lists: unused here).
+  scorers = {"model": family.score_fn(), "two_tower": family.retrieval.score_fn(),
+             "popularity": fixed_scorer(PopularityModel.fit(prepared).score_fn()),
+             "oracle": fixed_scorer(catalogue.oracle.score_fn(prepared.item_ids))}
+  for name, scorer in scorers.items():
+    metrics = evaluate_scorer(scorer, prepared, ks=(10,), cold_users=False, lists=False)
     for key in ("test/all/hr@10", "valid/all/hr@10"):
-      if key in metrics.get(name, {}):
-        row[f"{name}/{key}"] = metrics[name][key]
+      row[f"{name}/{key}"] = metrics[key]
   row["ratio/cascade_vs_retrieval"] = (row["model/test/all/hr@10"]
                                        / max(row["two_tower/test/all/hr@10"], 1e-12))
   # The validation figures the blend was chosen on (the cascade's is its chosen blend's).
