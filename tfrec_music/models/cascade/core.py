@@ -164,7 +164,7 @@ class CascadeCore(ModelFamily):
     users = self.prepared.train["user_id"].astype(str).to_numpy()[:1]
     items = self.prepared.item_index(self.prepared.train["item_id"].to_numpy()[:1])
     features = self._pair_inputs(ranker, users, items[:, None], "valid")
-    ranker.ranker({k: tf.constant(v) for k, v in features.items()})
+    ranker.ranker({k: tf.constant(np.asarray(v)) for k, v in features.items()})
 
   def _share_checkpointing(self, stage: ModelFamily, name: str) -> None:
     """Gives a stage this family's checkpoint frequency and a backup folder of its own."""
@@ -212,8 +212,9 @@ class CascadeCore(ModelFamily):
     features = ranker.pair_features(np.repeat(np.asarray(user_ids).astype(str), c),
                                     candidates.reshape(-1))
     if ranker.history_features is not None:
-      history = np.repeat(self.history_rows(user_ids, split), c, axis=0)
-      ranker.with_history(features, history, candidates.reshape(-1))
+      # Each user's history is shared by the user's c candidates.
+      ranker.with_history(features, self.history_rows(user_ids, split), candidates.reshape(-1),
+                          rows=np.repeat(np.arange(len(candidates)), c))
     return features
 
   def _final(self, logits: np.ndarray, retrieval_scores: np.ndarray, blend: float,

@@ -110,11 +110,38 @@ class HardNegativeDCN(DCNFamily):
                                                 np.ceil(self.recent_share * size)))
 
   def with_history(self, features: Dict[str, np.ndarray], history: np.ndarray,
-                   candidates: np.ndarray, own: Optional[np.ndarray] = None
+                   candidates: np.ndarray, own: Optional[np.ndarray] = None,
+                   rows: Optional[np.ndarray] = None, chunk: int = 65_536
                    ) -> Dict[str, np.ndarray]:
-    """`features` plus the `dense` pair features of (history [N, H], candidate [N]) rows."""
-    if self.history_features is not None:
-      features.update(self.history_features.numpy(history, candidates, own))
+    """`features` plus the history inputs of (history, candidate [N]) rows.
+
+    The same values as `HistoryFeatures.numpy` of the [N, H] history: `dense`
+    [N, P] float32, and `history_<column>` [N, H] int32 lookup indices as
+    `RowGather`s of their M distinct histories' rows (a history is shared by a
+    positive's negatives, or by a user's candidates: N rows hold M << N of them).
+
+    Args:
+      features: Encoded pair features, updated in place.
+      history: [M, H] catalogue rows of the distinct histories (-1: none).
+      candidates: [N] catalogue rows of the candidates.
+      own: [N] bool, True for a training play of the row's user (see `HistoryFeatures`).
+      rows: [N] row of `history` of each candidate (None: row i, M = N).
+      chunk: Rows of `dense` computed per call.
+    """
+    features_of = self.history_features
+    if features_of is None:
+      return features
+    n = len(candidates)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    own = np.zeros(n, bool) if own is None else np.asarray(own)
+    dense = [features_of(tf.constant(history[rows[s:s + chunk]]),
+                         tf.constant(candidates[s:s + chunk]),
+                         tf.constant(own[s:s + chunk])).numpy() for s in range(0, n, chunk)]
+    features["dense"] = (np.concatenate(dense) if dense
+                         else np.zeros((0, features_of.size), np.float32))
+    for key, table in features_of.history_indices(tf.constant(history, tf.int64)).items():
+      # int32 indices: half the memory, as `HistoryFeatures.numpy` keeps them.
+      features[key] = RowGather(table.numpy().astype(np.int32), rows)
     return features
 
   def _pair_codes(self, user_ids, item_index: np.ndarray) -> np.ndarray:
@@ -165,6 +192,45 @@ class HardNegativeDCN(DCNFamily):
       # A training positive is one of its user's own plays: its popularity
       # counts the other listeners only, like any held-out track's.
       own = np.concatenate([np.full(len(pos), own_positives), np.zeros(len(neg), bool)])
-      self.with_history(features, history[np.concatenate([row, neg_rows])], items, own)
+      self.with_history(features, history, items, own, rows=np.concatenate([row, neg_rows]))
     features["label"] = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))]).astype(np.float32)
     return features
+
+
+class RowGather:
+  """`table[index]` [N, ...], gathered only where it is read (`x[rows]`, `x[a:b]`).
+
+  A re-ranker's history inputs repeat one history per positive for each of
+  its negatives, or one per user for each candidate; holding them as [N, H]
+  arrays copied ~1 GB per training epoch on the default preset. Training
+  batches (`epoch_batches`) and `predict_encoded` slice their inputs, so the
+  rows are gathered per batch; `np.asarray` gives the whole array.
+
+  Args:
+    table: [M, ...] distinct rows.
+    index: [N] row of `table` of each row.
+  """
+
+  def __init__(self, table: np.ndarray, index: np.ndarray):
+    self.table, self.index = table, np.asarray(index)
+
+  @property
+  def shape(self):
+    """(N,) + the table's row shape."""
+    return (len(self.index),) + self.table.shape[1:]
+
+  @property
+  def dtype(self):
+    """The table's dtype."""
+    return self.table.dtype
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self.table[self.index[key]]
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    del copy  # always a new array
+    out = self.table[self.index]
+    return out if dtype is None else out.astype(dtype)
