@@ -18,8 +18,9 @@ from tfrec_music.export.retrieval import load_candidates
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.two_tower import TwoTowerConfig
 from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.models.towers import embedding_mean
 from tfrec_music.models.towers import recency_ranks
-from tfrec_music.models.towers import recency_weighted_mean
+from tfrec_music.models.towers import recency_weights
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
 
@@ -189,14 +190,15 @@ def test_recency_ranks_and_weighted_mean_by_hand():
   # Ranks count valid positions from the end; padding anywhere does not shift them.
   assert recency_ranks(ids).numpy().tolist() == [[0, 0, 3, 2, 1], [3, 0, 2, 1, 0],
                                                  [0, 0, 0, 0, 0]]
-  emb = tf.reshape(tf.range(30, dtype=tf.float32), [3, 5, 2])
+  table = tf.reshape(tf.range(20, dtype=tf.float32), [10, 2])    # row i = [2i, 2i + 1]
   # Equal logits: the plain mean of the last 2 valid tracks; older ones and padding ignored.
-  np.testing.assert_allclose(recency_weighted_mean(emb, ids, tf.zeros([2])).numpy(),
-                             [[7, 8], [15, 16], [0, 0]])
+  np.testing.assert_allclose(
+      embedding_mean(table, ids, recency_weights(ids, tf.zeros([2]))).numpy(),
+      [[13, 14], [13, 14], [0, 0]])
   # The most recent track weighs 1, the one before 3: (3 * e[-2] + e[-1]) / 4.
   np.testing.assert_allclose(
-      recency_weighted_mean(emb, ids, tf.constant([0.0, np.log(3.0)])).numpy(),
-      [[6.5, 7.5], [14.5, 15.5], [0, 0]], rtol=1e-6)
+      embedding_mean(table, ids, recency_weights(ids, tf.constant([0.0, np.log(3.0)]))).numpy(),
+      [[12.5, 13.5], [10.5, 11.5], [0, 0]], rtol=1e-6)
   with pytest.raises(ValueError, match="`history_pooling` should be 'mean' or 'recency'"):
     TwoTowerConfig(history_pooling="last")
 

@@ -18,15 +18,46 @@ from tfrec_music.models.features import ItemFeatureSpec
 from tfrec_music.models.features import TEXT_VECTOR_COLUMN
 
 
-def masked_mean(embedded: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
-  """Mean of [B, T, d] embeddings over positions whose id is not 0 (padding).
+def embedding_mean(table: tf.Tensor, ids: tf.Tensor,
+                   weights: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """Mean of the `table` rows of each row's ids, padding (id 0) left out.
 
-  Rows with no valid position give zeros.
+  Without `weights`, the plain mean of the rows of a row's non-0 ids; with
+  [B, L] `weights`, sum(w e) / max(sum(w), 1e-9) over them. Rows with no
+  valid id give zeros. This is the mean of `tf.gather(table, ids)` [B, L, d]
+  with the padding masked, up to float rounding, but computed on the valid
+  entries only and without the [B, L, d] tensor: one sparse segment mean
+  (weighted: one sparse-dense matmul), whose gradient for `table` is one
+  dense [V, d] tensor built from the valid entries, where a gather gives
+  [B x L, d] rows that the optimizer then has to sum into the table.
+
+  Args:
+    table: [V, d] embedding table (a variable or its value).
+    ids: [B, L] row indices into `table`; 0 is padding.
+    weights: Optional [B, L] weight of each position (padding's is ignored).
+
+  Returns:
+    [B, d].
   """
-  mask = tf.cast(tf.not_equal(ids, 0), embedded.dtype)[..., tf.newaxis]
-  total = tf.reduce_sum(embedded * mask, axis=1)
-  count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-  return total / count
+  coords = tf.where(tf.not_equal(ids, 0))
+  rows, values = coords[:, 0], tf.gather_nd(ids, coords)
+  if weights is None:
+    return tf.sparse.segment_mean(table, values, rows, num_segments=tf.shape(ids)[0])
+  entries = tf.SparseTensor(
+      tf.stack([rows, values], axis=1), tf.gather_nd(weights, coords),
+      tf.stack([tf.shape(ids, out_type=tf.int64)[0], tf.shape(table, out_type=tf.int64)[0]]))
+  total = tf.sparse.sparse_dense_matmul(entries, table)
+  valid = tf.cast(tf.not_equal(ids, 0), weights.dtype)
+  return total / tf.maximum(tf.reduce_sum(weights * valid, axis=1, keepdims=True), 1e-9)
+
+
+def layer_mean(layer: tf.keras.layers.Embedding, ids: tf.Tensor,
+               weights: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """`embedding_mean` of an `Embedding` layer's table (the layer built on first use)."""
+  if not layer.built:
+    # Creates the weights where `layer(ids)` used to, so initial values are unchanged.
+    layer(ids[:0])
+  return embedding_mean(layer.embeddings, ids, weights)
 
 
 def recency_ranks(ids: tf.Tensor) -> tf.Tensor:
@@ -39,28 +70,23 @@ def recency_ranks(ids: tf.Tensor) -> tf.Tensor:
   return tf.cumsum(valid, axis=1, reverse=True) * valid
 
 
-def recency_weighted_mean(embedded: tf.Tensor, ids: tf.Tensor,
-                          logits: tf.Tensor) -> tf.Tensor:
-  """Mean of [B, L, d] embeddings weighted by `exp(logits[rank - 1])` of each position.
+def recency_weights(ids: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """[B, L] weight `exp(logits[rank - 1])` of each history position (0 if unused).
 
   Args:
-    embedded: [B, L, d] embeddings of a history.
-    ids: [B, L] its ids (0 = padding).
+    ids: [B, L] a history's ids (0 = padding).
     logits: [H] learned log-weight of the H most recent valid positions; older
       positions (rank > H) and padding get weight 0. All-zero logits give the
-      plain mean of the last H valid positions.
+      plain mean of the last H valid positions (see `embedding_mean`).
 
   Returns:
-    [B, d]; rows with no valid position give zeros.
+    [B, L] float weights.
   """
   rank = recency_ranks(ids)
   length = tf.shape(logits)[0]
   used = (rank > 0) & (rank <= length)
-  weight = tf.where(used, tf.exp(tf.gather(logits, tf.clip_by_value(rank - 1, 0, length - 1))),
-                    tf.zeros_like(logits[0]))
-  weight = tf.cast(weight, embedded.dtype)[..., tf.newaxis]
-  total = tf.reduce_sum(embedded * weight, axis=1)
-  return total / tf.maximum(tf.reduce_sum(weight, axis=1), 1e-9)
+  return tf.where(used, tf.exp(tf.gather(logits, tf.clip_by_value(rank - 1, 0, length - 1))),
+                  tf.zeros_like(logits[0]))
 
 
 def _mlp(layer_sizes: Sequence[int], output_dim: int, name: str) -> tf.keras.Sequential:
@@ -116,9 +142,9 @@ class CandidateTower(tf.keras.Model):
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     if self.tags is not None:
-      parts.append(masked_mean(self.tags(features["tags"]), features["tags"]))
+      parts.append(layer_mean(self.tags, features["tags"]))
     for column, layer in self.text.items():
-      parts.append(masked_mean(layer(features[column]), features[column]))
+      parts.append(layer_mean(layer, features[column]))
     if self.numeric is not None:
       parts.append(self.numeric(features["numeric"]))
     if self.text_vector is not None:
@@ -177,22 +203,20 @@ class QueryTower(tf.keras.Model):
   def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
     """Encoded `user_id` [B], user features [B], `history` [B, H] -> [B, d]."""
     history = features["history"]
-    parts = [self.user_embedding(features["user_id"]),
-             self._pool(self.item_embedding(history), history)]
+    parts = [self.user_embedding(features["user_id"]), self._pool(self.item_embedding, history)]
     for mapping, layer in self.history_content.values():
       # Padding (0) and unknown tracks (1) map to 0, which stays masked.
-      ids = tf.gather(mapping, history)
-      parts.append(self._pool(layer(ids), ids))
+      parts.append(self._pool(layer, tf.gather(mapping, history)))
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
 
-  def _pool(self, embedded: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
-    """Plain or recency-weighted mean of a history's [B, L, d] embeddings."""
+  def _pool(self, layer: tf.keras.layers.Embedding, ids: tf.Tensor) -> tf.Tensor:
+    """Plain or recency-weighted mean of `layer`'s embeddings of a history's [B, L] ids."""
     if self.recency_logits is None:
-      return masked_mean(embedded, ids)
-    return recency_weighted_mean(embedded, ids, self.recency_logits)
+      return layer_mean(layer, ids)
+    return layer_mean(layer, ids, recency_weights(ids, self.recency_logits))
 
   def get_config(self):
     """Towers are rebuilt from the family config; SavedModels carry the weights."""

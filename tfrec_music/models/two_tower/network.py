@@ -1,12 +1,13 @@
 """The two-tower training model, its query encoder and optimizer."""
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+from tensorflow_recommenders.layers.loss import MIN_FLOAT
 
 from tfrec_music.models.towers import CandidateTower
 from tfrec_music.models.towers import QueryTower
@@ -45,13 +46,9 @@ class TwoTowerModel(tfrs.Model):
       prob = prob / prob.sum()
     # Retrieval subtracts log(p): p ** e subtracts e x log(p).
     self.log_q = tf.constant(np.maximum(prob, 1e-12) ** config.logq_exponent, tf.float32)
-    # Summed per replica and divided by the global batch in `compute_loss`, so
-    # the gradients summed across replicas are the global-batch mean.
-    self.task = tfrs.tasks.Retrieval(
-        loss=tf.keras.losses.CategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
-        temperature=config.temperature,
-        remove_accidental_hits=config.remove_accidental_hits)
+    # What TFRS's `SamplingProbablityCorrection` subtracts, computed once for the
+    # catalogue instead of per batch.
+    self.log_correction = tf.math.log(tf.clip_by_value(self.log_q, 1e-6, 1.0))
 
   def candidate_features(self, indices: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Encoded features of the catalogue items at `indices` [N]."""
@@ -82,12 +79,57 @@ class TwoTowerModel(tfrs.Model):
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if training and self.config.cross_replica_negatives and replicas > 1:
       candidates, candidates_index = _gather_candidates(candidates, candidates_index)
-    probability = (tf.gather(self.log_q, candidates_index)
-                   if self.config.logq_correction else None)
-    loss = self.task(queries, candidates, candidate_sampling_probability=probability,
-                     candidate_ids=candidates_index, compute_metrics=False)
+    correction = (tf.gather(self.log_correction, candidates_index)
+                  if self.config.logq_correction else None)
+    loss = in_batch_softmax_loss(queries, candidates, candidates_index, correction,
+                                 self.config.temperature, self.config.remove_accidental_hits)
+    # Summed per replica and divided by the global batch, so the gradients
+    # summed across replicas are the global-batch mean.
     global_batch = tf.cast(tf.shape(queries)[0] * replicas, loss.dtype)
     return loss / global_batch
+
+
+def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
+                          candidate_ids: tf.Tensor, log_correction: Optional[tf.Tensor],
+                          temperature: float, remove_accidental_hits: bool) -> tf.Tensor:
+  """Summed in-batch softmax cross-entropy: `tfrs.tasks.Retrieval`'s loss, fewer passes.
+
+  Query i's positive is candidate i; the other candidates are its negatives.
+  The scores are those of `Retrieval` (dot products / temperature, minus the
+  log sampling probability, accidental hits set to TFRS's `MIN_FLOAT`), and
+  the loss is its categorical cross-entropy summed over the batch, bit for
+  bit; but the hits are masked with one select instead of the five
+  [B, N] passes of `RemoveAccidentalHits`, and the log probabilities come
+  from one precomputed table. (The dense cross-entropy with identity labels
+  is kept: its kernel is faster on CPU than the sparse one's.)
+
+  Args:
+    queries: [B, d] query vectors.
+    candidates: [N, d] candidate vectors, N >= B (extra negatives after the B
+      positives).
+    candidate_ids: [N] candidate ids (accidental hits: equal ids).
+    log_correction: Optional [N] log sampling probability of each candidate
+      (clipped as TFRS clips it), subtracted from its scores.
+    temperature: Scores are divided by it.
+    remove_accidental_hits: Mask negatives with the positive's id.
+
+  Returns:
+    Scalar: the loss summed over the B queries.
+  """
+  scores = tf.linalg.matmul(queries, candidates, transpose_b=True)
+  scores = scores / temperature
+  if log_correction is not None:
+    scores = scores - log_correction
+  n_queries = tf.shape(scores)[0]
+  rows = tf.range(n_queries)
+  if remove_accidental_hits:
+    positives = candidate_ids[:n_queries]
+    hits = tf.equal(positives[:, tf.newaxis], candidate_ids[tf.newaxis, :])
+    hits &= tf.not_equal(rows[:, tf.newaxis], tf.range(tf.shape(scores)[1])[tf.newaxis, :])
+    # TFRS adds MIN_FLOAT to a hit's score, which rounds to MIN_FLOAT itself.
+    scores = tf.where(hits, tf.constant(MIN_FLOAT, scores.dtype), scores)
+  labels = tf.eye(n_queries, tf.shape(scores)[1], dtype=scores.dtype)
+  return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels, scores))
 
 
 def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
