@@ -32,7 +32,7 @@ def test_quick_run_reports_both_settings_and_the_targets(capsys):
   assert set(report["results"]) == {"ours", "ours_default_features",
                                     "reference_train_metrics_off"}
   assert report["config"]["ours"]["features"] == "ids"
-  assert report["config"]["ours"]["history_length"] == 1
+  assert report["config"]["ours"]["history_length"] == 0
   assert report["config"]["ours_default_features"]["features"] == "all"
   for key in ("speedup", "speedup_default_features"):
     assert report[key]["reference_train_metrics_off"] > 0

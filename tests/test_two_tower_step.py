@@ -1,4 +1,4 @@
-"""Two-tower training step: sparse history pooling, the fused in-batch loss."""
+"""Two-tower training step: sparse history pooling, the fused in-batch loss, history off."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,10 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_music.models.towers import embedding_mean
+from tfrec_music.models.two_tower import TwoTowerConfig
+from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.models.two_tower.network import in_batch_softmax_loss
+from tfrec_music.prepare import prepare
 
 
 def _dense_mean(table, ids, weights):
@@ -74,3 +77,36 @@ def test_in_batch_softmax_loss_is_tfrs_retrieval_bit_for_bit(mixed_negatives):
                                                                       [queries, candidates])])
   for ours, theirs in zip(*results):
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_history_off_trains_exports_and_reloads(toy_tables, tmp_path):
+  with pytest.raises(ValueError, match="`history_length` should be a non-negative integer"):
+    TwoTowerConfig(history_length=-1)
+  for name, value in (("history_pooling", "recency"), ("history_content", True)):
+    with pytest.raises(ValueError, match=f"`{name}` = .* needs a history"):
+      TwoTowerConfig(history_length=0, **{name: value})
+  prepared = prepare(toy_tables)
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"history_length": 0,
+                                                              "epochs": 2}), prepared)
+  assert "history" not in family.training_features()
+  assert "history" not in family.query_signature()
+  assert family.query_encoder.history_lookup is None
+  family.fit(str(tmp_path / "job"))
+  assert family.fit_summary["best_valid_hr@10"] > 0
+  family.save(str(tmp_path / "export"))
+  users = prepared.vocabularies["user_id"][:5]
+  raw = {k: tf.constant(v) for k, v in family.raw_query_features(users, "test").items()}
+  assert set(raw) == {"user_id", "country"}
+  query_tower = tf.saved_model.load(str(tmp_path / "export" / "query_tower"))
+  served = query_tower.signatures["serving_default"](**raw)
+  np.testing.assert_allclose(served["embedding"].numpy(),
+                             family.query_embeddings(users, "test"), rtol=1e-5, atol=1e-6)
+  exported = tf.saved_model.load(str(tmp_path / "export"))
+  assert "history" not in exported.signatures["recommend"].structured_input_signature[1]
+  known = exported.signatures["serving_default"](user_id=tf.constant(users))
+  unknown = exported.signatures["recommend"](user_id=tf.constant(["nobody"]),
+                                             exclude=tf.constant([[""]]),
+                                             country=tf.constant([""]))
+  assert not known["fallback"].numpy().any() and unknown["fallback"].numpy().all()
+  seen = prepared.train[prepared.train.user_id == users[0]]["item_id"]
+  assert not set(seen) & set(known["item_ids"].numpy()[0].astype(str))

@@ -178,14 +178,19 @@ class QueryTower(tf.keras.Model):
       the H-th most recent) and pools with those weights, so recent tracks
       can count more when tastes drift. Tracks older than the H-th are
       ignored. The weights start equal (a plain mean).
+    use_history: False: no history input at all (`history_length` 0); the
+      tower is the user id and user features alone.
   """
 
   def __init__(self, user_vocab_size: int, categorical_sizes: Dict[str, int],
                item_embedding: tf.keras.layers.Embedding, embedding_dim: int,
                layer_sizes: Sequence[int], feature_dim: int = 32, normalize: bool = True,
                history_content: Optional[Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]] = None,
-               recency_length: int = 0, **kwargs):
+               recency_length: int = 0, use_history: bool = True, **kwargs):
     super().__init__(**kwargs)
+    if not use_history and (history_content or recency_length):
+      raise ValueError("History content and recency pooling need `use_history`.")
+    self.use_history = use_history
     self.recency_logits = (self.add_weight(name="recency_logits", shape=(recency_length,),
                                            initializer="zeros")
                            if recency_length > 0 else None)
@@ -201,12 +206,14 @@ class QueryTower(tf.keras.Model):
     self.mlp = _mlp(layer_sizes, embedding_dim, "query_mlp")
 
   def call(self, features: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    """Encoded `user_id` [B], user features [B], `history` [B, H] -> [B, d]."""
-    history = features["history"]
-    parts = [self.user_embedding(features["user_id"]), self._pool(self.item_embedding, history)]
-    for mapping, layer in self.history_content.values():
-      # Padding (0) and unknown tracks (1) map to 0, which stays masked.
-      parts.append(self._pool(layer, tf.gather(mapping, history)))
+    """Encoded `user_id` [B], user features [B], `history` [B, H] (if used) -> [B, d]."""
+    parts = [self.user_embedding(features["user_id"])]
+    if self.use_history:
+      history = features["history"]
+      parts.append(self._pool(self.item_embedding, history))
+      for mapping, layer in self.history_content.values():
+        # Padding (0) and unknown tracks (1) map to 0, which stays masked.
+        parts.append(self._pool(layer, tf.gather(mapping, history)))
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)

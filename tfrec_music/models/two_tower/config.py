@@ -22,7 +22,9 @@ class TwoTowerConfig:
     embedding_dim: Size of the shared user/track space.
     layer_sizes: Hidden layers of each tower's MLP.
     feature_dim: Embedding size of each content feature.
-    history_length: Recent tracks pooled in the user tower.
+    history_length: Recent tracks pooled in the user tower; 0 turns history
+      off: the user tower is the user id (and user features) alone, the
+      training rows carry no history and the export takes none.
     learning_rate: Optimizer learning rate.
     optimizer: `adam`, `adagrad` or `sgd`.
     batch_size: Training batch size (= in-batch negatives + 1).
@@ -99,9 +101,16 @@ class TwoTowerConfig:
     check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
                          "history_pooling": ("mean", "recency"),
                          "history_window": ("auto", "causal", "others")})
-    check_ints(self, ("embedding_dim", "batch_size", "epochs", "history_length", "top_k"))
-    check_ints(self, ("mixed_negatives", "item_id_min_count", "early_stopping_patience",
-                      "validation_users"), minimum=0)
+    check_ints(self, ("embedding_dim", "batch_size", "epochs", "top_k"))
+    check_ints(self, ("history_length", "mixed_negatives", "item_id_min_count",
+                      "early_stopping_patience", "validation_users"), minimum=0)
+    if self.history_length == 0:
+      for name, on in (("history_pooling", self.history_pooling != "mean"),
+                       ("history_content", self.history_content)):
+        if on:
+          raise ValueError(f"`{name}` = {getattr(self, name)!r} needs a history, but "
+                           "`history_length` = 0 turns it off. Set `history_length` >= 1 "
+                           f"or leave `{name}` at its default.")
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
     check_numbers(self, ("logq_exponent",))
     check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))

@@ -76,7 +76,9 @@ class TwoTowerCore(ModelFamily):
     train_items = prepared.items[prepared.items["item_id"].isin(set(vocabs["item_id"]))]
     self.spec = ItemFeatureSpec.from_items(prepared.items, self.use_content)
     self.item_encoder = ItemEncoder(self.spec, vocabs, train_items, name="item_encoder")
-    self.query_encoder = QueryEncoder(vocabs, self.user_features, name="query_encoder")
+    self.use_history = config.history_length > 0
+    self.query_encoder = QueryEncoder(vocabs, self.user_features, history=self.use_history,
+                                      name="query_encoder")
     self.catalogue = encode_catalogue(self.item_encoder, prepared.items)
     tf.keras.utils.set_random_seed(config.seed)
     item_embedding = tf.keras.layers.Embedding(len(vocabs["item_id"]) + 2, config.embedding_dim,
@@ -92,7 +94,7 @@ class TwoTowerCore(ModelFamily):
         normalize=config.normalize,
         history_content=self._history_content() if config.history_content else None,
         recency_length=config.history_length if config.history_pooling == "recency" else 0,
-        name="query_tower")
+        use_history=self.use_history, name="query_tower")
     counts = prepared.item_train_counts.astype(np.float64)
     self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
                                counts / max(counts.sum(), 1.0), config)
@@ -102,7 +104,8 @@ class TwoTowerCore(ModelFamily):
         "valid": history_lib.last_items(prepared.train, config.history_length),
         "test": history_lib.last_items(pd.concat([prepared.train, prepared.valid]),
                                        config.history_length),
-        "cold_user": history_lib.last_items(prepared.cold_user_history, config.history_length)}
+        "cold_user": history_lib.last_items(prepared.cold_user_history, config.history_length),
+    } if self.use_history else {}
     self.ignored_columns = self._ignored_columns()
     if any(self.ignored_columns.values()):
       logging.info("two_tower ignores columns it has no encoder for: %s", self.ignored_columns)
@@ -141,13 +144,14 @@ class TwoTowerCore(ModelFamily):
 
   # ----------------------------------------------------------------- training
   def training_features(self) -> Dict[str, np.ndarray]:
-    """Encoded training rows: user features, causal history and item index."""
+    """Encoded training rows: user features, causal history (if used) and item index."""
     train = self.prepared.train
     vocabs = self.prepared.vocabularies
     features = {
         "user_id": lookup_indices(train["user_id"], vocabs["user_id"]),
-        "history": self._training_history(train),
         "item_index": self.prepared.item_index(train["item_id"]).astype(np.int64)}
+    if self.use_history:
+      features["history"] = self._training_history(train)
     for column in self.user_features:
       values = self.user_table[column].reindex(train["user_id"]).fillna("").to_numpy()
       features[column] = lookup_indices(values, vocabs[column])
@@ -227,11 +231,12 @@ class TwoTowerCore(ModelFamily):
     return self._item_embeddings
 
   def raw_query_features(self, user_ids: Sequence[str], split: str) -> Dict[str, np.ndarray]:
-    """Raw user features at the time of `split` (history before it)."""
+    """Raw user features at the time of `split` (history before it, if used)."""
     user_ids = np.asarray(user_ids).astype(str)
-    raw = {"user_id": user_ids.astype(object),
-           "history": history_lib.history_matrix(user_ids, self.histories[split],
-                                                 self.config.history_length)}
+    raw = {"user_id": user_ids.astype(object)}
+    if self.use_history:
+      raw["history"] = history_lib.history_matrix(user_ids, self.histories[split],
+                                                  self.config.history_length)
     for column in self.user_features:
       raw[column] = self.user_table[column].reindex(user_ids).fillna("").astype(str).to_numpy().astype(object)
     return raw
@@ -266,7 +271,7 @@ class TwoTowerCore(ModelFamily):
 
   def query_signature(self) -> Dict[str, tf.TensorSpec]:
     """Raw query inputs besides `user_id`."""
-    return serving.query_signature(self.user_features)
+    return serving.query_signature(self.user_features, history=self.use_history)
 
   def save(self, directory: str) -> Dict[str, str]:
     """Exact-index SavedModel, ScaNN variant, both towers and the track vectors."""

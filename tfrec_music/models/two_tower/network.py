@@ -61,7 +61,7 @@ class TwoTowerModel(tfrs.Model):
       drop = tf.random.uniform(tf.shape(query_inputs["user_id"])) < self.config.user_id_dropout
       query_inputs["user_id"] = tf.where(drop, tf.ones_like(query_inputs["user_id"]),
                                          query_inputs["user_id"])
-    if training and self.config.history_dropout > 0:
+    if training and self.config.history_dropout > 0 and "history" in query_inputs:
       history = query_inputs["history"]
       hide = tf.random.uniform(tf.shape(history)) < self.config.history_dropout
       query_inputs["history"] = tf.where(hide, tf.zeros_like(history), history)
@@ -143,14 +143,21 @@ def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
 
 
 class QueryEncoder(tf.keras.layers.Layer):
-  """Raw user features (`user_id`, `country`, `history` track ids) -> indices."""
+  """Raw user features (`user_id`, `country`, `history` track ids) -> indices.
+
+  Args:
+    vocabularies: Column -> vocabulary (`user_id`, `item_id`, user features).
+    user_features: User feature columns encoded besides `user_id`.
+    history: Encode a `history` input (False: the model takes none).
+  """
 
   def __init__(self, vocabularies: Dict[str, Sequence[str]], user_features: Sequence[str],
-               **kwargs):
+               history: bool = True, **kwargs):
     super().__init__(**kwargs)
     self.user_features = tuple(user_features)
     self.user_lookup = string_lookup(vocabularies["user_id"], "user_id_lookup")
-    self.history_lookup = string_lookup(vocabularies["item_id"], "history_lookup")
+    self.history_lookup = (string_lookup(vocabularies["item_id"], "history_lookup")
+                           if history else None)
     self.feature_lookups = {c: string_lookup(vocabularies.get(c, []), f"{c}_lookup")
                             for c in self.user_features}
 
@@ -162,9 +169,10 @@ class QueryEncoder(tf.keras.layers.Layer):
     vector, so a history with unknown ids scores like the same history without
     them.
     """
-    history = self.history_lookup(raw["history"])
-    out = {"user_id": self.user_lookup(raw["user_id"]),
-           "history": tf.where(tf.equal(history, 1), tf.zeros_like(history), history)}
+    out = {"user_id": self.user_lookup(raw["user_id"])}
+    if self.history_lookup is not None:
+      history = self.history_lookup(raw["history"])
+      out["history"] = tf.where(tf.equal(history, 1), tf.zeros_like(history), history)
     for column in self.user_features:
       out[column] = self.feature_lookups[column](raw[column])
     return out

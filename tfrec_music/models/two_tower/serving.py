@@ -33,9 +33,10 @@ def query_model(encoder: tf.keras.layers.Layer, tower: tf.keras.layers.Layer) ->
   return _QueryModel()
 
 
-def query_signature(user_features: Sequence[str]) -> Dict[str, tf.TensorSpec]:
-  """Raw query inputs besides `user_id`."""
-  sig = {"history": tf.TensorSpec([None, None], tf.string, name="history")}
+def query_signature(user_features: Sequence[str],
+                    history: bool = True) -> Dict[str, tf.TensorSpec]:
+  """Raw query inputs besides `user_id` (`history` unless the model has none)."""
+  sig = {"history": tf.TensorSpec([None, None], tf.string, name="history")} if history else {}
   for column in user_features:
     sig[column] = tf.TensorSpec([None], tf.string, name=column)
   return sig
@@ -79,7 +80,8 @@ def save_export(family: Any, directory: str) -> Dict[str, str]:
   return {
       "serving_default": "user_id [B] -> item_ids [B, k], scores [B, k], fallback [B] "
                          "(stored history of known users; popularity for unknown users)",
-      "recommend": "user_id [B], history [B, H] (padded with ''), "
+      "recommend": "user_id [B], "
+                   + ("history [B, H] (padded with ''), " if family.config.history_length else "")
                    + "".join(f"{c} [B], " for c in family.user_features)
                    + "exclude [B, E] -> item_ids, scores, fallback",
       "scann/": "the same signatures over a ScaNN index (needs ScaNN ops)",
