@@ -9,11 +9,18 @@ and max of HR@10 and NDCG@10 for all / cold / warm tracks and cold users (the
 two-tower issue's figures and the benchmark issue's quality table):
 
   python -m benchmarks.two_tower_quality --seeds 0 1 2 [--preset default] [--set k=v ...]
+
+`--cascade-job-dir DIR` also leaves each seed's `all` fit where
+`benchmarks.dcn_quality --cascade --job-dir DIR` restores it as its cascade's
+retrieval stage (the same two-tower model, split and seed: it is not fitted
+twice; `run_all` runs the two entries so); a fit the cascade would not train
+(other `--set` overrides) is not left.
 """
 
 import argparse
+import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 
@@ -23,6 +30,7 @@ from tfrec_music.data import synthetic
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer
 from tfrec_music.models.als import ALSFamily
+from tfrec_music.models.cascade import CascadeFamily
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.models.two_tower import TwoTowerFamily
 from tfrec_music.prepare import PrepareConfig
@@ -32,7 +40,8 @@ KEYS = tuple(f"test/{group}/{metric}@10" for metric in ("hr", "ndcg")
              for group in ("all", "cold", "warm", "cold_user"))
 
 
-def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object]) -> Dict[str, float]:
+def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object],
+             cascade_job_dir: Optional[str] = None) -> Dict[str, float]:
   """Figures of one seed: both feature settings, popularity and the oracle."""
   prepared = prepare(catalogue.tables, PrepareConfig(seed=seed))
   row: Dict[str, float] = {}
@@ -45,6 +54,10 @@ def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object]) ->
     row[f"{features}/fit_seconds"] = time.perf_counter() - start
     metrics = evaluate_scorer(family.score_fn(), prepared, splits=("test",), ks=(10,))
     row.update({f"{features}/{k}": metrics[k] for k in KEYS})
+    if features == "all" and cascade_job_dir:
+      cascade = CascadeFamily(CascadeFamily.make_config(preset, {"seed": seed}), prepared)
+      row["all/left_for_cascade"] = float(cascade.leave_retrieval(
+          family, os.path.join(cascade_job_dir, f"cascade-{seed}")))
   als = ALSFamily(ALSFamily.make_config(preset, {"seed": seed}), prepared)
   start = time.perf_counter()
   als.fit(f"/tmp/two_tower_quality/als-{seed}")
@@ -71,12 +84,15 @@ def main() -> None:
   parser.add_argument("--data-seed", type=int, default=0)
   parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
   parser.add_argument("--json", default=None, help="Also write all rows to this file.")
+  parser.add_argument("--cascade-job-dir", default=None,
+                      help="Leave each seed's `all` fit for `dcn_quality --cascade --job-dir` "
+                           "this folder (see the module docstring).")
   args = parser.parse_args()
   overrides = parse_sets(args.set)
   catalogue = synthetic.generate(args.preset, seed=args.data_seed)
   rows = []
   for seed in args.seeds:
-    row = run_seed(catalogue, args.preset, seed, overrides)
+    row = run_seed(catalogue, args.preset, seed, overrides, args.cascade_job_dir)
     rows.append(row)
     print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                       if k.startswith("ratio/") or k.endswith("hr@10")),

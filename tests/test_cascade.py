@@ -270,6 +270,45 @@ def test_heavy_listeners_train_the_reranker_on_their_recent_share(trained):
   assert (sizes > 6).any() and (sizes <= 6).any() and len(shared) > len(positives(0.0))
 
 
+def test_shared_histories_give_the_rows_of_the_full_history_inputs(trained):
+  """`with_history` over M distinct histories and each row's index into them holds the
+  values `HistoryFeatures.numpy` gives for the [N, H] rows; `RowGather` slices like them."""
+  family, _, _ = trained
+  ranker = family.ranker
+  users = family.prepared.valid["user_id"].astype(str).to_numpy()[:7]
+  history = family.history_rows(users, "valid")
+  rows = np.random.default_rng(0).integers(0, len(users), size=40)
+  items = np.random.default_rng(1).integers(0, family.prepared.n_items, size=40)
+  own = np.arange(40) % 3 == 0
+  got = ranker.with_history({}, history, items, own, rows=rows, chunk=16)
+  want = ranker.history_features.numpy(history[rows], items, own)
+  assert set(got) == set(want)
+  np.testing.assert_array_equal(got["dense"], want["dense"])
+  for key in want:
+    if key != "dense":
+      assert got[key].shape == want[key].shape and got[key].dtype == want[key].dtype
+      np.testing.assert_array_equal(np.asarray(got[key]), want[key])
+      np.testing.assert_array_equal(got[key][5:9], want[key][5:9])
+      np.testing.assert_array_equal(got[key][np.array([3, 0, 39])], want[key][[3, 0, 39]])
+
+
+def test_a_left_retrieval_fit_is_restored_not_refitted(trained, tmp_path):
+  """`leave_retrieval`: a second cascade on the same data restores the first's two-tower
+  fit as its finished retrieval stage; a differently configured one is not left."""
+  family, _, _ = trained
+  other = CascadeFamily(family.config, family.prepared)
+  assert other.leave_retrieval(family.retrieval, str(tmp_path))
+  backup = os.path.join(str(tmp_path), "backup")
+  summary = other._fit_or_restore(other.retrieval, "retrieval", str(tmp_path), backup)  # pylint: disable=protected-access
+  assert summary["restored"]
+  users = family.prepared.test["user_id"].astype(str).to_numpy()[:20]
+  np.testing.assert_allclose(other.retrieval.scorer("test")(users),
+                             family.retrieval.scorer("test")(users), rtol=1e-6)
+  changed = CascadeFamily(CascadeFamily.make_config(
+      "tiny", {"retrieval_overrides": {"epochs": 1}}), family.prepared)
+  assert not changed.leave_retrieval(family.retrieval, str(tmp_path / "changed"))
+
+
 def test_cascade_reorders_only_the_retrieved_candidates(trained):
   family, _, _ = trained
   users = family.prepared.test["user_id"].astype(str).to_numpy()[:40]

@@ -130,13 +130,7 @@ class CascadeCore(ModelFamily):
     folders are removed.
     """
     folder = io.join(backup, f"two_tower_dcn_{name}")
-    tag = {"config": dataclasses.asdict(stage.config), "data": self.prepared.fingerprint}
-    if isinstance(stage, HardNegativeDCN):
-      # A re-ranker also depends on what its DCN config does not hold: its
-      # positives and negatives, its features, and the retrieval stage behind
-      # its hard negatives (all in the cascade's config).
-      tag["cascade"] = dataclasses.asdict(self.config)
-    fingerprint = json.dumps(tag, sort_keys=True, default=str)
+    fingerprint = self._stage_fingerprint(stage)
     summary_path = io.join(folder, "summary.json")
     checkpoint = tf.train.Checkpoint(model=stage.model)
     if tf.io.gfile.exists(summary_path):
@@ -152,12 +146,43 @@ class CascadeCore(ModelFamily):
       logging.warning("The %s stage in %s was written by a run with another "
                       "configuration; training it afresh.", name, folder)
     summary = stage.fit(io.join(job_dir, name))
-    tf.io.gfile.makedirs(folder)
-    checkpoint.write(io.join(folder, "weights"))
-    with tf.io.gfile.GFile(summary_path + ".tmp", "w") as f:
-      json.dump({"fingerprint": fingerprint, "summary": summary}, f, default=str)
-    tf.io.gfile.rename(summary_path + ".tmp", summary_path, overwrite=True)
+    _write_stage(stage, folder, fingerprint, summary)
     return summary
+
+  def _stage_fingerprint(self, stage: ModelFamily) -> str:
+    """What a finished stage's checkpoint is tagged with: its config and data (a re-ranker's
+    also the cascade's config)."""
+    tag = {"config": dataclasses.asdict(stage.config), "data": self.prepared.fingerprint}
+    if isinstance(stage, HardNegativeDCN):
+      # A re-ranker also depends on what its DCN config does not hold: its
+      # positives and negatives, its features, and the retrieval stage behind
+      # its hard negatives (all in the cascade's config).
+      tag["cascade"] = dataclasses.asdict(self.config)
+    return json.dumps(tag, sort_keys=True, default=str)
+
+  def leave_retrieval(self, fitted: TwoTowerFamily, job_dir: str) -> bool:
+    """Leaves an already fitted two-tower model where `fit(job_dir)` restores it as the
+    finished retrieval stage (as after a killed run), if it is the one this cascade trains.
+
+    For side-by-side benchmarks that fit the same two-tower model for themselves
+    (`benchmarks.two_tower_quality --cascade-job-dir`).
+
+    Args:
+      fitted: A fitted `TwoTowerFamily`.
+      job_dir: The job folder the cascade will be fitted with (its default backup folder).
+
+    Returns:
+      Whether it was left: False when its config (`top_k` aside, which only the
+      export reads) or its prepared data differ from this cascade's retrieval stage.
+    """
+    mine = self.retrieval.config
+    if (dataclasses.replace(fitted.config, top_k=mine.top_k) != mine
+        or fitted.prepared.fingerprint != self.prepared.fingerprint):
+      return False
+    stage = self.retrieval
+    folder = io.join(self.backup_dir or io.join(job_dir, "backup"), "two_tower_dcn_retrieval")
+    _write_stage(fitted, folder, self._stage_fingerprint(stage), fitted.fit_summary)
+    return True
 
   def _build_ranker(self, ranker: HardNegativeDCN) -> None:
     """Creates a re-ranker's variables by scoring one (user, track) pair."""
@@ -263,3 +288,15 @@ class CascadeCore(ModelFamily):
       by_rankers[str(n)] = max(by_blend.values())
     self.blend = float(max(self.config.blend_weights, key=lambda w: by_blend[str(w)]))
     return by_blend, by_rankers
+
+
+def _write_stage(stage: ModelFamily, folder: str, fingerprint: str,
+                 summary: Dict[str, Any]) -> None:
+  """Writes a finished stage's checkpoint (weights, then its tagged summary) for
+  `CascadeCore._fit_or_restore`."""
+  tf.io.gfile.makedirs(folder)
+  tf.train.Checkpoint(model=stage.model).write(io.join(folder, "weights"))
+  summary_path = io.join(folder, "summary.json")
+  with tf.io.gfile.GFile(summary_path + ".tmp", "w") as f:
+    json.dump({"fingerprint": fingerprint, "summary": summary}, f, default=str)
+  tf.io.gfile.rename(summary_path + ".tmp", summary_path, overwrite=True)
