@@ -85,9 +85,11 @@ def test_history_off_trains_exports_and_reloads(toy_tables, tmp_path):
   for name, value in (("history_pooling", "recency"), ("history_content", True)):
     with pytest.raises(ValueError, match=f"`{name}` = .* needs a history"):
       TwoTowerConfig(history_length=0, **{name: value})
+  config = TwoTowerFamily.make_config("tiny", {"history_length": 0, "epochs": 2})
+  with pytest.raises(ValueError, match="`--stream` .* needs `history_length` >= 1"):
+    TwoTowerFamily.stream_train(str(tmp_path / "no_data"), config, str(tmp_path / "stream"))
   prepared = prepare(toy_tables)
-  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"history_length": 0,
-                                                              "epochs": 2}), prepared)
+  family = TwoTowerFamily(config, prepared)
   assert "history" not in family.training_features()
   assert "history" not in family.query_signature()
   assert family.query_encoder.history_lookup is None

@@ -17,7 +17,13 @@ class TwoTowerFamily(TwoTowerCore):
     rerun on the same files (see `two_tower.materialize`); training
     and evaluation (a sample of users, each user's last two plays held out)
     are `two_tower.stream.stream_fit`'s, the export its `stream_export`.
+
+    Raises:
+      ValueError: `history_length` 0 (the shards always carry a history).
     """
+    if config.history_length == 0:
+      raise ValueError("`--stream` trains on materialized histories and needs "
+                       "`history_length` >= 1; history off (0) is in-memory training only.")
     shard_dir = io.join(job_dir, "stream_shards")
     manifest = materialize(data_dir, shard_dir, config.history_length, seed=config.seed)
     kept = {}
