@@ -64,11 +64,17 @@ class Benchmark:
   extra: bool = False
 
 
-# Full-suite flags are chosen for a < 45 min total on 2 cores; see each script's
-# docstring for what the flags mean. Measured alone on the 2-core dev machine
-# (shared): eval_vs_factorized_topk ~4 min, scann_recall 100k ~4 min + 1M ~4 min,
-# training_throughput ~2 min, training_throughput_tutorial ~7.5 min; the others'
-# times were not measured here, and the budget skips whatever does not fit.
+# An entry's flags may name this run's scratch folder (a temporary folder, removed after the run).
+WORKDIR = "{workdir}"
+
+# Full-suite flags are chosen for a < 45 min total on 2 cores (`--budget-min` 42); see each
+# script's docstring for what the flags mean. Seconds of the last records (benchmarks.json) on
+# the shared 2-core machine: eval_throughput 14, eval_vs_factorized_topk 127, scann_recall 221,
+# training_throughput 79, mpd_streaming_rss 10, als_vs_reference 84, playlist_quality 230,
+# two_tower_streaming 284 (more on a fresh machine: it first writes ~10M rows);
+# training_throughput_tutorial 313 with full reference epochs, 226 with 80 steps (load 6-7);
+# dcn_quality 2317 at load 4-6 before the cascade's speed-ups (issue 23). The budget skips
+# whatever does not fit.
 SUITE: Tuple[Benchmark, ...] = (
     Benchmark("eval_throughput", "eval_throughput", (), None, None, 300,
               "users/s of full-ranking evaluation, 10k users x 50k items x 64"),
@@ -89,26 +95,38 @@ SUITE: Tuple[Benchmark, ...] = (
               "--json", 1200,
               "two-tower examples/s (ids without history; default features) and time to the "
               "same valid HR@10 vs the TFRS-tutorial reference (items 1, 23)"),
+    # The tutorial model runs at ~2k examples/s (2.3 min a full epoch): its epochs are bounded
+    # to 80 of their ~270 batches (examples/s of those steps; its HR is after them).
     Benchmark("training_throughput_tutorial", "training_throughput",
               ("--preset", "default", "--epochs", "2", "--ref-train-metrics", "on",
-               "--ours", "ids_no_history"),
+               "--ours", "ids_no_history", "--ref-max-steps", "80"),
               None, "--json", 1200,
-              "the same against the tutorial exactly (FactorizedTopK in training steps)"),
+              "the same against the tutorial exactly (FactorizedTopK in training steps; "
+              "80 reference steps an epoch)"),
     Benchmark("mpd_streaming_rss", "mpd_streaming_rss", (), None, None, 600,
               "peak RSS of the MPD loader, 10 vs 100 slices (item 5)"),
     Benchmark("similar_users_throughput", "similar_users_throughput", (), None, None, 600,
               "similar-user queries/s from a user_similarity export", extra=True),
     Benchmark("als_vs_reference", "als_vs_reference", ("--preset", "default"), None,
               "--output", 900, "ALS vs implicit and Spark local (item 4)"),
+    # CG solvers only: at 10x users Cholesky is 5-6x slower (ours and implicit's) and took
+    # most of the entry's 380 s (load 6).
+    Benchmark("als_vs_reference_10x_users", "als_vs_reference",
+              ("--users-scale", "10", "--skip", "explicit", "--solvers", "cg"), None,
+              "--output", 900,
+              "ALS (CG) vs implicit (CG) at 10x the default preset's users (item 4)"),
     Benchmark("playlist_quality", "playlist_quality", ("--seeds", "0", "1", "2"), None, "--json",
               900, "playlist MF R-precision vs same-artist / same-album (item 6)"),
+    # two_tower_quality leaves each seed's default two-tower fit (features=all) for
+    # dcn_quality's cascade, whose retrieval stage is that same model: it is fitted once.
     Benchmark("two_tower_quality", "two_tower_quality",
-              ("--seeds", "0", "1", "2", "--preset", "default"), None, "--json", 1500,
+              ("--seeds", "0", "1", "2", "--preset", "default",
+               "--cascade-job-dir", f"{WORKDIR}/dcn_quality"), None, "--json", 1500,
               "two-tower ids / all features, popularity, oracle: HR@10, NDCG@10 (item 6)"),
-    # The cascade trains one re-ranker per seed (6 + 2 negatives per positive): about 6 min a
-    # seed on an idle 2-core machine (it was 19-24 min with three re-rankers of 12 + 4).
-    Benchmark("dcn_quality", "dcn_quality", ("--seeds", "0", "1", "2", "--cascade"), None,
-              "--json", 5400, "DCN RMSE and the cascade's HR@10 (item 6)"),
+    # The cascade trains one re-ranker per seed (6 + 2 negatives per positive).
+    Benchmark("dcn_quality", "dcn_quality",
+              ("--seeds", "0", "1", "2", "--cascade", "--job-dir", f"{WORKDIR}/dcn_quality"),
+              None, "--json", 5400, "DCN RMSE and the cascade's HR@10 (item 6)"),
     Benchmark("two_tower_streaming", "two_tower_streaming", ("--targets", "1000000", "10000000"),
               ("--targets", "50000", "200000", "--users", "1000"), "--json", 1800,
               "peak RSS of streamed two-tower training, ~1M vs ~10M interactions, and "
@@ -145,8 +163,13 @@ def _last_json(text: str) -> Optional[Any]:
 
 
 def run_benchmark(bench: Benchmark, quick: bool, python: str, workdir: str) -> Dict[str, Any]:
-  """Runs one entry in a subprocess; returns its record (command, status, seconds, figures)."""
-  args = list(bench.quick_args if quick else bench.args)
+  """Runs one entry in a subprocess; returns its record (command, status, seconds, figures).
+
+  `{workdir}` in an entry's flags is this run's scratch folder, shared by its entries
+  (the record's command keeps the placeholder).
+  """
+  shown = list(bench.quick_args if quick else bench.args)
+  args = [a.replace(WORKDIR, workdir) for a in shown]
   json_path = None
   if bench.json_flag:
     json_path = os.path.join(workdir, f"{bench.name}.json")
@@ -155,8 +178,7 @@ def run_benchmark(bench: Benchmark, quick: bool, python: str, workdir: str) -> D
   env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
   start = time.perf_counter()
   record: Dict[str, Any] = {"name": bench.name, "what": bench.what, "date": _now(),
-                            "command": "python -m benchmarks." + " ".join([bench.module] + args[
-                                :len(args) - (2 if json_path else 0)])}
+                            "command": "python -m benchmarks." + " ".join([bench.module] + shown)}
   print(f"[run_all] {record['command']}", flush=True)
   try:
     proc = subprocess.run(command, capture_output=True, text=True, env=env,

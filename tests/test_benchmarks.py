@@ -102,6 +102,17 @@ def test_training_throughput_quick(capsys):
   assert report["speedup"]["reference_train_metrics_on"] > 0
 
 
+def test_training_throughput_bounds_the_reference_epochs(capsys):
+  """`--ref-max-steps`: the reference's examples/s are over that many batches an epoch."""
+  args = _quick_args("training_throughput") + ["--ref-max-steps", "3"]
+  report = _emitted_after(training_throughput.main, args, capsys)
+  reference = report["results"]["reference_train_metrics_on"]
+  assert report["ref_max_steps"] == 3
+  assert reference["examples_per_epoch"] == 3 * report["batch_size"] < report["train_rows"]
+  _positive_rate(reference["examples_per_s"])
+  assert len(reference["valid_hr@10"]) == 2
+
+
 def test_run_all_renders_tables_and_parses_reports():
   fig = {"benchmark": "scann_recall", "rows": [{
       "kind": "random", "n_items": 100, "k": 10, "recall@10": 0.5,
@@ -229,6 +240,35 @@ def test_targets_mark_stale_records_and_reach_the_json(tmp_path):
   assert f"Exit status 0, 1.0 s. **stale** ({changes}) under Targets." in md   # its section
   assert "| targets/within_2x | false |" in md                        # booleans are kept
   assert "Measured in this run" not in md
+
+
+def test_every_target_is_measured_by_the_default_suite():
+  default = {b.name for b in run_all.SUITE if not b.extra}
+  extra = {b.name for b in run_all.SUITE if b.extra}
+  for t in run_all.targets.TARGETS:
+    if not t.retired:
+      # dcn_streaming_rss is an extra entry (`--all`); its target says so.
+      assert t.entry in default or (t.entry in extra and "--all" in t.note), t.target
+
+
+def test_run_all_gives_entries_one_scratch_folder(tmp_path, monkeypatch):
+  """`{workdir}` in an entry's flags is the run's scratch folder; the record keeps the
+  placeholder."""
+  seen = []
+
+  def fake_run(command, **kwargs):
+    del kwargs
+    seen.append(command)
+    return subprocess.CompletedProcess(command, 0, stdout='{"a": 1}\n', stderr="")
+
+  monkeypatch.setattr(run_all.subprocess, "run", fake_run)
+  bench = run_all.Benchmark("x", "dcn_quality", ("--job-dir", f"{run_all.WORKDIR}/d"))
+  record = run_all.run_benchmark(bench, False, sys.executable, str(tmp_path))
+  assert seen[0][-2:] == ["--job-dir", f"{tmp_path}/d"]
+  assert record["command"] == "python -m benchmarks.dcn_quality --job-dir {workdir}/d"
+  assert record["figures"] == {"a": 1}
+  shared = [b for b in run_all.SUITE if b.name in ("two_tower_quality", "dcn_quality")]
+  assert all(f"{run_all.WORKDIR}/dcn_quality" in b.args for b in shared)
 
 
 def test_run_all_rejects_unknown_names():
