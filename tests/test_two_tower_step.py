@@ -84,8 +84,11 @@ def test_history_off_trains_exports_and_reloads(toy_tables, tmp_path):
     TwoTowerConfig(history_length=-1)
   for name, value in (("history_pooling", "recency"), ("history_content", True)):
     with pytest.raises(ValueError, match=f"`{name}` = .* needs a history"):
-      TwoTowerConfig(history_length=0, **{name: value})
-  config = TwoTowerFamily.make_config("tiny", {"history_length": 0, "epochs": 2})
+      TwoTowerConfig(history_length=0, user_id_dropout=0.0, **{name: value})
+  with pytest.raises(ValueError, match="Set `user_id_dropout=0` with `history_length=0`"):
+    TwoTowerConfig(history_length=0, user_id_dropout=0.5)
+  config = TwoTowerFamily.make_config("tiny", {"history_length": 0, "user_id_dropout": 0.0,
+                                               "epochs": 2})
   with pytest.raises(ValueError, match="`--stream` .* needs `history_length` >= 1"):
     TwoTowerFamily.stream_train(str(tmp_path / "no_data"), config, str(tmp_path / "stream"))
   prepared = prepare(toy_tables)

@@ -111,6 +111,11 @@ class TwoTowerConfig:
           raise ValueError(f"`{name}` = {getattr(self, name)!r} needs a history, but "
                            "`history_length` = 0 turns it off. Set `history_length` >= 1 "
                            f"or leave `{name}` at its default.")
+      if self.user_id_dropout > 0:
+        raise ValueError(f"`user_id_dropout` = {self.user_id_dropout} hides the user id from "
+                         "that share of training rows, but with `history_length` = 0 the "
+                         "user id is the user tower's only taste signal. Set "
+                         "`user_id_dropout=0` with `history_length=0`.")
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
     check_numbers(self, ("logq_exponent",))
     check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
