@@ -71,10 +71,11 @@ WORKDIR = "{workdir}"
 # script's docstring for what the flags mean. Seconds of the last records (benchmarks.json) on
 # the shared 2-core machine: eval_throughput 14, eval_vs_factorized_topk 127, scann_recall 221,
 # training_throughput 79, mpd_streaming_rss 10, als_vs_reference 84, playlist_quality 230,
-# two_tower_streaming 284 (more on a fresh machine: it first writes ~10M rows);
-# training_throughput_tutorial 313 with full reference epochs, 226 with 80 steps (load 6-7);
-# dcn_quality 2317 at load 4-6 before the cascade's speed-ups (issue 23). The budget skips
-# whatever does not fit.
+# two_tower_streaming 284 (more on a fresh machine: it first writes ~10M rows),
+# two_tower_quality 566 (2026-11-26); at load 1.4-2 (2026-12-04): training_throughput_tutorial
+# 101 (313 with full reference epochs), als_vs_reference_10x_users 73, dcn_quality 252 for
+# seed 0 alone (its own retrieval fit 33 of it; 2317 for three seeds at load 4-6 before the
+# cascade's speed-ups). Quiet total ~41 min. The budget skips whatever does not fit.
 SUITE: Tuple[Benchmark, ...] = (
     Benchmark("eval_throughput", "eval_throughput", (), None, None, 300,
               "users/s of full-ranking evaluation, 10k users x 50k items x 64"),
