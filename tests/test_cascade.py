@@ -309,6 +309,14 @@ def test_a_left_retrieval_fit_is_restored_not_refitted(trained, tmp_path):
   assert not changed.leave_retrieval(family.retrieval, str(tmp_path / "changed"))
 
 
+def test_retrieval_without_history_is_refused(trained):
+  family, _, _ = trained
+  config = CascadeFamily.make_config(
+      "tiny", {"retrieval_overrides": {"history_length": 0, "user_id_dropout": 0.0}})
+  with pytest.raises(ValueError, match="re-ranker reads the user's recent tracks"):
+    CascadeFamily(config, family.prepared)
+
+
 def test_cascade_reorders_only_the_retrieved_candidates(trained):
   family, _, _ = trained
   users = family.prepared.test["user_id"].astype(str).to_numpy()[:40]

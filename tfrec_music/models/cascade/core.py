@@ -34,6 +34,10 @@ class CascadeCore(ModelFamily):
     retrieval_config = TwoTowerFamily.make_config(
         config.retrieval_preset,
         {**dict(config.retrieval_overrides), "top_k": config.candidates, "seed": config.seed})
+    if retrieval_config.history_length == 0:
+      raise ValueError("The cascade's re-ranker reads the user's recent tracks, but its "
+                       "retrieval overrides set `history_length` = 0 (history off). Leave "
+                       "the retrieval's `history_length` at 1 or more.")
     self.retrieval = TwoTowerFamily(retrieval_config, prepared)
     self.temperature = float(retrieval_config.temperature)
     self.ranker: Optional[HardNegativeDCN] = None  # the first of `rankers`
