@@ -259,7 +259,7 @@ TARGETS: Tuple[Target, ...] = (
     Target("1. training examples/s, ours (features=ids, history off) / reference (>= 1)",
            "training_throughput", 1.0, True, _speedup_of("speedup"),
            note="reference without metrics in training steps; same batch and embedding size; "
-                "history off = 1 track (the config's least)"),
+                "history off (history_length 0, no user-id dropout)"),
     Target("1. training examples/s, ours (default features: history, text, tags, audio) / "
            "reference (>= 0.6)", "training_throughput", 0.6, True,
            _speedup_of("speedup_default_features"),
