@@ -82,22 +82,7 @@ class HardNegativeDCN(DCNFamily):
   fit_name = "two_tower_dcn_ranker"
 
   def training_features(self, epoch: int = 0) -> Dict[str, np.ndarray]:
-    """Positives (`positive_rows`) with fresh negatives every epoch.
-
-    The first draw is kept for the next call only: `fit` draws epoch 0 for
-    the batches' signature, then again when the epoch starts (the same rows:
-    the draw is seeded by the epoch).
-    """
-    kept = self.__dict__.pop("_kept_draw", None)
-    if kept is not None and kept[0] == epoch:
-      return kept[1]
-    features = self._draw(epoch)
-    if not getattr(self, "_drawn", False):
-      self._drawn, self._kept_draw = True, (epoch, features)
-    return features
-
-  def _draw(self, epoch: int) -> Dict[str, np.ndarray]:
-    """Epoch `epoch`'s positives and negatives (seeded by the epoch)."""
+    """Positives (`positive_rows`) with fresh negatives every epoch (seeded by the epoch)."""
     train = self.prepared.train
     history = None
     if self.history_features is not None:

@@ -184,8 +184,15 @@ class DCNFamily(ModelFamily):
     steps = max(1, -(-n_rows // config.batch_size))
     signature = feature_signature(first)
     if config.labels == "implicit":
-      del first  # fresh negatives every epoch: drawn when the epoch starts
-      draw = self.training_features
+      # Fresh negatives every epoch, drawn when the epoch starts; epoch 0's draw is seeded by
+      # the epoch, so `first` is handed over for it instead of drawn again (and freed by the
+      # first call, whichever epoch a resumed run starts at).
+      kept = [first]
+      del first
+
+      def draw(epoch: int) -> Dict[str, np.ndarray]:
+        handed = kept.pop() if kept else None
+        return handed if epoch == 0 and handed is not None else self.training_features(epoch)
     else:
       draw = lambda epoch: first  # noqa: E731  (the same ratings, reshuffled)
     dataset = epoch_batches(draw, steps,
