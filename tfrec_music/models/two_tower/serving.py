@@ -81,7 +81,7 @@ def save_export(family: Any, directory: str) -> Dict[str, str]:
       "serving_default": "user_id [B] -> item_ids [B, k], scores [B, k], fallback [B] "
                          "(stored history of known users; popularity for unknown users)",
       "recommend": "user_id [B], "
-                   + ("history [B, H] (padded with ''), " if family.config.history_length else "")
+                   + ("history [B, H] (padded with ''), " if family.use_history else "")
                    + "".join(f"{c} [B], " for c in family.user_features)
                    + "exclude [B, E] -> item_ids, scores, fallback",
       "scann/": "the same signatures over a ScaNN index (needs ScaNN ops)",
