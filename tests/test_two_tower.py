@@ -246,14 +246,37 @@ def test_fused_adam_is_keras_adam_on_dense_and_sparse_gradients():
   np.testing.assert_allclose(fused_table, keras_table, rtol=1e-5, atol=1e-6)
 
 
-def test_make_dataset_gives_the_batches_of_a_row_shuffle():
+def test_make_dataset_epochs_are_seeded_permutations():
   from tfrec_music.pipeline.dataset import make_dataset
   rng = np.random.default_rng(1)
   features = {"user_id": rng.integers(0, 9, 53), "history": rng.integers(0, 20, (53, 4)),
               "name": np.array([f"t{i}" for i in range(53)], dtype=object)}
-  rows = tf.data.Dataset.from_tensor_slices(features).shuffle(
-      53, seed=7, reshuffle_each_iteration=True).repeat().batch(8)
-  ours = make_dataset(features, 8, seed=7, repeat=True)
-  for expected, got in zip(rows.take(20), ours.take(20)):   # ~3 epochs: reshuffled alike
-    for name in features:
-      np.testing.assert_array_equal(got[name].numpy(), expected[name].numpy())
+  names = {row: i for i, row in enumerate(features["name"].tolist())}
+
+  def epochs(ds, n_epochs):
+    """Row indices of each epoch: 7 batches of 8, 8, ..., 5 (53 rows)."""
+    batches = [b for b in ds.take(7 * n_epochs)]
+    out = []
+    for e in range(n_epochs):
+      rows = []
+      for b, batch in enumerate(batches[7 * e:7 * (e + 1)]):
+        assert len(batch["name"]) == (5 if b == 6 else 8)     # batches stay within an epoch
+        idx = [names[x] for x in batch["name"].numpy().astype(str)]
+        for name in ("user_id", "history"):                    # every column's rows agree
+          np.testing.assert_array_equal(batch[name].numpy(), features[name][idx])
+        rows += idx
+      out.append(rows)
+    return out
+
+  a = epochs(make_dataset(features, 8, seed=7, repeat=True), 3)
+  assert a == epochs(make_dataset(features, 8, seed=7, repeat=True), 3)   # seeded
+  assert a != epochs(make_dataset(features, 8, seed=8, repeat=True), 3)
+  assert all(sorted(rows) == list(range(53)) for rows in a)            # each row once an epoch
+  assert a[0] != a[1] != a[2] and a[0] != list(range(53))              # reshuffled every epoch
+  once = make_dataset(features, 8, seed=7)                               # one epoch per iterator
+  first, second = epochs(once, 1), epochs(once, 1)
+  assert first == [a[0]] and second != first
+  assert once.cardinality() == 7
+  fixed = make_dataset(features, 8, shuffle=False, drop_remainder=True)
+  assert fixed.element_spec["user_id"].shape[0] == 8 and fixed.cardinality() == 6
+  assert [names[x] for b in fixed for x in b["name"].numpy().astype(str)] == list(range(48))

@@ -45,19 +45,24 @@ def make_dataset(features: Mapping[str, np.ndarray], batch_size: int, *,
                  drop_remainder: bool = False) -> tf.data.Dataset:
   """Builds a batched, prefetched dataset of feature dicts.
 
-  The rows are held in memory as tensors once; the pipeline shuffles and
-  batches row *indices* and gathers each batch's rows in one op. That yields
-  the same batches as shuffling and batching the rows themselves (the shuffle
-  draws the same permutation for any element type) at a fraction of the
-  per-row work, which on a small host competes with the training step.
+  The rows are held in memory as tensors once. Each epoch (each new iterator,
+  as Keras makes one per epoch) draws one permutation of the row indices in a
+  single op, cuts it into batches of indices and gathers each batch's rows in
+  one op: per epoch the pipeline handles a few hundred batch elements, not
+  every row through a shuffle buffer and a batcher (on a 2-core host that
+  per-row work took ~0.3 s of a ~3 s two-tower epoch, competing with the
+  training step). Every row appears once per epoch; a batch never spans two
+  epochs.
 
   Args:
     features: Feature name -> [N, ...] array (all of equal length N).
     batch_size: Batch size; must be positive. A batch larger than N gives one
       (smaller) batch unless `drop_remainder`, in which case it is an error.
-    shuffle: Shuffle rows each epoch with a seeded, full-size buffer.
+    shuffle: Shuffle rows each epoch: a seeded permutation, a new one for
+      every epoch and every iterator (the same sequence of orders for the
+      same seed).
     seed: Shuffle seed.
-    repeat: Repeat forever (for step-based training).
+    repeat: Repeat forever (for step-based training), epoch after epoch.
     lookup_fn: Batched map on the host: raw feature dict -> model inputs.
     drop_remainder: Drop the last partial batch.
 
@@ -80,12 +85,29 @@ def make_dataset(features: Mapping[str, np.ndarray], batch_size: int, *,
     raise ValueError(f"`batch_size` = {batch_size} is larger than the {n} training rows, "
                      "so no full batch exists. Use a smaller `--batch-size`.")
   columns = {name: tf.constant(values) for name, values in features.items()}
-  ds = tf.data.Dataset.range(n)
+  n_batches = n // batch_size if drop_remainder else -(-n // batch_size)
+  rows_shape = [batch_size] if drop_remainder else [None]
+
+  def batches(order: tf.Tensor) -> tf.data.Dataset:
+    """One epoch: `order` [n] cut into `n_batches` batches of row indices."""
+    def cut(b):
+      rows = order[b * batch_size:(b + 1) * batch_size]
+      rows.set_shape(rows_shape)
+      return rows
+    return tf.data.Dataset.range(n_batches).map(cut)
+
   if shuffle:
-    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    # One int64 per epoch, different for each new iterator, seeded by `seed`.
+    epoch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = (epoch_seeds if repeat else epoch_seeds.take(1)).flat_map(
+        lambda epoch_seed: batches(tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, seed]))))
+  else:
+    ds = batches(tf.range(n, dtype=tf.int64))
+    if repeat:
+      ds = ds.repeat()
+  if not repeat:
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n_batches))
   ds = ds.map(lambda rows: {name: tf.gather(column, rows) for name, column in columns.items()},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if lookup_fn is not None:
