@@ -75,3 +75,26 @@ def test_a_backup_resumes_only_the_same_configuration(tmp_path):
                               patience=5, job_dir=str(tmp_path), name="toy",
                               checkpoint_every=2, fingerprint="config-b")
   assert fresh["resumed_from_step"] == 0
+
+
+def test_several_steps_per_call_train_the_same_steps(tmp_path):
+  # Epoch checkpoints and a dataset of known size: 32 steps per call (13 batches an epoch:
+  # one call of 13), the same weights as one step per call; step checkpoints or a dataset of
+  # unknown size: one step per call.
+  from tfrec_music.fit_loop import STEPS_PER_EXECUTION
+  weights = {}
+  for name, kwargs, data in (("one", {"steps_per_execution": 1}, _dataset(batches=13)),
+                             ("many", {}, _dataset(batches=13)),
+                             ("step_checkpoints", {"checkpoint_every": 5}, _dataset(batches=13)),
+                             ("unknown_size", {}, _dataset(batches=13).filter(lambda x, y: True))):
+    model = _model()
+    fit_with_validation(model, data, epochs=2, validate=lambda e: float(e), patience=5,
+                        job_dir=str(tmp_path / name), name="toy", **kwargs)
+    if name != "unknown_size":  # (Keras counts one more iteration when it finds the end)
+      assert int(model.optimizer.iterations) == 26, name
+    expected = STEPS_PER_EXECUTION if name == "many" else 1
+    assert int(model.steps_per_execution) == expected, name
+    weights[name] = model.get_weights()
+  for name in ("many", "step_checkpoints"):
+    for got, want in zip(weights[name], weights["one"]):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
