@@ -7,7 +7,9 @@ built the way the TFRS basic retrieval tutorial builds it: `StringLookup` +
 `tfrs.tasks.Retrieval` task with `FactorizedTopK` metrics over the catalogue
 (candidate dataset batched by 128, as in the tutorial), Adagrad(0.1), and a
 plain `tf.data` pipeline (`from_tensor_slices` -> shuffle -> batch, no cache,
-no prefetch). As in the tutorial the metrics are computed in training steps
+no prefetch; tf.data autotuning off, as in ours: with it on, an epoch of either
+model sometimes stalls ~2.4 s when its iterator is deleted). As in the tutorial
+the metrics are computed in training steps
 too (`--ref-train-metrics on`); `off` is the tutorial's own advice for speed
 (`compute_metrics=not training`), reported as a second, stronger reference.
 
@@ -26,8 +28,13 @@ settings (`--ours`):
                     audio); reported as `ours_default_features`.
 
 Both use the same synthetic catalogue and split, `embedding_dim` and
-`batch_size` as the reference.
+`batch_size` as the reference. Ours runs `fit_loop.STEPS_PER_EXECUTION` (32)
+training steps per call into its compiled train function, as its own fit
+does; the reference runs one, as the tutorial does
+(`--ref-steps-per-execution 32` gives it the same).
 
+The models train side by side, epoch 1 of each, then epoch 2 of each, and so
+on (`interleave`), so a drift in the machine's speed reaches all of them.
 Reported per model: training examples per second (median, min, max over
 epochs 2..E; the first epoch, which traces the graphs, apart; validation is
 not timed), validation HR@10 after every epoch (our full-ranking protocol,
@@ -57,7 +64,7 @@ import argparse
 import dataclasses
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -66,6 +73,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from benchmarks import _stats
+from tfrec_music import fit_loop
 from tfrec_music import training
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.pipeline.dataset import make_dataset
@@ -119,37 +127,87 @@ GOALS = {"ids_no_history": 1.0, "default_features": 0.6}
 GOAL_REFERENCE = "reference_train_metrics_off"
 
 
-def train_ours(family, epochs: int, batch_size: int, seed: int, prepared) -> Dict[str, Any]:
-  """Trains our two-tower epoch by epoch; times each epoch, validates after it (untimed)."""
-  dataset = make_dataset(family.training_features(), batch_size, shuffle=True, seed=seed)
-  seconds, hrs = [], []
-  for _ in range(epochs):
+class EpochRunner:
+  """One model trained epoch by epoch: each `epoch()` times one `fit` epoch, then validates.
+
+  Args:
+    fit_epoch: Trains one epoch.
+    validate: Validation HR@10 of the current weights (not timed).
+    n_examples: Training examples per epoch.
+  """
+
+  def __init__(self, fit_epoch: Callable[[], None], validate: Callable[[], float],
+               n_examples: int):
+    self.fit_epoch, self.validate, self.n_examples = fit_epoch, validate, n_examples
+    self.seconds: List[float] = []
+    self.hrs: List[float] = []
+
+  def epoch(self) -> None:
+    """Trains and times one epoch, then validates it."""
     start = time.perf_counter()
-    family.model.fit(dataset, epochs=1, verbose=0)
-    seconds.append(time.perf_counter() - start)
+    self.fit_epoch()
+    self.seconds.append(time.perf_counter() - start)
+    self.hrs.append(self.validate())
+
+  def result(self) -> Dict[str, Any]:
+    """Examples/s (epochs 2.., epoch 1 apart), epoch seconds and validation HR@10 by epoch."""
+    return {**_rates_summary(self.seconds, self.n_examples), "valid_hr@10": self.hrs,
+            "examples_per_epoch": self.n_examples}
+
+
+def interleave(runners: Dict[str, EpochRunner], epochs: int) -> Dict[str, Dict[str, Any]]:
+  """Runs epoch e of every model before epoch e + 1 of any; returns each one's `result()`.
+
+  A drift in the machine's speed (a shared 2-core host drifted by 20-30% over
+  minutes) then reaches every model alike instead of whichever ran last.
+  """
+  for _ in range(epochs):
+    for runner in runners.values():
+      runner.epoch()
+  return {name: runner.result() for name, runner in runners.items()}
+
+
+def ours_runner(family, batch_size: int, seed: int, prepared) -> EpochRunner:
+  """Our two-tower, trained as its own fit trains it (pipeline, steps per call)."""
+  dataset = make_dataset(family.training_features(), batch_size, shuffle=True, seed=seed)
+  # As the family's own fit runs (epoch checkpoints): several steps per train-function call.
+  family.model.steps_per_execution = fit_loop.STEPS_PER_EXECUTION
+
+  def validate() -> float:
     family._item_embeddings = None  # pylint: disable=protected-access  # Weights changed.
-    hrs.append(float(evaluate_scorer(family.scorer, prepared, splits=("valid",), ks=(10,),
-                                     cold_users=False)["valid/all/hr@10"]))
-  return {**_rates_summary(seconds, len(prepared.train)), "valid_hr@10": hrs}
+    return float(evaluate_scorer(family.scorer, prepared, splits=("valid",), ks=(10,),
+                                 cold_users=False)["valid/all/hr@10"])
+
+  return EpochRunner(lambda: family.model.fit(dataset, epochs=1, verbose=0), validate,
+                     len(prepared.train))
 
 
-def train_reference(prepared, epochs: int, batch_size: int, embedding_dim: int,
-                    train_metrics: bool, seed: int, max_steps: int = 0) -> Dict[str, Any]:
-  """Trains the tutorial model epoch by epoch; same timing and validation as `train_ours`.
+def reference_runner(prepared, batch_size: int, embedding_dim: int, train_metrics: bool,
+                     seed: int, max_steps: int = 0, steps_per_execution: int = 1) -> EpochRunner:
+  """The tutorial model, with the same timing and validation as `ours_runner`.
 
   `max_steps` > 0: each epoch is its first `max_steps` batches (`--ref-max-steps`).
+  `steps_per_execution` > 1 runs that many steps per train-function call (the
+  tutorial runs one; `--ref-steps-per-execution`).
   """
   tf.keras.utils.set_random_seed(seed)
   vocabs = prepared.vocabularies
   model = TutorialRetrievalModel(np.asarray(vocabs["user_id"]), np.asarray(vocabs["item_id"]),
                                  embedding_dim, train_metrics)
-  model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=0.1))
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=0.1),
+                steps_per_execution=steps_per_execution)
   train = prepared.train
   dataset = tf.data.Dataset.from_tensor_slices(
       {"user_id": train["user_id"].astype(str).to_numpy().astype(object),
        "item_id": train["item_id"].astype(str).to_numpy().astype(object)})
   dataset = dataset.shuffle(len(train), seed=seed,
                             reshuffle_each_iteration=True).batch(batch_size)
+  # The one change to the tutorial's pipeline: tf.data autotuning off, as in ours. With it
+  # on, deleting an epoch's iterator stalls at random (epochs of exactly 5.12 s instead of
+  # ~3 s on the default preset), which would time tf.data, not the model.
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  dataset = dataset.with_options(options)
   n_examples = len(train)
   if max_steps > 0 and max_steps * batch_size < len(train):
     dataset, n_examples = dataset.take(max_steps), max_steps * batch_size
@@ -161,15 +219,11 @@ def train_reference(prepared, epochs: int, batch_size: int, embedding_dim: int,
     return lambda users: model.user_model(
         tf.constant(np.asarray(users).astype(str).astype(object))).numpy() @ items.T
 
-  seconds, hrs = [], []
-  for _ in range(epochs):
-    start = time.perf_counter()
-    model.fit(dataset, epochs=1, verbose=0)
-    seconds.append(time.perf_counter() - start)
-    hrs.append(float(evaluate_scorer(scorer, prepared, splits=("valid",), ks=(10,),
-                                     cold_users=False)["valid/all/hr@10"]))
-  return {**_rates_summary(seconds, n_examples), "valid_hr@10": hrs,
-          "examples_per_epoch": n_examples}
+  def validate() -> float:
+    return float(evaluate_scorer(scorer, prepared, splits=("valid",), ks=(10,),
+                                 cold_users=False)["valid/all/hr@10"])
+
+  return EpochRunner(lambda: model.fit(dataset, epochs=1, verbose=0), validate, n_examples)
 
 
 def time_to_hr(result: Dict[str, Any], target: float) -> Optional[float]:
@@ -196,6 +250,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       choices=["on", "off"])
   parser.add_argument("--ref-max-steps", type=int, default=0,
                       help="Bound each reference epoch to this many batches (0: full epochs).")
+  parser.add_argument("--ref-steps-per-execution", type=int, default=1,
+                      help="Steps per train-function call for the reference (the tutorial: 1; "
+                           "ours runs as many as its fit does).")
   parser.add_argument("--ours", nargs="+", default=list(OURS), choices=list(OURS),
                       help="Our settings to train (see the module docstring).")
   parser.add_argument("--seed", type=int, default=0)
@@ -209,7 +266,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     common["batch_size"] = args.batch_size
   if args.embedding_dim:
     common["embedding_dim"] = args.embedding_dim
-  results: Dict[str, Any] = {}
+  runners: Dict[str, EpochRunner] = {}
   configs: Dict[str, Any] = {}
   for setting in args.ours:
     name, overrides = OURS[setting]
@@ -219,12 +276,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
           f"{prepared.n_items:,d} tracks, {len(prepared.vocabularies['user_id']):,d} users; "
           f"embedding_dim {config.embedding_dim}, batch_size {config.batch_size}, "
           f"features {config.features}, history_length {config.history_length}", flush=True)
-    results[name] = train_ours(family, args.epochs, config.batch_size, args.seed, prepared)
-    del family
+    runners[name] = ours_runner(family, config.batch_size, args.seed, prepared)
   for setting in args.ref_train_metrics:
-    results[f"reference_train_metrics_{setting}"] = train_reference(
-        prepared, args.epochs, config.batch_size, config.embedding_dim, setting == "on",
-        args.seed, args.ref_max_steps)
+    runners[f"reference_train_metrics_{setting}"] = reference_runner(
+        prepared, config.batch_size, config.embedding_dim, setting == "on", args.seed,
+        args.ref_max_steps, args.ref_steps_per_execution)
+  results: Dict[str, Any] = interleave(runners, args.epochs)
   target = min(max(r["valid_hr@10"]) for r in results.values())
   for name, result in results.items():
     result["seconds_to_target_hr"] = time_to_hr(result, target)
@@ -246,6 +303,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "n_items": prepared.n_items, "embedding_dim": config.embedding_dim,
             "batch_size": config.batch_size, "epochs": args.epochs,
             "ref_max_steps": args.ref_max_steps,
+            "ref_steps_per_execution": args.ref_steps_per_execution,
+            "ours_steps_per_execution": fit_loop.STEPS_PER_EXECUTION,
             "config": configs, "results": results, "target_valid_hr@10": target,
             "speedup": speedups.get("ours", {}),
             "speedup_default_features": speedups.get("ours_default_features", {}),
