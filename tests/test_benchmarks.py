@@ -181,10 +181,15 @@ def test_targets_golden_values_and_boundaries():
       "implicit_cg": {"seconds_per_iteration": 0.1, "test_hr@10": 0.256}},
       "explicit_feedback": {"tfrec_als": {"seconds_per_iteration": 0.1, "test_rmse": 1.0},
                             "spark": {"seconds_per_iteration": 0.5, "test_rmse": 1.0}}}
+  # Two-tower quality per seed: HR@10 median 0.24 (>= 0.231: met); the cold ratio's median
+  # 2.5 would pass, but its worst seed (1.9) decides: not met.
+  tq = [{"all/test/all/hr@10": hr, "ratio/cold_all_vs_ids": cold}
+        for hr, cold in ((0.24, 2.5), (0.23, 1.9), (0.25, 3.0))]
   records = [{"name": n, "command": f"python -m benchmarks.{n} --x", "returncode": 0,
               "seconds": 1.0, "figures": f}
              for n, f in (("playlist_quality", pq), ("als_vs_reference", als),
-                          ("mpd_streaming_rss", {"peak_growth": 2.0}))]
+                          ("mpd_streaming_rss", {"peak_growth": 2.0}),
+                          ("two_tower_quality", tq))]
   rows = _targets_by_name({"date": "2030-01-01 00:00 UTC", "records": records})
   k5 = rows["6. playlist MF R-precision ratio to the best group baseline, as a share of the "
             "oracle's ratio, K=5 (>= 0.85)"]
@@ -203,6 +208,11 @@ def test_targets_golden_values_and_boundaries():
   assert rows["4. the same at 10x the default preset's users (<= 1)"]["status"] == "not measured"
   assert rows["5. MPD loader peak RSS, 100 / 10 slices (< 2)"]["met"] is False   # 2 is not < 2
   assert rows["6. quality on real data (`real_quality`)"]["status"] == "not measured"
+  hr10 = rows["6. two-tower test HR@10, default features (>= 0.231: 95% of 0.243)"]
+  assert hr10["measured"] == pytest.approx(0.24) and hr10["met"] is True
+  cold = rows["6. cold-track test HR@10, all features / ids, worst seed (>= 2)"]
+  assert cold["measured"] == pytest.approx(1.9) and cold["met"] is False
+  assert cold["spread"] == pytest.approx([1.9, 3.0])
 
 
 def test_targets_mark_stale_records_and_reach_the_json(tmp_path):
