@@ -275,11 +275,12 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
     metric_name: Name of the validation metric in logs and the summary.
     steps_per_execution: Training steps run per call into the compiled
       train function (one Python round trip for that many steps, the same
-      steps in the same order). Used only with epoch checkpoints and without
-      a coordinator and a dataset of known size: step checkpoints
-      (`checkpoint_every` > 0), parameter-server training and streamed data
-      run one step per call (Keras counts the steps between backups by calls
-      and needs the epoch's size to run several).
+      steps in the same order). Used only with epoch checkpoints, without a
+      coordinator, on a dataset of known size with at least 4 x that many
+      batches: step checkpoints (`checkpoint_every` > 0), parameter-server
+      training, streamed data and short epochs run one step per call (Keras
+      counts the steps between backups by calls and needs the epoch's size
+      to run several; tracing the multi-step function costs ~0.4 s once).
 
   Returns:
     Summary: best epoch and value, epochs run, per-epoch history, and the
@@ -308,10 +309,11 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
   stopping = ValidationStopping(validate, patience, state_dir, name=metric_name, writer=writer)
   _build(model, dataset)
   # Keras needs the steps per epoch to run several per call: a dataset of unknown size
-  # (streamed shards) runs one.
-  known_size = int(dataset.cardinality()) > 0
-  model.steps_per_execution = (steps_per_execution
-                               if checkpoint_every <= 0 and not coordinated and known_size else 1)
+  # (streamed shards) runs one. Tracing the multi-step function costs ~0.4 s once; an epoch
+  # of fewer than 4 calls' worth of steps (the tiny preset's 13) does not pay it back.
+  steps = int(dataset.cardinality())
+  several = (checkpoint_every <= 0 and not coordinated and steps >= 4 * steps_per_execution)
+  model.steps_per_execution = steps_per_execution if several else 1
   model.train_function = None  # Rebuilt by `fit` for the steps per execution set here.
   steps_per_epoch = None
   if coordinated:
