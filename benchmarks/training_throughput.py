@@ -28,9 +28,9 @@ settings (`--ours`):
                     audio); reported as `ours_default_features`.
 
 Both use the same synthetic catalogue and split, `embedding_dim` and
-`batch_size` as the reference. Ours runs `fit_loop.STEPS_PER_EXECUTION` (32)
-training steps per call into its compiled train function, as its own fit
-does; the reference runs one, as the tutorial does
+`batch_size` as the reference. Ours runs as many training steps per call into
+its compiled train function as its own fit does (`fit_loop.use_steps_per_execution`:
+32 on the default preset); the reference runs one, as the tutorial does
 (`--ref-steps-per-execution 32` gives it the same).
 
 The models train side by side, epoch 1 of each, then epoch 2 of each, and so
@@ -77,6 +77,7 @@ from tfrec_music import fit_loop
 from tfrec_music import training
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.pipeline.dataset import make_dataset
+from tfrec_music.pipeline.dataset import without_autotuning
 
 
 class TutorialRetrievalModel(tfrs.Model):
@@ -171,7 +172,7 @@ def ours_runner(family, batch_size: int, seed: int, prepared) -> EpochRunner:
   """Our two-tower, trained as its own fit trains it (pipeline, steps per call)."""
   dataset = make_dataset(family.training_features(), batch_size, shuffle=True, seed=seed)
   # As the family's own fit runs (epoch checkpoints): several steps per train-function call.
-  family.model.steps_per_execution = fit_loop.STEPS_PER_EXECUTION
+  fit_loop.use_steps_per_execution(family.model, dataset)
 
   def validate() -> float:
     family._item_embeddings = None  # pylint: disable=protected-access  # Weights changed.
@@ -205,9 +206,7 @@ def reference_runner(prepared, batch_size: int, embedding_dim: int, train_metric
   # The one change to the tutorial's pipeline: tf.data autotuning off, as in ours. With it
   # on, deleting an epoch's iterator stalls at random (epochs of exactly 5.12 s instead of
   # ~3 s on the default preset), which would time tf.data, not the model.
-  options = tf.data.Options()
-  options.autotune.enabled = False
-  dataset = dataset.with_options(options)
+  dataset = without_autotuning(dataset)
   n_examples = len(train)
   if max_steps > 0 and max_steps * batch_size < len(train):
     dataset, n_examples = dataset.take(max_steps), max_steps * batch_size
@@ -268,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     common["embedding_dim"] = args.embedding_dim
   runners: Dict[str, EpochRunner] = {}
   configs: Dict[str, Any] = {}
+  steps_per_call: Dict[str, int] = {}
   for setting in args.ours:
     name, overrides = OURS[setting]
     family, config, prepared = _build_ours(args, {**overrides, **common})
@@ -277,6 +277,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
           f"embedding_dim {config.embedding_dim}, batch_size {config.batch_size}, "
           f"features {config.features}, history_length {config.history_length}", flush=True)
     runners[name] = ours_runner(family, config.batch_size, args.seed, prepared)
+    steps_per_call[name] = int(family.model.steps_per_execution)
   for setting in args.ref_train_metrics:
     runners[f"reference_train_metrics_{setting}"] = reference_runner(
         prepared, config.batch_size, config.embedding_dim, setting == "on", args.seed,
@@ -304,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             "batch_size": config.batch_size, "epochs": args.epochs,
             "ref_max_steps": args.ref_max_steps,
             "ref_steps_per_execution": args.ref_steps_per_execution,
-            "ours_steps_per_execution": fit_loop.STEPS_PER_EXECUTION,
+            "ours_steps_per_execution": steps_per_call,
             "config": configs, "results": results, "target_valid_hr@10": target,
             "speedup": speedups.get("ours", {}),
             "speedup_default_features": speedups.get("ours_default_features", {}),

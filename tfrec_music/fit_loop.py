@@ -40,7 +40,7 @@ from tfrec_music import distribute
 from tfrec_music import io
 
 __all__ = ["NaNGuard", "ValidationStopping", "config_fingerprint", "fit_with_validation",
-           "STEPS_PER_EXECUTION"]
+           "use_steps_per_execution", "STEPS_PER_EXECUTION"]
 
 # Training steps per call into the compiled train function when a fit checkpoints at epoch
 # ends. Keras' per-call Python work (callbacks, logs, dispatch) took ~2–3 ms of a ~12 ms
@@ -246,6 +246,24 @@ def _clean_up(config_file: str, rows_dir: str, *folders: str) -> None:
       logging.info("Backup clean-up: another worker removed %s first.", path)
 
 
+def use_steps_per_execution(model: tf.keras.Model, dataset: tf.data.Dataset, *,
+                            checkpoint_every: int = 0, coordinated: bool = False,
+                            steps_per_execution: int = STEPS_PER_EXECUTION) -> int:
+  """Sets how many training steps `model.fit` runs per call on `dataset`; returns it.
+
+  `steps_per_execution` with epoch checkpoints, no coordinator and at least
+  4 x that many batches an epoch; otherwise 1 (see `fit_with_validation`).
+  """
+  # Keras needs the steps per epoch to run several per call: a dataset of unknown size
+  # (streamed shards) runs one. Tracing the multi-step function costs ~0.4 s once; an epoch
+  # of fewer than 4 calls' worth of steps (the tiny preset's 13) does not pay it back.
+  steps = int(dataset.cardinality())
+  several = (checkpoint_every <= 0 and not coordinated and steps >= 4 * steps_per_execution)
+  model.steps_per_execution = steps_per_execution if several else 1
+  model.train_function = None  # Rebuilt by `fit` for the steps per execution set here.
+  return int(model.steps_per_execution)
+
+
 def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,
                         validate: Callable[[int], float], patience: int, job_dir: str,
                         name: str, checkpoint_every: int = 0,
@@ -308,13 +326,8 @@ def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epoc
   writer = tf.summary.create_file_writer(io.join(job_dir, "logs", name, "validation"))
   stopping = ValidationStopping(validate, patience, state_dir, name=metric_name, writer=writer)
   _build(model, dataset)
-  # Keras needs the steps per epoch to run several per call: a dataset of unknown size
-  # (streamed shards) runs one. Tracing the multi-step function costs ~0.4 s once; an epoch
-  # of fewer than 4 calls' worth of steps (the tiny preset's 13) does not pay it back.
-  steps = int(dataset.cardinality())
-  several = (checkpoint_every <= 0 and not coordinated and steps >= 4 * steps_per_execution)
-  model.steps_per_execution = steps_per_execution if several else 1
-  model.train_function = None  # Rebuilt by `fit` for the steps per execution set here.
+  use_steps_per_execution(model, dataset, checkpoint_every=checkpoint_every,
+                          coordinated=coordinated, steps_per_execution=steps_per_execution)
   steps_per_epoch = None
   if coordinated:
     dataset, steps_per_epoch = coordinator.worker_dataset(dataset, rows_dir)
