@@ -259,9 +259,10 @@ def use_steps_per_execution(model: tf.keras.Model, dataset: tf.data.Dataset, *,
   # of fewer than 4 calls' worth of steps (the tiny preset's 13) does not pay it back.
   steps = int(dataset.cardinality())
   several = (checkpoint_every <= 0 and not coordinated and steps >= 4 * steps_per_execution)
-  model.steps_per_execution = steps_per_execution if several else 1
+  value = steps_per_execution if several else 1
+  model.steps_per_execution = value
   model.train_function = None  # Rebuilt by `fit` for the steps per execution set here.
-  return int(model.steps_per_execution)
+  return value
 
 
 def fit_with_validation(model: tf.keras.Model, dataset: tf.data.Dataset, *, epochs: int,
