@@ -1,4 +1,4 @@
-"""Two-tower training step: sparse history pooling, the fused in-batch loss, history off."""
+"""Two-tower training step: sparse history pooling, dense bags, the fused in-batch loss, history off."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,9 @@ import tfrec_music  # noqa: F401
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_music.models import towers
+from tfrec_music.models.towers import BAG_SUFFIX
+from tfrec_music.models.towers import dense_bag
 from tfrec_music.models.towers import embedding_mean
 from tfrec_music.models.two_tower import TwoTowerConfig
 from tfrec_music.models.two_tower import TwoTowerFamily
@@ -51,6 +54,38 @@ def test_embedding_mean_is_the_masked_dense_mean_and_its_gradient(weighted):
   if weighted:
     valid = ids.numpy() != 0
     np.testing.assert_allclose(grad_w[valid], want_grad_w[valid], rtol=1e-4, atol=1e-6)
+
+
+def test_dense_bags_pool_as_the_ids_do_and_only_small_vocabularies_get_one(toy_tables):
+  rng = np.random.default_rng(2)
+  table = tf.Variable(rng.normal(size=(30, 8)).astype(np.float32))
+  ids = rng.integers(0, 30, (20, 6))
+  ids[4] = 0                                       # no valid id: zeros
+  ids[7, :3] = ids[7, 3]                           # a word repeated in one row
+  upstream = tf.constant(rng.normal(size=(20, 8)).astype(np.float32))
+  results = []
+  for pool in (lambda: embedding_mean(table, tf.constant(ids)),
+               lambda: tf.linalg.matmul(tf.constant(dense_bag(ids, 30)), table)):
+    with tf.GradientTape() as tape:
+      out = pool()
+      loss = tf.reduce_sum(out * upstream)
+    results.append((out.numpy(), tf.convert_to_tensor(tape.gradient(loss, table)).numpy()))
+  (out, grad), (want, want_grad) = results[1], results[0]
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  assert not out[4].any()
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+  assert towers.use_dense_bag(10_000, 1024) and not towers.use_dense_bag(10_000, 1025)
+  assert not towers.use_dense_bag(20_000, 1000)     # 20M entries: over the 64 MiB budget
+
+  # The family trains from the bags; its track vectors match the towers read from the ids,
+  # which is what the exported track tower does.
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {}), prepare(toy_tables))
+  catalogue = family.model.catalogue
+  assert {"tags" + BAG_SUFFIX, "title" + BAG_SUFFIX} <= set(catalogue)
+  assert "tags" not in catalogue and "title" not in catalogue
+  index = tf.range(family.prepared.n_items, dtype=tf.int64)
+  from_ids = family.candidate_tower({k: tf.gather(v, index) for k, v in family.catalogue.items()})
+  np.testing.assert_allclose(family.item_embeddings(), from_ids.numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mixed_negatives", [0, 5])

@@ -7,7 +7,7 @@ recent tracks through it, which is what lets a user never seen in training
 get personal recommendations from their history.
 """
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -58,6 +58,36 @@ def layer_mean(layer: tf.keras.layers.Embedding, ids: tf.Tensor,
     # Creates the weights where `layer(ids)` used to, so initial values are unchanged.
     layer(ids[:0])
   return embedding_mean(layer.embeddings, ids, weights)
+
+
+# A multi-valued item feature (tags, title words) is pooled in training from a
+# precomputed dense [n_items, V] matrix of each track's mean weights when its
+# vocabulary is this small and the matrix this small in entries (64 MiB).
+DENSE_BAG_MAX_VOCAB = 1024
+DENSE_BAG_MAX_ENTRIES = 1 << 24
+# Catalogue key of a feature's dense bag: `<column>` + this.
+BAG_SUFFIX = "/bag"
+
+
+def dense_bag(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+  """[N, vocab_size] float32 mean weights of each row's ids, padding (0) left out.
+
+  `dense_bag(ids, V) @ table` is `embedding_mean(table, ids)` up to float
+  rounding: on a small vocabulary the pooling and its gradient become two
+  dense matmuls, which on CPU cost a fraction of the sparse segment mean's
+  per-entry scatter (tags and two text features, vocabularies of 56-256, 1,024
+  tracks, forward and backward: 0.9-1.4 against 3.0-3.6 ms).
+  """
+  ids = np.asarray(ids, np.int64).reshape(len(ids), -1)
+  bag = np.zeros((len(ids), vocab_size), np.float32)
+  rows, cols = np.nonzero(ids)
+  np.add.at(bag, (rows, ids[rows, cols]), 1.0)
+  return bag / np.maximum(bag.sum(axis=1, keepdims=True), 1.0)
+
+
+def use_dense_bag(n_rows: int, vocab_size: int) -> bool:
+  """Whether a feature of `vocab_size` over `n_rows` tracks is pooled from a dense bag."""
+  return vocab_size <= DENSE_BAG_MAX_VOCAB and n_rows * vocab_size <= DENSE_BAG_MAX_ENTRIES
 
 
 def recency_ranks(ids: tf.Tensor) -> tf.Tensor:
@@ -141,10 +171,8 @@ class CandidateTower(tf.keras.Model):
     parts = [self.item_embedding(ids)]
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
-    if self.tags is not None:
-      parts.append(layer_mean(self.tags, features["tags"]))
-    for column, layer in self.text.items():
-      parts.append(layer_mean(layer, features[column]))
+    for column, layer in self._bags():
+      parts.append(_bag_mean(layer, features, column))
     if self.numeric is not None:
       parts.append(self.numeric(features["numeric"]))
     if self.text_vector is not None:
@@ -152,9 +180,42 @@ class CandidateTower(tf.keras.Model):
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
 
+  def _bags(self) -> List[Tuple[str, tf.keras.layers.Embedding]]:
+    """(column, embedding) of the multi-valued features, in the order the tower pools them."""
+    tags = [("tags", self.tags)] if self.tags is not None else []
+    return tags + list(self.text.items())
+
+  def dense_bags(self, catalogue: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The catalogue's dense bags (`dense_bag`) of the features small enough for one.
+
+    Args:
+      catalogue: Encoded item features, [n_items, L] ids for tags and text.
+
+    Returns:
+      `<column>` + `BAG_SUFFIX` -> [n_items, vocabulary] weights; given in the
+      features instead of a column's ids, the tower pools with one matmul.
+    """
+    out = {}
+    for column, layer in self._bags():
+      ids = catalogue[column]
+      if use_dense_bag(len(ids), layer.input_dim):
+        out[column + BAG_SUFFIX] = dense_bag(ids, layer.input_dim)
+    return out
+
   def get_config(self):
     """Towers are rebuilt from the family config; SavedModels carry the weights."""
     return {"name": self.name}
+
+
+def _bag_mean(layer: tf.keras.layers.Embedding, features: Dict[str, tf.Tensor],
+              column: str) -> tf.Tensor:
+  """Mean embedding of a multi-valued feature: its dense bag's matmul, else its ids' mean."""
+  bag = features.get(column + BAG_SUFFIX)
+  if bag is None:
+    return layer_mean(layer, features[column])
+  if not layer.built:
+    layer(tf.zeros([0], tf.int64))  # creates the weights where `layer_mean` would
+  return tf.linalg.matmul(bag, layer.embeddings)
 
 
 class QueryTower(tf.keras.Model):

@@ -26,6 +26,7 @@ from tfrec_music.models.features import ItemEncoder
 from tfrec_music.models.features import ItemFeatureSpec
 from tfrec_music.models.features import TEXT_VECTOR_COLUMN
 from tfrec_music.models.features import encode_catalogue
+from tfrec_music.models.towers import BAG_SUFFIX
 from tfrec_music.models.towers import CandidateTower
 from tfrec_music.models.towers import QueryTower
 from tfrec_music.models.two_tower import config as config_lib
@@ -96,7 +97,7 @@ class TwoTowerCore(ModelFamily):
         recency_length=config.history_length if config.history_pooling == "recency" else 0,
         use_history=self.use_history, name="query_tower")
     counts = prepared.item_train_counts.astype(np.float64)
-    self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self.catalogue,
+    self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self._model_catalogue(),
                                counts / max(counts.sum(), 1.0), config)
     self.model.compile(optimizer=optimizer(config))
     self._item_embeddings: Optional[np.ndarray] = None
@@ -120,6 +121,16 @@ class TwoTowerCore(ModelFamily):
     keep = np.ones(len(vocab) + 2, dtype=bool)
     keep[2:] = counts >= self.config.item_id_min_count
     return keep
+
+  def _model_catalogue(self) -> Dict[str, np.ndarray]:
+    """The catalogue the model gathers candidates from: small bag features as dense bags.
+
+    A tags or text column with a dense bag (`CandidateTower.dense_bags`) is
+    given as the bag only; the export's track tower still reads the ids.
+    """
+    bags = self.candidate_tower.dense_bags(self.catalogue)
+    kept = {k: v for k, v in self.catalogue.items() if k + BAG_SUFFIX not in bags}
+    return {**kept, **bags}
 
   def _history_content(self) -> Dict[str, Tuple[np.ndarray, tf.keras.layers.Layer]]:
     """Track lookup index -> artist/album/genre index maps for history pooling."""
