@@ -20,6 +20,7 @@ from benchmarks import _stats
 from benchmarks import eval_vs_factorized_topk
 from benchmarks import run_all
 from benchmarks import scann_recall
+from benchmarks import similarity_quality
 from benchmarks import training_throughput
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,11 +186,14 @@ def test_targets_golden_values_and_boundaries():
   # 2.5 would pass, but its worst seed (1.9) decides: not met.
   tq = [{"all/test/all/hr@10": hr, "ratio/cold_all_vs_ids": cold}
         for hr, cold in ((0.24, 2.5), (0.23, 1.9), (0.25, 3.0))]
+  # Friend AUC per seed: median 0.81, worst seed 0.76 decides.
+  sq = [{"seed": s, "default/test/all/friend_auc": auc, "oracle/test/all/friend_auc": 0.85}
+        for s, auc in enumerate((0.81, 0.76, 0.82))]
   records = [{"name": n, "command": f"python -m benchmarks.{n} --x", "returncode": 0,
               "seconds": 1.0, "figures": f}
              for n, f in (("playlist_quality", pq), ("als_vs_reference", als),
                           ("mpd_streaming_rss", {"peak_growth": 2.0}),
-                          ("two_tower_quality", tq))]
+                          ("two_tower_quality", tq), ("similarity_quality", sq))]
   rows = _targets_by_name({"date": "2030-01-01 00:00 UTC", "records": records})
   k5 = rows["6. playlist MF R-precision ratio to the best group baseline, as a share of the "
             "oracle's ratio, K=5 (>= 0.85)"]
@@ -213,6 +217,8 @@ def test_targets_golden_values_and_boundaries():
   cold = rows["6. cold-track test HR@10, all features / ids, worst seed (>= 2)"]
   assert cold["measured"] == pytest.approx(1.9) and cold["met"] is False
   assert cold["spread"] == pytest.approx([1.9, 3.0])
+  friends = rows["6. user-similarity test friend AUC, synthetic, worst seed (>= 0.80)"]
+  assert friends["measured"] == pytest.approx(0.76) and friends["met"] is False
 
 
 def test_targets_mark_stale_records_and_reach_the_json(tmp_path):
@@ -287,6 +293,18 @@ def test_run_all_rejects_unknown_names():
 
 
 @pytest.mark.slow
+def test_similarity_quality_quick_rows_per_seed(tmp_path):
+  out = tmp_path / "rows.json"
+  rows = similarity_quality.main(["--preset", "tiny", "--seeds", "0", "--settings", "default",
+                                  "--out", str(out)])
+  (row,) = rows
+  assert set(row) == {f"{who}/{key}" for who in ("default", "oracle")
+                      for key in similarity_quality.KEYS}
+  assert 0.5 < row["default/test/all/friend_auc"] <= 1.0
+  assert row["oracle/test/all/oracle_spearman"] == pytest.approx(1.0)
+  assert json.loads(out.read_text()) == [{"seed": 0, **row}]
+
+
 def test_run_all_quick_subprocess(tmp_path):
   md, out = tmp_path / "B.md", tmp_path / "b.json"
   proc = subprocess.run(
