@@ -52,8 +52,9 @@ def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object],
     start = time.perf_counter()
     family.fit(f"/tmp/two_tower_quality/{features}-{seed}")
     row[f"{features}/fit_seconds"] = time.perf_counter() - start
-    metrics = evaluate_scorer(family.score_fn(), prepared, splits=("test",), ks=(10,))
+    metrics = evaluate_scorer(family.score_fn(), prepared, splits=("test",), ks=(10, 50))
     row.update({f"{features}/{k}": metrics[k] for k in KEYS})
+    row.update(_cold_counts(features, metrics, prepared))
     if features == "all" and cascade_job_dir:
       cascade = CascadeFamily(CascadeFamily.make_config(preset, {"seed": seed}), prepared)
       row["all/left_for_cascade"] = float(cascade.leave_retrieval(
@@ -71,9 +72,21 @@ def run_seed(catalogue, preset: str, seed: int, overrides: Dict[str, object],
   row["ratio/all_vs_popularity"] = row["all/test/all/hr@10"] / row["popularity/test/all/hr@10"]
   row["ratio/all_vs_oracle"] = row["all/test/all/hr@10"] / row["oracle/test/all/hr@10"]
   row["ratio/cold_all_vs_ids"] = row["all/test/cold/hr@10"] / max(row["ids/test/cold/hr@10"], 1e-12)
+  row["ratio/cold_all_vs_ids@50"] = (row["all/test/cold/hr@50"]
+                                     / max(row["ids/test/cold/hr@50"], 1e-12))
   row["ratio/cold_user_vs_popularity"] = (row["all/test/cold_user/hr@10"]
                                           / max(row["popularity/test/cold_user/hr@10"], 1e-12))
   return row
+
+
+def _cold_counts(features: str, metrics: Dict[str, float], prepared) -> Dict[str, float]:
+  """The cold slice's HR@50, its test rows and its hits at 10 and 50 (HR x rows)."""
+  test_items = prepared.item_index(prepared.test["item_id"])
+  rows = float((~prepared.warm_items[test_items]).sum())
+  return {f"{features}/test/cold/hr@50": metrics["test/cold/hr@50"],
+          f"{features}/test/cold/rows": rows,
+          f"{features}/test/cold/hits@10": round(metrics["test/cold/hr@10"] * rows),
+          f"{features}/test/cold/hits@50": round(metrics["test/cold/hr@50"] * rows)}
 
 
 def main() -> None:
@@ -99,6 +112,11 @@ def main() -> None:
           flush=True)
   print_seed_table(rows, f"{len(rows)} seeds, preset {args.preset}, overrides {overrides}",
                    args.json)
+  for k in (10, 50):
+    hits = {f: sum(r[f"{f}/test/cold/hits@{k}"] for r in rows) for f in ("all", "ids")}
+    print(f"cold-track hits@{k} summed over seeds: all {hits['all']:.0f}, ids {hits['ids']:.0f}"
+          f" (ratio {hits['all'] / max(hits['ids'], 1):.2f}; "
+          f"{sum(r['all/test/cold/rows'] for r in rows):.0f} cold test rows)")
 
 
 if __name__ == "__main__":
