@@ -74,6 +74,9 @@ CHANGES: Tuple[ConfigChange, ...] = (
     ConfigChange("2026-12-04 06:33 UTC", ("als_vs_reference_10x_users",),
                  "the 10x-users entry times the CG solvers only (`--solvers cg`; was CG and "
                  "Cholesky, ours and implicit's)"),
+    ConfigChange("2026-12-04 12:50 UTC", ("playlist_quality",),
+                 "playlist_mf defaults chosen on validation NDCG: tracks also carry their tags "
+                 "and genre (item_features), fold_in_l2 1.0 -> 2.0"),
 )
 
 

@@ -270,7 +270,7 @@ def test_bad_config_messages():
   with pytest.raises(ValueError, match="`negatives` should be a positive integer"):
     PlaylistMFConfig(negatives=0)
   with pytest.raises(ValueError, match="`item_features` should be a list"):
-    PlaylistMFConfig(item_features=("genre",))
+    PlaylistMFConfig(item_features=("lyrics",))
   with pytest.raises(ValueError, match="`loss` should be 'softmax' or 'bce'. Received: `loss` = 'x'"):
     PlaylistMFConfig(loss="x")
   with pytest.raises(ValueError, match="`name_prior` should be True or False"):
@@ -297,6 +297,16 @@ def test_token_codes_by_hand():
   codes, vocab = token_codes(["chill rock 1", "chill pop 2", "Rock!", ""], min_count=2)
   assert vocab == ["chill", "rock"]
   assert codes.tolist() == [[0, 1], [0, -1], [1, -1], [-1, -1]]
+
+
+def test_tag_codes_by_hand():
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from tfrec_music.models.playlist_mf.family import _tag_codes  # pylint: disable=g-import-not-at-top
+  # "chill" is on 3 tracks, "rock" on 2 (listed twice on one: counted once), "jazz" on 1.
+  tags = pd.Series([["rock", "chill", "rock"], ["chill"], None, np.array(["jazz", "chill", "rock"])])
+  codes, vocab = _tag_codes(tags, min_count=2)
+  assert vocab == ["chill", "rock"]
+  assert codes.tolist() == [[0, 1], [0, -1], [-1, -1], [0, 1]]
 
 
 def test_bag_is_the_mean_of_its_codes():

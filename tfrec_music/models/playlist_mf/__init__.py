@@ -1,9 +1,9 @@
 """Playlist continuation by matrix factorization (`--model playlist_mf`).
 
 The recommender idea: a playlist and a track each get a vector and a bias;
-a track's vector is its own plus its artist's, album's and title words', a
-playlist's is its own plus its name tokens', and the playlist's tracks are
-choices among the catalogue's,
+a track's vector is its own plus its content's (artist, album, title words,
+tags, genre), a playlist's is its own plus its name tokens', and the
+playlist's tracks are choices among the catalogue's,
 
     P(track | playlist) = softmax over tracks of dot(p, t) + b_t
 

@@ -11,7 +11,7 @@ from tfrec_music.models.config_checks import check_shares
 
 SAMPLING = ("uniform", "popularity")
 LOSSES = ("softmax", "bce")
-ITEM_FEATURES = ("artist", "album", "title")
+ITEM_FEATURES = ("artist", "album", "title", "tags", "genre", "mood")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +35,12 @@ class PlaylistMFConfig:
     l2: Weight of the per-example penalty on the playlist's and the track's
       vector parts (biases are free).
     item_features: Item content added to each track's own vector and bias:
-      `artist` and `album` (one shared vector each) and `title` (the mean of
-      its words' vectors), so tracks seen in few playlists, or none, borrow
-      from their artist, album and title words.
+      `artist`, `album`, `genre` and `mood` (one shared vector each), `title`
+      (the mean of its words' vectors) and `tags` (the mean of its tags'
+      vectors), so tracks seen in few playlists, or none, borrow from their
+      content; columns the items lack are skipped. Genre and tags speak the
+      language of playlist names ("chill jazz"), so they tie a name's tokens
+      to tracks.
     own_dropout: Share of the catalogue whose own vectors and biases are
       dropped in each training batch (the same tracks in the positives and
       the softmax's denominator), so that artist, album and title learn to
@@ -60,7 +63,7 @@ class PlaylistMFConfig:
     fold_in_negatives: The fold-in objective runs over the whole catalogue up
       to this size, over a fixed weighted sample of this size beyond.
     name_min_count: Training playlists a name token needs to be kept.
-    title_min_count: Catalogue tracks a title word needs to be kept.
+    title_min_count: Catalogue tracks a title word or a tag needs to be kept.
     max_seeds: Seeds the ScaNN export can exclude (it fetches `top_k +
       max_seeds` results); the exact export excludes every seed.
     top_k: Results per request in the export (clamped to the catalogue).
@@ -74,11 +77,11 @@ class PlaylistMFConfig:
   negative_sampling: str = "popularity"
   popularity_exponent: float = 0.75
   l2: float = 3e-3
-  item_features: Tuple[str, ...] = ("artist", "album", "title")
+  item_features: Tuple[str, ...] = ("artist", "album", "title", "tags", "genre")
   own_dropout: float = 0.0
   name_features: bool = True
   name_prior: bool = True
-  fold_in_l2: Optional[float] = 1.0
+  fold_in_l2: Optional[float] = 2.0
   l2_per_seed: bool = False
   learning_rate: float = 0.01
   epochs: int = 40

@@ -1,7 +1,7 @@
 """Playlist MF plugged into the training pipeline: tables, fit, scoring, evaluation, export."""
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -114,14 +114,19 @@ class PlaylistMFFamily(ModelFamily):
     """`item_features` -> ([n_items, L] codes, -1 for none; vocabulary size).
 
     Absent columns are skipped. Albums are grouped by (artist, album): titles
-    such as "Greatest Hits" repeat across artists. Title words are kept when
-    `title_min_count` tracks hold them.
+    such as "Greatest Hits" repeat across artists. Title words and tags (a
+    list-valued column) are kept when `title_min_count` tracks hold them.
     """
     items = self.prepared.items
     out = {}
     for name in self.config.item_features:
       if name not in items.columns:
         logging.info("playlist_mf: the items have no `%s` column; not used.", name)
+        continue
+      if name == "tags":
+        codes, vocab = _tag_codes(items[name], self.config.title_min_count)
+        if vocab:
+          out[name] = (codes, len(vocab))
         continue
       labels = items[name].fillna("").astype(str)
       if name == "title":
@@ -194,11 +199,11 @@ class PlaylistMFFamily(ModelFamily):
   def track_arrays(self):
     """(vectors [n_items, d], bias [n_items]) of the catalogue.
 
-    A track vector is its own plus its artist's, album's and title words'
-    (`item_features`). A track with no training positive was only ever a
-    negative, so its own vector and bias say nothing: it keeps its content
-    part, and its own bias is the lowest of the trained tracks', so it ranks
-    by what its artist, album and title say, below a trained twin.
+    A track vector is its own plus its content's (`item_features`: artist,
+    album, title words, tags, genre). A track with no training positive was
+    only ever a negative, so its own vector and bias say nothing: it keeps its
+    content part, and its own bias is the lowest of the trained tracks', so it
+    ranks by what its content says, below a trained twin.
     """
     vectors, bias = self.model.track_table()
     untrained = self.prepared.item_train_counts == 0
@@ -384,3 +389,19 @@ class PlaylistMFFamily(ModelFamily):
         "scann/": "the same signatures over a ScaNN index (needs ScaNN ops)",
         "candidates/": "item_ids.txt, embeddings.npy ([n, d + 1]: track vector, then bias), "
                        "metadata.tsv"}
+
+
+def _tag_codes(tags: pd.Series, min_count: int) -> Tuple[np.ndarray, List[str]]:
+  """A list-valued `tags` column -> ([N, L] codes of each track's kept tags, -1 padded; vocabulary).
+
+  A tag is kept when `min_count` tracks carry it; the vocabulary is sorted.
+  """
+  rows = [sorted({str(t) for t in row}) if isinstance(row, (list, tuple, np.ndarray)) else []
+          for row in tags]
+  counts: Dict[str, int] = {}
+  for row in rows:
+    for tag in row:
+      counts[tag] = counts.get(tag, 0) + 1
+  vocab = sorted(t for t, c in counts.items() if c >= min_count)
+  index = {t: i for i, t in enumerate(vocab)}
+  return pad_indices([[index[t] for t in row if t in index] for row in rows]), vocab

@@ -55,7 +55,8 @@ class PlaylistMFModel(tfrs.Model):
   """Playlist and track towers, each an id's own vector and bias plus its content's.
 
   A playlist is p = e_playlist + mean(name token vectors); a track is
-  t = e_track + e_artist + e_album + mean(title word vectors), each with a
+  t = e_track + e_artist + e_album + mean(title word vectors) + mean(tag
+  vectors) + e_genre (the `item_features` the items have), each with a
   bias built the same way. The loss (`config.loss`) is the softmax of the
   playlist's tracks among the catalogue's (exact up to `softmax_negatives`
   tracks, sampled with the logQ correction beyond) or binary cross-entropy
