@@ -301,10 +301,10 @@ def test_token_codes_by_hand():
 
 def test_tag_codes_by_hand():
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  from tfrec_music.models.playlist_mf.family import _tag_codes  # pylint: disable=g-import-not-at-top
+  from tfrec_music.models.playlist_mf.tokens import tag_codes  # pylint: disable=g-import-not-at-top
   # "chill" is on 3 tracks, "rock" on 2 (listed twice on one: counted once), "jazz" on 1.
   tags = pd.Series([["rock", "chill", "rock"], ["chill"], None, np.array(["jazz", "chill", "rock"])])
-  codes, vocab = _tag_codes(tags, min_count=2)
+  codes, vocab = tag_codes(tags, min_count=2)
   assert vocab == ["chill", "rock"]
   assert codes.tolist() == [[0, 1], [0, -1], [-1, -1], [0, 1]]
 

@@ -1,7 +1,7 @@
 """Playlist MF plugged into the training pipeline: tables, fit, scoring, evaluation, export."""
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from tfrec_music.models.playlist_mf.network import negative_distribution
 from tfrec_music.models.playlist_mf.serving import PlaylistContinuation
 from tfrec_music.models.playlist_mf.serving import save_continuation
 from tfrec_music.models.playlist_mf.tokens import pad_indices
+from tfrec_music.models.playlist_mf.tokens import tag_codes
 from tfrec_music.models.playlist_mf.tokens import token_codes
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.prepare.prepared import PreparedData
@@ -124,7 +125,7 @@ class PlaylistMFFamily(ModelFamily):
         logging.info("playlist_mf: the items have no `%s` column; not used.", name)
         continue
       if name == "tags":
-        codes, vocab = _tag_codes(items[name], self.config.title_min_count)
+        codes, vocab = tag_codes(items[name].to_numpy(), self.config.title_min_count)
         if vocab:
           out[name] = (codes, len(vocab))
         continue
@@ -390,18 +391,3 @@ class PlaylistMFFamily(ModelFamily):
         "candidates/": "item_ids.txt, embeddings.npy ([n, d + 1]: track vector, then bias), "
                        "metadata.tsv"}
 
-
-def _tag_codes(tags: pd.Series, min_count: int) -> Tuple[np.ndarray, List[str]]:
-  """A list-valued `tags` column -> ([N, L] codes of each track's kept tags, -1 padded; vocabulary).
-
-  A tag is kept when `min_count` tracks carry it; the vocabulary is sorted.
-  """
-  rows = [sorted({str(t) for t in row}) if isinstance(row, (list, tuple, np.ndarray)) else []
-          for row in tags]
-  counts: Dict[str, int] = {}
-  for row in rows:
-    for tag in row:
-      counts[tag] = counts.get(tag, 0) + 1
-  vocab = sorted(t for t, c in counts.items() if c >= min_count)
-  index = {t: i for i, t in enumerate(vocab)}
-  return pad_indices([[index[t] for t in row if t in index] for row in rows]), vocab

@@ -1,7 +1,7 @@
 """Words of playlist names and track titles: one tokenizer for training and serving,
 and the -1-padded index rows that token codes and seed tracks are passed as."""
 
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -35,11 +35,30 @@ def token_codes(texts: Sequence[str], min_count: int) -> Tuple[np.ndarray, List[
   Example: texts ["chill rock 1", "chill pop 2", "Rock!"], min_count 2 ->
   vocabulary ["chill", "rock"], codes [[0, 1], [0, -1], [1, -1]].
   """
-  rows = [set(row) for row in token_lists(texts)]
-  counts = {}
+  return label_codes(token_lists(texts), min_count)
+
+
+def tag_codes(tags: Sequence[Any], min_count: int) -> Tuple[np.ndarray, List[str]]:
+  """A list-valued column (a track's tags; None or a scalar: no tags) -> `label_codes`.
+
+  Example: [["rock", "chill", "rock"], ["chill"], None], min_count 2 ->
+  vocabulary ["chill"], codes [[0], [0], [-1]].
+  """
+  return label_codes([[str(t) for t in row] if isinstance(row, (list, tuple, np.ndarray))
+                      else [] for row in tags], min_count)
+
+
+def label_codes(rows: Sequence[Sequence[str]], min_count: int) -> Tuple[np.ndarray, List[str]]:
+  """Label lists -> (codes [N, L] of each row's distinct kept labels, -1 padded; vocabulary).
+
+  A label is kept when at least `min_count` rows hold it (a row holding it twice
+  counts once); the vocabulary is sorted, so codes do not depend on row order.
+  """
+  rows = [set(row) for row in rows]
+  counts: Dict[str, int] = {}
   for row in rows:
-    for token in row:
-      counts[token] = counts.get(token, 0) + 1
+    for label in row:
+      counts[label] = counts.get(label, 0) + 1
   vocab = sorted(t for t, c in counts.items() if c >= min_count)
   index = {t: i for i, t in enumerate(vocab)}
   return pad_indices([sorted(index[t] for t in row if t in index) for row in rows]), vocab
