@@ -143,9 +143,13 @@ def test_hard_negatives_come_from_retrieved_tracks_the_user_never_had(trained):
 def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(catalogue,
                                                                               tmp_path):
   """`rankers=2`: two re-rankers with their own seeds; the cascade and its export score a
-  candidate with the mean of their logits; a finished re-ranker is restored, not retrained."""
+  candidate with the mean of their logits; a finished re-ranker is restored, not retrained.
+
+  One epoch per re-ranker (this test fits six): what it checks does not depend on training
+  length.
+  """
   prepared = prepare(catalogue.tables, PrepareConfig(**CascadeFamily.prepare_overrides))
-  family = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
+  family = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "epochs": 1}), prepared)
   summary = family.fit(str(tmp_path / "job"))
   assert [r.config.seed for r in family.rankers] == [0, 1000] and len(summary["rankers"]) == 2
   users = prepared.test["user_id"].astype(str).to_numpy()[:4]
@@ -180,7 +184,8 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   assert family._fit_or_restore(second, "ranker_1", str(tmp_path / "again"), backup)["restored"]  # pylint: disable=protected-access
   # A rerun whose cascade trains its re-rankers otherwise (here: on other positives)
   # trains the stage afresh instead of restoring it.
-  other = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "recent_share": 0.0}),
+  other = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "epochs": 1,
+                                                               "recent_share": 0.0}),
                         prepared)
   other.retrieval = family.retrieval
   retrained = other._new_ranker(1, other._training_candidates())  # pylint: disable=protected-access
@@ -196,7 +201,7 @@ def test_ranker_ensemble_scores_with_the_mean_logit_in_python_and_in_the_export(
   # checkpoint; the rerun restores it (before the finished stages' folders are removed)
   # and trains the second.
   job = str(tmp_path / "killed")
-  rerun = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2}), prepared)
+  rerun = CascadeFamily(CascadeFamily.make_config("tiny", {"rankers": 2, "epochs": 1}), prepared)
   rerun._fit_or_restore(rerun.retrieval, "retrieval", job, job + "/backup")  # pylint: disable=protected-access
   finished = rerun._new_ranker(0, rerun._training_candidates())  # pylint: disable=protected-access
   rerun._fit_or_restore(finished, "ranker", job, job + "/backup")  # pylint: disable=protected-access

@@ -16,6 +16,7 @@ from tfrec_music.export import export_versioned
 from tfrec_music.export import instances_to_inputs
 from tfrec_music.export import latest_version_path
 from tfrec_music.export import list_versions
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.prepare import prepare
 
@@ -90,6 +91,33 @@ print(json.dumps({{"ids": res['item_ids'].numpy().astype(str).tolist(),
   assert shown.returncode == 0, shown.stderr
   assert "signature_def['serving_default']" in shown.stdout
   assert "user_id" in shown.stdout and "item_ids" in shown.stdout
+
+
+def test_save_module_keeps_signatures_and_functions_without_keras_traces(tmp_path):
+  """`save_module` saves what serving uses (variables, signatures, the module's own
+  `tf.function`s) with the same answers as `tf.saved_model.save`, but not tf-keras' traces
+  of each layer's call functions (`keras_api`)."""
+  class Module(tf.Module):
+    def __init__(self):
+      super().__init__()
+      self.layer = tf.keras.layers.Dense(3)
+      self.layer.build([None, 2])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+    def serve(self, x):
+      return {"y": self.layer(x)}
+
+  module = Module()
+  save_module(module, str(tmp_path / "ours"), signatures={"serving_default": module.serve})
+  tf.saved_model.save(module, str(tmp_path / "plain"),
+                      signatures={"serving_default": module.serve})
+  ours, plain = (tf.saved_model.load(str(tmp_path / name)) for name in ("ours", "plain"))
+  x = tf.constant([[1.0, 2.0], [-3.0, 0.5]])
+  want = module.layer(x).numpy()
+  np.testing.assert_array_equal(ours.signatures["serving_default"](x=x)["y"].numpy(), want)
+  np.testing.assert_array_equal(plain.signatures["serving_default"](x=x)["y"].numpy(), want)
+  np.testing.assert_array_equal(ours.serve(x)["y"].numpy(), want)
+  assert hasattr(plain.layer, "keras_api") and not hasattr(ours.layer, "keras_api")
 
 
 def test_rest_body_conversion_errors(tmp_path, toy_tables):

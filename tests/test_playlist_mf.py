@@ -407,7 +407,7 @@ def sigkill_and_rerun(tmp_path, model, flags, every, epochs, steps_per_epoch, me
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_from_the_step_checkpoint(tmp_path):
   # Tiny playlists: 290 training rows, batch 16 -> 19 steps an epoch, a checkpoint every 5.
-  epochs, every = 30, 5
+  epochs, every = 10, 5
   sigkill_and_rerun(tmp_path, "playlist_mf", ["--batch-size", "16"], every, epochs,
                     steps_per_epoch=19, metric="valid_ndcg")
 

@@ -28,6 +28,7 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
 
 # Score of a result slot no track is left for (k at the catalogue size, minus
@@ -278,7 +279,7 @@ def save_retrieval_module(module: RetrievalServingModule, directory: str) -> Non
   """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
              if module.index_kind == "scann" else None)
-  tf.saved_model.save(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(), options=options)
 
 
 def save_candidates(directory: str, item_ids: np.ndarray, embeddings: np.ndarray,

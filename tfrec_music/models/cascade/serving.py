@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tfrec_music.export import retrieval as retrieval_export
 from tfrec_music.export.retrieval import EMPTY_SCORE
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.rerank_features import HistoryFeatures
 from tfrec_music.prepare.prepared import PreparedData
@@ -173,7 +174,7 @@ def save_serving_module(module: CascadeServingModule, directory: str,
     directory: Export folder.
     user_features: The retrieval's raw user feature columns (`recommend` inputs).
   """
-  tf.saved_model.save(module, directory, signatures=module.signatures())
+  save_module(module, directory, signatures=module.signatures())
   k = module.k
   return {"serving_default": f"user_id [B] -> item_ids [B, {k}], scores [B, {k}], "
                              "fallback [B] (stored history of known users; popularity "

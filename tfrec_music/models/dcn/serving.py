@@ -21,6 +21,7 @@ import numpy as np
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models.dcn.features import raw_signature
 from tfrec_music.models.dcn.network import DCNRanker
 from tfrec_music.models.dcn.network import RankingEncoder
@@ -154,7 +155,7 @@ def save_serving_module(module: DCNServingModule, directory: str) -> Dict[str, s
   One writer for the in-memory and the streamed DCN, so both exports have
   the same serving contract.
   """
-  tf.saved_model.save(module, directory, signatures=module.signatures())
+  save_module(module, directory, signatures=module.signatures())
   output = ("rating [B] (clipped to the training range)" if module.labels == "explicit"
             else "probability [B], logit [B]")
   output += ", fallback [B] (unknown or empty user or track id: baseline prediction)"

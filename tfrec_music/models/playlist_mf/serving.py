@@ -8,6 +8,7 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
 from tfrec_music.export.retrieval import EMPTY_SCORE
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models.playlist_mf.tokens import name_tokens
 
 # Step sizes the damped Newton fold-in tries; the one with the lowest objective wins, per row.
@@ -289,4 +290,4 @@ def save_continuation(module: PlaylistContinuation, directory: str) -> None:
   """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
              if module.index_kind == "scann" else None)
-  tf.saved_model.save(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(), options=options)

@@ -12,6 +12,7 @@ import pandas as pd
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
 from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.protocol import evaluate_scorer
@@ -368,7 +369,7 @@ class TasteMLPFamily(ModelFamily):
   def save(self, directory: str) -> Dict[str, str]:
     """SavedModel with `serving_default` (ids) and `score_features` (raw vectors)."""
     module = self.serving_module()
-    tf.saved_model.save(module, directory, signatures=module.signatures())
+    save_module(module, directory, signatures=module.signatures())
     dim = self.track_table.shape[1]
     return {"serving_default": "user_id [B], item_id [B] -> probability [B], known [B]",
             "score_features": f"track [B, {dim}], taste [B, {dim}] -> probability [B], logit [B] "

@@ -9,6 +9,7 @@ import pandas as pd
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.features import item_input_signature
@@ -102,7 +103,7 @@ def save_towers(family: Any, directory: str) -> None:
 
   query_module = tf.Module()
   query_module.model = query_model
-  tf.saved_model.save(query_module, io.join(directory, "query_tower"),
+  save_module(query_module, io.join(directory, "query_tower"),
                       signatures={"serving_default": serve_query})
   encoder, tower = family.item_encoder, family.candidate_tower
 
@@ -112,5 +113,5 @@ def save_towers(family: Any, directory: str) -> None:
 
   candidate_module = tf.Module()
   candidate_module.encoder, candidate_module.tower = encoder, tower
-  tf.saved_model.save(candidate_module, io.join(directory, "candidate_tower"),
+  save_module(candidate_module, io.join(directory, "candidate_tower"),
                       signatures={"serving_default": serve_candidate})

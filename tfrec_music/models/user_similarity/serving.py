@@ -7,6 +7,7 @@ import numpy as np
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models.als import fold_in
 from tfrec_music.models.user_similarity.index import ROUNDING
 from tfrec_music.models.user_similarity.profiles import TasteParts
@@ -212,5 +213,5 @@ def save_similar_users_module(module: SimilarUsersModule, directory: str) -> Non
   """Saves the module (ScaNN variants whitelist the `Scann` op namespace)."""
   options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
              if module.index_kind == "scann" else None)
-  tf.saved_model.save(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(), options=options)
 
