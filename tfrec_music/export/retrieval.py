@@ -28,8 +28,8 @@ import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
+from tfrec_music.export.saved_model import save_module
 
 # Score of a result slot no track is left for (k at the catalogue size, minus
 # the excluded tracks): the lowest float32, with item id "".
@@ -277,9 +277,8 @@ def _as_tensor(values: np.ndarray) -> tf.Tensor:
 
 def save_retrieval_module(module: RetrievalServingModule, directory: str) -> None:
   """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
-  options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
-             if module.index_kind == "scann" else None)
-  save_module(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(),
+              scann_ops=module.index_kind == "scann")
 
 
 def save_candidates(directory: str, item_ids: np.ndarray, embeddings: np.ndarray,

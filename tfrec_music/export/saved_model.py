@@ -26,8 +26,8 @@ _MAX_RENAME_ATTEMPTS = 20
 
 
 def save_module(module: tf.Module, directory: str, signatures: Any = None,
-                options: Optional[tf.saved_model.SaveOptions] = None) -> None:
-  """`tf.saved_model.save(module, directory, signatures, options)` without Keras' layer traces.
+                scann_ops: bool = False) -> None:
+  """`tf.saved_model.save(module, directory, signatures)` without Keras' layer traces.
 
   Saving a module that holds Keras layers makes tf-keras trace every layer's
   call functions into the SavedModel, for `tf.keras.models.load_model` to
@@ -36,8 +36,12 @@ def save_module(module: tf.Module, directory: str, signatures: Any = None,
   traces only cost time: without them a two-tower export saves in about half
   the time, loads in two thirds and is a quarter smaller. Variables,
   signatures and the module's own functions are saved as before.
+
+  `scann_ops`: the module holds a ScaNN index, whose ops live in the `Scann`
+  namespace that the SavedModel must whitelist.
   """
   from tf_keras.src.saving.legacy.saved_model import utils as keras_saving  # pylint: disable=g-import-not-at-top
+  options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]) if scann_ops else None
   with keras_saving.keras_option_scope(save_traces=False):
     tf.saved_model.save(module, directory, signatures=signatures, options=options)
 

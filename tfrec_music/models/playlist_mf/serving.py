@@ -288,6 +288,5 @@ class PlaylistContinuation(tf.Module):
 
 def save_continuation(module: PlaylistContinuation, directory: str) -> None:
   """Saves a serving module; ScaNN ones need the `Scann` op namespace whitelisted."""
-  options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
-             if module.index_kind == "scann" else None)
-  save_module(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(),
+              scann_ops=module.index_kind == "scann")

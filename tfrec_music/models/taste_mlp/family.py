@@ -12,8 +12,8 @@ import pandas as pd
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
-from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.data.tables import AUDIO_FEATURES
 from tfrec_music.evaluation.protocol import evaluate_scorer
 from tfrec_music.evaluation.protocol import fixed_scorer

@@ -9,8 +9,8 @@ import pandas as pd
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
-from tfrec_music.export.saved_model import save_module
 from tfrec_music import io
+from tfrec_music.export.saved_model import save_module
 from tfrec_music.models import history as history_lib
 from tfrec_music.models.features import item_input_signature
 from tfrec_music.models.popularity import PopularityModel
@@ -104,7 +104,7 @@ def save_towers(family: Any, directory: str) -> None:
   query_module = tf.Module()
   query_module.model = query_model
   save_module(query_module, io.join(directory, "query_tower"),
-                      signatures={"serving_default": serve_query})
+              signatures={"serving_default": serve_query})
   encoder, tower = family.item_encoder, family.candidate_tower
 
   @tf.function(input_signature=[item_input_signature(family.spec)])
@@ -114,4 +114,4 @@ def save_towers(family: Any, directory: str) -> None:
   candidate_module = tf.Module()
   candidate_module.encoder, candidate_module.tower = encoder, tower
   save_module(candidate_module, io.join(directory, "candidate_tower"),
-                      signatures={"serving_default": serve_candidate})
+              signatures={"serving_default": serve_candidate})

@@ -211,7 +211,6 @@ class SimilarUsersModule(tf.Module):
 
 def save_similar_users_module(module: SimilarUsersModule, directory: str) -> None:
   """Saves the module (ScaNN variants whitelist the `Scann` op namespace)."""
-  options = (tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
-             if module.index_kind == "scann" else None)
-  save_module(module, directory, signatures=module.signatures(), options=options)
+  save_module(module, directory, signatures=module.signatures(),
+              scann_ops=module.index_kind == "scann")
 
