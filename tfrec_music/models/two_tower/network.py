@@ -97,11 +97,14 @@ def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
   Query i's positive is candidate i; the other candidates are its negatives.
   The scores are those of `Retrieval` (dot products / temperature, minus the
   log sampling probability, accidental hits set to TFRS's `MIN_FLOAT`), and
-  the loss is its categorical cross-entropy summed over the batch, bit for
-  bit; but the hits are masked with one select instead of the five
-  [B, N] passes of `RemoveAccidentalHits`, and the log probabilities come
-  from one precomputed table. (The dense cross-entropy with identity labels
-  is kept: its kernel is faster on CPU than the sparse one's.)
+  the loss is its categorical cross-entropy summed over the batch, equal up
+  to float rounding; but the temperature divides the [B, d] queries instead
+  of the [B, N] scores, the hits are masked with one select instead of the
+  five [B, N] passes of `RemoveAccidentalHits`, the log probabilities come
+  from one precomputed table, and the cross-entropy with identity labels is
+  `logsumexp(row) - diagonal`, whose gradient costs fewer [B, N] passes than
+  the dense cross-entropy's (1,024 x 1,024 scores, forward and backward: ~5
+  against ~7 ms on 2 CPU cores).
 
   Args:
     queries: [B, d] query vectors.
@@ -116,20 +119,18 @@ def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
   Returns:
     Scalar: the loss summed over the B queries.
   """
-  scores = tf.linalg.matmul(queries, candidates, transpose_b=True)
-  scores = scores / temperature
+  scores = tf.linalg.matmul(queries / temperature, candidates, transpose_b=True)
   if log_correction is not None:
     scores = scores - log_correction
   n_queries = tf.shape(scores)[0]
-  rows = tf.range(n_queries)
+  positive_scores = tf.linalg.diag_part(scores)
   if remove_accidental_hits:
     positives = candidate_ids[:n_queries]
     hits = tf.equal(positives[:, tf.newaxis], candidate_ids[tf.newaxis, :])
-    hits &= tf.not_equal(rows[:, tf.newaxis], tf.range(tf.shape(scores)[1])[tf.newaxis, :])
+    hits = tf.linalg.set_diag(hits, tf.zeros([n_queries], tf.bool))
     # TFRS adds MIN_FLOAT to a hit's score, which rounds to MIN_FLOAT itself.
     scores = tf.where(hits, tf.constant(MIN_FLOAT, scores.dtype), scores)
-  labels = tf.eye(n_queries, tf.shape(scores)[1], dtype=scores.dtype)
-  return tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels, scores))
+  return tf.reduce_sum(tf.reduce_logsumexp(scores, axis=1) - positive_scores)
 
 
 def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
