@@ -77,6 +77,11 @@ CHANGES: Tuple[ConfigChange, ...] = (
     ConfigChange("2026-12-04 12:50 UTC", ("playlist_quality",),
                  "playlist_mf defaults chosen on validation NDCG: tracks also carry their tags "
                  "and genre (item_features), fold_in_l2 1.0 -> 2.0"),
+    ConfigChange("2026-12-04 19:00 UTC",
+                 ("training_throughput", "training_throughput_tutorial", "two_tower_quality",
+                  "dcn_quality", "similarity_quality", "real_quality"),
+                 "two-tower default play_weight=log1p: a training row counts log(1 + plays) "
+                 "in the loss, mean 1 (was every row alike)"),
 )
 
 

@@ -1,6 +1,7 @@
 """Two-tower training step: sparse and XLA history pooling, dense bags, the fused in-batch loss, history off."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import tfrec_music  # noqa: F401
@@ -13,6 +14,8 @@ from tfrec_music.models.towers import dense_bag
 from tfrec_music.models.towers import embedding_mean
 from tfrec_music.models.two_tower import TwoTowerConfig
 from tfrec_music.models.two_tower import TwoTowerFamily
+from tfrec_music.models.two_tower.core import play_weights
+from tfrec_music.models.two_tower.network import EXAMPLE_WEIGHT
 from tfrec_music.models.two_tower.network import in_batch_softmax_loss
 from tfrec_music.prepare import prepare
 
@@ -147,6 +150,53 @@ def test_in_batch_softmax_loss_is_tfrs_retrieval(mixed_negatives):
                                                                       [queries, candidates])])
   for ours, theirs in zip(*results):
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_row_weights_weigh_each_query_as_tfrs_sample_weight():
+  rng = np.random.default_rng(4)
+  queries = tf.constant(rng.normal(size=(10, 4)).astype(np.float32))
+  candidates = tf.constant(rng.normal(size=(10, 4)).astype(np.float32))
+  ids = tf.constant(rng.integers(0, 5, 10), tf.int64)
+  weights = tf.constant([0.0, 0.5, 1.0, 2.0, 4.0, 1.0, 0.0, 3.0, 1.5, 1.0], tf.float32)
+  task = tfrs.tasks.Retrieval(
+      loss=tf.keras.losses.CategoricalCrossentropy(
+          from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
+      temperature=0.1, remove_accidental_hits=True)
+  want = task(queries, candidates, sample_weight=weights, candidate_ids=ids,
+              compute_metrics=False)
+  got = in_batch_softmax_loss(queries, candidates, ids, None, 0.1, True, weights)
+  np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5)
+  unweighted = in_batch_softmax_loss(queries, candidates, ids, None, 0.1, True)
+  assert got.numpy() != pytest.approx(unweighted.numpy())
+
+
+def test_play_weights_are_log1p_plays_with_mean_one_and_reach_training(toy_tables):
+  train = pd.DataFrame({"user_id": ["u", "u", "v", "v"], "item_id": ["a", "b", "a", "c"],
+                        "weight": [1.0, 3.0, 0.0, 99.0]})
+  want = np.log1p([1.0, 3.0, 0.0, 99.0])
+  np.testing.assert_allclose(play_weights(train, "log1p"), want / want.mean(), rtol=1e-6)
+  assert play_weights(train, "none") is None
+  assert play_weights(train.drop(columns="weight"), "log1p") is None
+  assert play_weights(train.assign(weight=0.0), "log1p") is None      # no plays: unweighted
+  with pytest.raises(ValueError, match="play_weight"):
+    TwoTowerConfig(play_weight="linear")
+
+  prepared = prepare(toy_tables)
+  assert "weight" in prepared.train.columns
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {}), prepared)
+  features = family.training_features()
+  np.testing.assert_allclose(features[EXAMPLE_WEIGHT],
+                             play_weights(prepared.train, "log1p"), rtol=1e-6)
+  assert features[EXAMPLE_WEIGHT].mean() == pytest.approx(1.0, rel=1e-5)
+  unweighted = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"play_weight": "none"}),
+                              prepared)
+  assert EXAMPLE_WEIGHT not in unweighted.training_features()
+  # The weight is a loss input, never a query feature: zero weights, zero training loss.
+  assert EXAMPLE_WEIGHT not in family.query_signature()
+  batch = {k: tf.constant(v[:64]) for k, v in features.items()}
+  assert float(family.model.compute_loss(batch, training=True)) > 0
+  batch[EXAMPLE_WEIGHT] = tf.zeros([64])
+  assert float(family.model.compute_loss(batch, training=True)) == 0.0
 
 
 def test_history_off_trains_exports_and_reloads(toy_tables, tmp_path):

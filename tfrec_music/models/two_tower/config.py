@@ -63,6 +63,13 @@ class TwoTowerConfig:
       before the row), `"others"` (the user's other training tracks, as
       served), `"auto"` (causal when the data has timestamps, others when it
       has no order).
+    play_weight: Each training row's weight in the loss: `"log1p"`,
+      log(1 + plays) of its (user, track) pair (the `weight` column: play
+      counts, summed over the pair's training listens), normalized to mean 1
+      over the training rows, so a track played 100 times counts about 4x
+      one played twice rather than 50x; `"none"`:
+      every row alike. Data without a `weight` column, and the streamed
+      trainer, train unweighted.
     early_stopping_patience: Epochs without validation HR@10 gain before stopping.
     validation_users: Validation users scored per epoch (0 = all).
     top_k: Results per request in the export.
@@ -92,6 +99,7 @@ class TwoTowerConfig:
   item_id_dropout: float = 0.3
   item_id_min_count: int = 20
   history_window: str = "auto"
+  play_weight: str = "log1p"
   early_stopping_patience: int = 2
   validation_users: int = 2000
   top_k: int = 100
@@ -100,7 +108,8 @@ class TwoTowerConfig:
   def __post_init__(self):
     check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
                          "history_pooling": ("mean", "recency"),
-                         "history_window": ("auto", "causal", "others")})
+                         "history_window": ("auto", "causal", "others"),
+                         "play_weight": ("log1p", "none")})
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "top_k"))
     check_ints(self, ("history_length", "mixed_negatives", "item_id_min_count",
                       "early_stopping_patience", "validation_users"), minimum=0)

@@ -33,12 +33,27 @@ from tfrec_music.models.two_tower import config as config_lib
 from tfrec_music.models.two_tower import serving
 from tfrec_music.models.two_tower.config import TwoTowerConfig
 from tfrec_music.models.two_tower.config import USER_FEATURES
+from tfrec_music.models.two_tower.network import EXAMPLE_WEIGHT
 from tfrec_music.models.two_tower.network import QueryEncoder
 from tfrec_music.models.two_tower.network import TwoTowerModel
 from tfrec_music.models.two_tower.network import optimizer
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.pipeline.lookups import lookup_indices
 from tfrec_music.prepare.prepared import PreparedData
+
+
+def play_weights(train: pd.DataFrame, transform: str) -> Optional[np.ndarray]:
+  """[N] float32 loss weight of each training row (`play_weight`), mean 1; None: unweighted.
+
+  `log1p`: log(1 + the row's `weight`), the play count of its (user, track)
+  pair; None when the rows have no `weight` column, `transform` is `none`,
+  or every weight is 0.
+  """
+  if transform == "none" or "weight" not in train.columns:
+    return None
+  weights = np.log1p(np.maximum(train["weight"].to_numpy(np.float64), 0.0))
+  mean = weights.mean() if len(weights) else 0.0
+  return (weights / mean).astype(np.float32) if mean > 0 else None
 
 
 class TwoTowerCore(ModelFamily):
@@ -166,6 +181,9 @@ class TwoTowerCore(ModelFamily):
     for column in self.user_features:
       values = self.user_table[column].reindex(train["user_id"]).fillna("").to_numpy()
       features[column] = lookup_indices(values, vocabs[column])
+    weights = play_weights(train, self.config.play_weight)
+    if weights is not None:
+      features[EXAMPLE_WEIGHT] = weights
     return features
 
   def _training_history(self, train: pd.DataFrame) -> np.ndarray:

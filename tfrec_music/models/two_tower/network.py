@@ -15,6 +15,10 @@ from tfrec_music.models.two_tower.config import TwoTowerConfig
 from tfrec_music.pipeline.lookups import string_lookup
 
 
+# Training feature: the row's weight in the loss (`play_weight`); absent: every row 1.
+EXAMPLE_WEIGHT = "example_weight"
+
+
 class TwoTowerModel(tfrs.Model):
   """The training model: towers, catalogue features and the retrieval task.
 
@@ -55,8 +59,8 @@ class TwoTowerModel(tfrs.Model):
     return {k: tf.gather(v, indices) for k, v in self.catalogue.items()}
 
   def compute_loss(self, inputs: Dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
-    """In-batch softmax loss of a batch of (user features, positive item index)."""
-    query_inputs = {k: v for k, v in inputs.items() if k != "item_index"}
+    """In-batch softmax loss of a batch of (user features, positive item index[, row weight])."""
+    query_inputs = {k: v for k, v in inputs.items() if k not in ("item_index", EXAMPLE_WEIGHT)}
     if training and self.config.user_id_dropout > 0:
       drop = tf.random.uniform(tf.shape(query_inputs["user_id"])) < self.config.user_id_dropout
       query_inputs["user_id"] = tf.where(drop, tf.ones_like(query_inputs["user_id"]),
@@ -82,7 +86,8 @@ class TwoTowerModel(tfrs.Model):
     correction = (tf.gather(self.log_correction, candidates_index)
                   if self.config.logq_correction else None)
     loss = in_batch_softmax_loss(queries, candidates, candidates_index, correction,
-                                 self.config.temperature, self.config.remove_accidental_hits)
+                                 self.config.temperature, self.config.remove_accidental_hits,
+                                 inputs.get(EXAMPLE_WEIGHT) if training else None)
     # Summed per replica and divided by the global batch, so the gradients
     # summed across replicas are the global-batch mean.
     global_batch = tf.cast(tf.shape(queries)[0] * replicas, loss.dtype)
@@ -91,7 +96,8 @@ class TwoTowerModel(tfrs.Model):
 
 def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
                           candidate_ids: tf.Tensor, log_correction: Optional[tf.Tensor],
-                          temperature: float, remove_accidental_hits: bool) -> tf.Tensor:
+                          temperature: float, remove_accidental_hits: bool,
+                          row_weights: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Summed in-batch softmax cross-entropy: `tfrs.tasks.Retrieval`'s loss, fewer passes.
 
   Query i's positive is candidate i; the other candidates are its negatives.
@@ -115,9 +121,11 @@ def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
       (clipped as TFRS clips it), subtracted from its scores.
     temperature: Scores are divided by it.
     remove_accidental_hits: Mask negatives with the positive's id.
+    row_weights: Optional [B] weight of each query's loss (`Retrieval`'s
+      `sample_weight`).
 
   Returns:
-    Scalar: the loss summed over the B queries.
+    Scalar: the (weighted) loss summed over the B queries.
   """
   scores = tf.linalg.matmul(queries / temperature, candidates, transpose_b=True)
   if log_correction is not None:
@@ -130,7 +138,10 @@ def in_batch_softmax_loss(queries: tf.Tensor, candidates: tf.Tensor,
     hits = tf.linalg.set_diag(hits, tf.zeros([n_queries], tf.bool))
     # TFRS adds MIN_FLOAT to a hit's score, which rounds to MIN_FLOAT itself.
     scores = tf.where(hits, tf.constant(MIN_FLOAT, scores.dtype), scores)
-  return tf.reduce_sum(tf.reduce_logsumexp(scores, axis=1) - positive_scores)
+  losses = tf.reduce_logsumexp(scores, axis=1) - positive_scores
+  if row_weights is not None:
+    losses = losses * tf.cast(row_weights, losses.dtype)
+  return tf.reduce_sum(losses)
 
 
 def _gather_candidates(candidates: tf.Tensor, candidates_index: tf.Tensor):
