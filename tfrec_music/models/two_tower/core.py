@@ -26,6 +26,8 @@ from tfrec_music.models.features import ItemEncoder
 from tfrec_music.models.features import ItemFeatureSpec
 from tfrec_music.models.features import TEXT_VECTOR_COLUMN
 from tfrec_music.models.features import encode_catalogue
+from tfrec_music.models.item_item import WEIGHT_COLUMN
+from tfrec_music.models.item_item import raw_weights
 from tfrec_music.models.towers import BAG_SUFFIX
 from tfrec_music.models.towers import CandidateTower
 from tfrec_music.models.towers import QueryTower
@@ -46,12 +48,13 @@ def play_weights(train: pd.DataFrame, transform: str) -> Optional[np.ndarray]:
   """[N] float32 loss weight of each training row (`play_weight`), mean 1; None: unweighted.
 
   `log1p`: log(1 + the row's `weight`), the play count of its (user, track)
-  pair; None when the rows have no `weight` column, `transform` is `none`,
-  or every weight is 0.
+  pair as the item-item families read it (`item_item.raw_weights`); None
+  when the rows have no `weight` column, `transform` is `none`, or every
+  weight is 0.
   """
-  if transform == "none" or "weight" not in train.columns:
+  if transform == "none" or WEIGHT_COLUMN not in train.columns:
     return None
-  weights = np.log1p(np.maximum(train["weight"].to_numpy(np.float64), 0.0))
+  weights = np.log1p(raw_weights(train).astype(np.float64))
   mean = weights.mean() if len(weights) else 0.0
   return (weights / mean).astype(np.float32) if mean > 0 else None
 
