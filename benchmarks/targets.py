@@ -82,6 +82,12 @@ CHANGES: Tuple[ConfigChange, ...] = (
                   "dcn_quality", "similarity_quality", "real_quality"),
                  "two-tower default play_weight=log1p: a training row counts log(1 + plays) "
                  "in the loss, mean 1 (was every row alike)"),
+    ConfigChange("2026-12-04 21:34 UTC",
+                 ("training_throughput", "training_throughput_tutorial", "two_tower_quality",
+                  "dcn_quality", "similarity_quality", "real_quality", "two_tower_streaming"),
+                 "two-tower validates, keeps and exports the moving average of its weights "
+                 "over about one epoch of steps (average_epochs=1; was the last step's); "
+                 "epochs 12 -> 20 and early_stopping_patience 2 -> 4"),
 )
 
 

@@ -99,3 +99,37 @@ def test_several_steps_per_call_train_the_same_steps(tmp_path):
   for name in ("many", "step_checkpoints"):
     for got, want in zip(weights[name], weights["one"]):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_averaged_weights_are_validated_kept_and_training_goes_on_from_the_raw_ones(tmp_path):
+  from tfrec_music.models.two_tower.network import FusedAdam
+  tf.keras.utils.set_random_seed(0)
+  model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(3,))])
+  momentum = 0.8
+  model.compile(optimizer=FusedAdam(0.05, use_ema=True, ema_momentum=momentum), loss="mse")
+  start = model.get_weights()[0].copy()
+  seen, raw = [], []
+
+  def validate(epoch):  # best at epoch 2: the weights kept are that epoch's average
+    seen.append(model.get_weights()[0].copy())
+    return {1: 0.1, 2: 0.5}.get(epoch, 0.2)
+
+  class Raw(tf.keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+      raw.append(self.model.get_weights()[0].copy())
+
+  # The average by hand: warmed-up momentum min(m, (1 + t) / (10 + t)) after step t.
+  summary = fit_with_validation(model, _dataset(), epochs=10, validate=validate, patience=2,
+                                job_dir=str(tmp_path), name="toy", callbacks=[Raw()])
+  assert summary["best_epoch"] == 2
+  average, expected = start.astype(np.float64), []
+  for step, weights in enumerate(raw):
+    m = min(momentum, (1.0 + step) / (10.0 + step))
+    average = m * average + (1 - m) * weights
+    expected.append(average.copy())
+  for epoch, weights in enumerate(seen):  # 10 steps an epoch
+    np.testing.assert_allclose(weights, expected[10 * epoch + 9], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(weights, raw[10 * epoch + 9])
+  np.testing.assert_array_equal(model.get_weights()[0], seen[1])
+  # Epoch 2's first step starts from epoch 1's last raw weights, not from their average.
+  assert np.abs(raw[10] - raw[9]).max() < np.abs(raw[10] - seen[0]).max()

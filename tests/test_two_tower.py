@@ -280,3 +280,27 @@ def test_make_dataset_epochs_are_seeded_permutations():
   fixed = make_dataset(features, 8, shuffle=False, drop_remainder=True)
   assert fixed.element_spec["user_id"].shape[0] == 8 and fixed.cardinality() == 6
   assert [names[x] for b in fixed for x in b["name"].numpy().astype(str)] == list(range(48))
+
+
+def test_cosine_lr_decay_reaches_zero_after_the_configured_epochs(toy_tables, tmp_path):
+  from tfrec_music.models.two_tower.network import optimizer
+  config = TwoTowerConfig(epochs=4, learning_rate=0.01, lr_decay="cosine")
+  opt = optimizer(config, steps_per_epoch=5)
+  schedule = opt._learning_rate  # pylint: disable=protected-access
+  rates = [float(schedule(step)) for step in (0, 10, 20, 25)]
+  np.testing.assert_allclose(rates, [0.01, 0.005, 0.0, 0.0], atol=1e-7)
+  assert float(optimizer(TwoTowerConfig(learning_rate=0.01), steps_per_epoch=5).learning_rate) \
+      == pytest.approx(0.01)
+  with pytest.raises(ValueError, match="lr_decay"):
+    TwoTowerConfig(lr_decay="linear")
+  # The family sizes the decay from its training rows and batch: after fit the
+  # optimizer's rate is what the schedule gives at its step count.
+  prepared = prepare(toy_tables, PrepareConfig())
+  family = TwoTowerFamily(TwoTowerFamily.make_config("tiny", {"lr_decay": "cosine", "epochs": 2,
+                                                              "early_stopping_patience": 5}),
+                          prepared)
+  family.fit(str(tmp_path / "job"))
+  model_opt = family.model.optimizer
+  steps = -(-len(prepared.train) // family.config.batch_size)
+  assert int(model_opt.iterations) == 2 * steps
+  assert float(model_opt._learning_rate(model_opt.iterations)) == pytest.approx(0.0, abs=1e-9)

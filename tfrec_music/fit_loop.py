@@ -23,6 +23,7 @@ training rows from the backup folder (`tfrec_music.coordinator`), the
 backup is written at epoch ends, and validation runs on the chief.
 """
 
+import contextlib
 import dataclasses
 import io as io_lib
 import json
@@ -170,7 +171,11 @@ class ValidationStopping(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     loss = float((logs or {}).get("loss", np.nan))
-    value = float(self.validate(epoch + 1))
+    with averaged_weights(self.model):
+      value = float(self.validate(epoch + 1))
+      is_best = value > self.best_value
+      if is_best:
+        self.best_weights = self.model.get_weights()
     # A resumed run may redo the end of an epoch validated before the kill.
     self.history = [h for h in self.history if h["epoch"] < epoch + 1]
     self.history.append({"epoch": epoch + 1, "loss": loss, self.name: value})
@@ -180,9 +185,8 @@ class ValidationStopping(tf.keras.callbacks.Callback):
         tf.summary.scalar(self.name, value, step=epoch + 1)
     if self.on_epoch is not None:
       self.on_epoch(epoch + 1, loss, value)
-    if value > self.best_value:
+    if is_best:
       self.best_value, self.best_epoch = value, epoch + 1
-      self.best_weights = self.model.get_weights()
     elif epoch + 1 - self.best_epoch >= self.patience:
       logging.info("Early stopping: no validation gain for %d epochs.", self.patience)
       self.model.stop_training = True
@@ -191,6 +195,33 @@ class ValidationStopping(tf.keras.callbacks.Callback):
   def on_train_end(self, logs=None):
     if self.state_dir and tf.io.gfile.exists(self.state_dir):
       tf.io.gfile.rmtree(self.state_dir)
+
+
+@contextlib.contextmanager
+def averaged_weights(model: tf.keras.Model):
+  """Within the block the model's trainable weights are the optimizer's moving average.
+
+  Optimizers built with `use_ema` keep an average of each trainable
+  variable; validation scores it and early stopping keeps it, while
+  training goes on from the raw weights, put back when the block ends. A
+  model whose optimizer keeps no average is left as it is.
+  """
+  optimizer = getattr(model, "optimizer", None)
+  averages = getattr(optimizer, "_model_variables_moving_average", None)
+  if not getattr(optimizer, "use_ema", False) or not averages:
+    yield
+    return
+  index = optimizer._index_dict  # pylint: disable=protected-access
+  keys = [optimizer._var_key(v) for v in model.trainable_variables]  # pylint: disable=protected-access
+  pairs = [(v, averages[index[k]]) for v, k in zip(model.trainable_variables, keys) if k in index]
+  raw = [v.read_value() for v, _ in pairs]
+  for variable, average in pairs:
+    variable.assign(average)
+  try:
+    yield
+  finally:
+    for (variable, _), value in zip(pairs, raw):
+      variable.assign(value)
 
 
 def _build(model: tf.keras.Model, dataset: tf.data.Dataset) -> None:

@@ -55,6 +55,9 @@ class PlaylistMFConfig:
       each seed is evidence against the prior, so more seeds pull a playlist
       further from its name. False: `fold_in_l2` whatever the seed count.
     learning_rate: Adam learning rate.
+    average_epochs: Validate, keep and export a moving average of the
+      weights over about this many epochs of steps (0: the last step's
+      weights; see `tfrec_music.optimizers`).
     epochs: Most training epochs (early stopping may stop sooner).
     batch_size: Positives per batch.
     init_stddev: Standard deviation of the initial vectors.
@@ -84,6 +87,7 @@ class PlaylistMFConfig:
   fold_in_l2: Optional[float] = 2.0
   l2_per_seed: bool = False
   learning_rate: float = 0.01
+  average_epochs: float = 0.0
   epochs: int = 40
   batch_size: int = 1024
   init_stddev: float = 0.1
@@ -101,7 +105,7 @@ class PlaylistMFConfig:
     check_ints(self, ("embedding_dim", "negatives", "softmax_negatives", "epochs", "batch_size",
                       "fold_in_steps", "fold_in_negatives", "name_min_count", "title_min_count",
                       "top_k", "early_stopping_patience"))
-    check_numbers(self, ("l2", "popularity_exponent", "init_stddev"))
+    check_numbers(self, ("l2", "popularity_exponent", "init_stddev", "average_epochs"))
     check_numbers(self, ("learning_rate",), positive=True)
     check_shares(self, ("own_dropout",))
     if isinstance(self.item_features, str) or not all(

@@ -26,6 +26,8 @@ from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
+from tfrec_music.optimizers import AveragedAdam
+from tfrec_music.optimizers import averaging
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.models.playlist_mf import config as config_lib
@@ -107,7 +109,9 @@ class PlaylistMFFamily(ModelFamily):
       name_bag = (codes, len(self.name_vocabulary)) if self.name_vocabulary else None
     self.model = PlaylistMFModel(len(self.playlist_ids), prepared.n_items,
                                  self.negative_probability, config, self.item_bags(), name_bag)
-    self.model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+    steps = -(-len(prepared.train) // config.batch_size)
+    self.model.compile(optimizer=AveragedAdam(config.learning_rate,
+                                              **averaging(config.average_epochs, steps)))
     self._module: Optional[PlaylistContinuation] = None
     self.fit_summary: Dict[str, Any] = {}
 

@@ -25,7 +25,11 @@ class TwoTowerConfig:
     history_length: Recent tracks pooled in the user tower; 0 turns history
       off: the user tower is the user id (and user features) alone, the
       training rows carry no history and the export takes none.
-    learning_rate: Optimizer learning rate.
+    learning_rate: Optimizer learning rate (the starting one with `lr_decay`).
+    lr_decay: `"none"`: the learning rate stays constant; `"cosine"`: it
+      follows a half cosine from `learning_rate` down to zero over `epochs`
+      epochs of steps, so late epochs move the weights less and the epoch
+      that early stopping keeps is less a lucky jitter of the last updates.
     optimizer: `adam`, `adagrad` or `sgd`.
     batch_size: Training batch size (= in-batch negatives + 1).
     epochs: Maximum epochs (early stopping may stop sooner).
@@ -82,9 +86,11 @@ class TwoTowerConfig:
   feature_dim: int = 32
   history_length: int = 50
   learning_rate: float = 0.003
+  lr_decay: str = "none"
+  average_epochs: float = 1.0
   optimizer: str = "adam"
   batch_size: int = 1024
-  epochs: int = 12
+  epochs: int = 20
   temperature: float = 0.1
   normalize: bool = True
   logq_correction: bool = True
@@ -100,7 +106,7 @@ class TwoTowerConfig:
   item_id_min_count: int = 20
   history_window: str = "auto"
   play_weight: str = "log1p"
-  early_stopping_patience: int = 2
+  early_stopping_patience: int = 4
   validation_users: int = 2000
   top_k: int = 100
   seed: int = 0
@@ -109,7 +115,7 @@ class TwoTowerConfig:
     check_choices(self, {"features": ("all", "ids"), "optimizer": ("adam", "adagrad", "sgd"),
                          "history_pooling": ("mean", "recency"),
                          "history_window": ("auto", "causal", "others"),
-                         "play_weight": ("log1p", "none")})
+                         "play_weight": ("log1p", "none"), "lr_decay": ("none", "cosine")})
     check_ints(self, ("embedding_dim", "batch_size", "epochs", "top_k"))
     check_ints(self, ("history_length", "mixed_negatives", "item_id_min_count",
                       "early_stopping_patience", "validation_users"), minimum=0)
@@ -126,7 +132,7 @@ class TwoTowerConfig:
                          "user id is the user tower's only taste signal. Set "
                          "`user_id_dropout=0` with `history_length=0`.")
     check_numbers(self, ("temperature", "learning_rate"), positive=True)
-    check_numbers(self, ("logq_exponent",))
+    check_numbers(self, ("logq_exponent", "average_epochs"))
     check_shares(self, ("user_id_dropout", "item_id_dropout", "history_dropout"))
     object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 

@@ -117,7 +117,7 @@ class TwoTowerCore(ModelFamily):
     counts = prepared.item_train_counts.astype(np.float64)
     self.model = TwoTowerModel(self.query_tower, self.candidate_tower, self._model_catalogue(),
                                counts / max(counts.sum(), 1.0), config)
-    self.model.compile(optimizer=optimizer(config))
+    self.compile(len(prepared.train))
     self._item_embeddings: Optional[np.ndarray] = None
     self.histories = {
         "valid": history_lib.last_items(prepared.train, config.history_length),
@@ -129,6 +129,16 @@ class TwoTowerCore(ModelFamily):
     if any(self.ignored_columns.values()):
       logging.info("two_tower ignores columns it has no encoder for: %s", self.ignored_columns)
     self.fit_summary: Dict[str, Any] = {}
+
+  def compile(self, n_train: int) -> None:
+    """Compiles the model with the optimizer sized for `n_train` training rows an epoch.
+
+    The learning-rate decay and the weight average count steps; an epoch is
+    `n_train` rows in global batches of `batch_size` x replicas.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    steps = -(-int(n_train) // (self.config.batch_size * replicas))
+    self.model.compile(optimizer=optimizer(self.config, steps_per_epoch=steps))
 
   def _id_keep(self) -> Optional[np.ndarray]:
     """[item vocab + 2] bool of the track ids the track tower embeds (see `item_id_min_count`)."""

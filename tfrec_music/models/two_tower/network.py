@@ -10,6 +10,10 @@ import tensorflow_recommenders as tfrs
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
 
 from tfrec_music.models.towers import CandidateTower
+from tfrec_music.optimizers import AveragedAdagrad
+from tfrec_music.optimizers import AveragedSGD
+from tfrec_music.optimizers import AveragingMixin
+from tfrec_music.optimizers import averaging
 from tfrec_music.models.towers import QueryTower
 from tfrec_music.models.two_tower.config import TwoTowerConfig
 from tfrec_music.pipeline.lookups import string_lookup
@@ -190,16 +194,25 @@ class QueryEncoder(tf.keras.layers.Layer):
     return out
 
 
-def optimizer(config: TwoTowerConfig) -> tf.keras.optimizers.Optimizer:
-  """The Keras optimizer named by `config.optimizer` at `config.learning_rate`."""
-  if config.optimizer == "adam":
-    return FusedAdam(config.learning_rate)
-  if config.optimizer == "adagrad":
-    return tf.keras.optimizers.Adagrad(config.learning_rate)
-  return tf.keras.optimizers.SGD(config.learning_rate)
+def optimizer(config: TwoTowerConfig, steps_per_epoch: int = 1) -> tf.keras.optimizers.Optimizer:
+  """The Keras optimizer named by `config.optimizer` at `config.learning_rate`.
+
+  With `config.lr_decay` = `"cosine"` the rate decays to zero over
+  `config.epochs` x `steps_per_epoch` steps (the optimizer's own step count,
+  so a resumed run continues the same curve). With `config.average_epochs`
+  > 0 the optimizer also keeps a moving average of the weights over about
+  that many epochs of steps (see `tfrec_music.optimizers`).
+  """
+  rate = config.learning_rate
+  if config.lr_decay == "cosine":
+    rate = tf.keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, config.epochs * int(steps_per_epoch)))
+  average = averaging(config.average_epochs, steps_per_epoch)
+  cls = {"adam": FusedAdam, "adagrad": AveragedAdagrad, "sgd": AveragedSGD}[config.optimizer]
+  return cls(rate, **average)
 
 
-class FusedAdam(tf.keras.optimizers.Adam):
+class FusedAdam(AveragingMixin, tf.keras.optimizers.Adam):
   """Keras `Adam`, each variable updated by one fused kernel on a dense gradient.
 
   Same slots and same update as `tf.keras.optimizers.Adam` (`ResourceApplyAdam`:

@@ -246,6 +246,7 @@ def stream_fit(shard_dir: str, config: TwoTowerConfig, job_dir: str, *,
     raise ValueError(f"`batch_size` = {config.batch_size} is larger than the {n_train} "
                      "training interactions. Use a smaller `--set batch_size=...`.")
   family = TwoTowerCore(config, data.prepared)
+  family.compile(n_train)  # the catalogue-only `prepared` has no rows to size an epoch by
   family.checkpoint_every, family.backup_dir = checkpoint_every, backup_dir
   columns = tuple(c for c in family.user_features if c in data.user_columns)
   user_lookup = tf.constant(data.user_lookup)

@@ -1,0 +1,67 @@
+"""Optimizers that keep a moving average of the weights, for every family's fit loop.
+
+Late in training the last steps' noise moves a model's validation figures
+by about 0.01 HR@10 from one epoch to the next (two-tower, 1.9k users); an
+average of the weights over the last epoch of steps moves less and scores
+higher. These optimizers keep that average (Keras' `use_ema`, warmed up);
+`tfrec_music.fit_loop` validates it, keeps it as the best weights and so
+exports it, while training continues from the raw weights.
+"""
+
+from typing import Any, Dict
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
+
+
+def averaging(average_epochs: float, steps_per_epoch: int) -> Dict[str, Any]:
+  """Keras optimizer arguments for an average over about `average_epochs` epochs of steps.
+
+  Returns:
+    `{}` when `average_epochs` is 0; else `use_ema` and the momentum 1 - 1 /
+    (average_epochs x steps_per_epoch) (at least one step).
+  """
+  if average_epochs <= 0:
+    return {}
+  horizon = max(1.0, float(average_epochs) * int(steps_per_epoch))
+  return {"use_ema": True, "ema_momentum": 1.0 - 1.0 / horizon}
+
+
+class AveragingMixin:
+  """Keras' moving average of the weights (`use_ema`), warmed up and in one kernel.
+
+  The average a of each variable w moves by a -= (1 - m_t)(a - w) after each
+  step, with m_t = min(m, (1 + t) / (10 + t)) at step t, as
+  `tf.train.ExponentialMovingAverage` does with `num_updates`: Keras starts
+  the average at the initial weights with the full momentum, so after one
+  epoch of an average over one epoch about a third of it would still be the
+  random initialization. `tfrec_music.fit_loop` validates, keeps and exports
+  the averaged weights; training itself continues on the raw ones.
+  """
+
+  def _update_model_variables_moving_average(self, var_list):
+    if not self.use_ema:
+      return
+    step = tf.cast(self.iterations, tf.float32)
+    momentum = tf.minimum(tf.cast(self.ema_momentum, tf.float32), (1.0 + step) / (10.0 + step))
+
+    def update(average, var):
+      return tf.raw_ops.ResourceApplyGradientDescent(
+          var=average.handle, alpha=tf.cast(1.0 - momentum, average.dtype),
+          delta=tf.convert_to_tensor(average) - var)
+
+    for var in var_list:
+      average = self._model_variables_moving_average[self._index_dict[self._var_key(var)]]
+      self._distribution_strategy.extended.update(average, update, args=(var,), group=False)
+
+
+class AveragedAdagrad(AveragingMixin, tf.keras.optimizers.Adagrad):
+  """Keras `Adagrad` with the warmed-up weight average of `AveragingMixin`."""
+
+
+class AveragedSGD(AveragingMixin, tf.keras.optimizers.SGD):
+  """Keras `SGD` with the warmed-up weight average of `AveragingMixin`."""
+
+
+class AveragedAdam(AveragingMixin, tf.keras.optimizers.Adam):
+  """Keras `Adam` with the warmed-up weight average of `AveragingMixin`."""
