@@ -10,12 +10,12 @@ import tensorflow_recommenders as tfrs
 from tensorflow_recommenders.layers.loss import MIN_FLOAT
 
 from tfrec_music.models.towers import CandidateTower
+from tfrec_music.models.towers import QueryTower
+from tfrec_music.models.two_tower.config import TwoTowerConfig
 from tfrec_music.optimizers import AveragedAdagrad
 from tfrec_music.optimizers import AveragedSGD
 from tfrec_music.optimizers import AveragingMixin
 from tfrec_music.optimizers import averaging
-from tfrec_music.models.towers import QueryTower
-from tfrec_music.models.two_tower.config import TwoTowerConfig
 from tfrec_music.pipeline.lookups import string_lookup
 
 
