@@ -85,9 +85,10 @@ CHANGES: Tuple[ConfigChange, ...] = (
     ConfigChange("2026-12-04 21:34 UTC",
                  ("training_throughput", "training_throughput_tutorial", "two_tower_quality",
                   "dcn_quality", "similarity_quality", "real_quality", "two_tower_streaming"),
-                 "two-tower validates, keeps and exports the moving average of its weights "
-                 "over about one epoch of steps (average_epochs=1; was the last step's); "
-                 "epochs 12 -> 20 and early_stopping_patience 2 -> 4"),
+                 "two-tower validates, keeps and exports a moving average of its weights "
+                 "(the last ninth of the steps so far, at most one epoch of them: "
+                 "average_epochs=1; was the last step's); epochs 12 -> 20 and "
+                 "early_stopping_patience 2 -> 4"),
 )
 
 

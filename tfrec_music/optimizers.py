@@ -35,8 +35,12 @@ class AveragingMixin:
   `tf.train.ExponentialMovingAverage` does with `num_updates`: Keras starts
   the average at the initial weights with the full momentum, so after one
   epoch of an average over one epoch about a third of it would still be the
-  random initialization. `tfrec_music.fit_loop` validates, keeps and exports
-  the averaged weights; training itself continues on the raw ones.
+  random initialization. With the warm-up the average spans about the last
+  ninth of the steps taken so far ((10 + t) / 9 steps) until that reaches
+  the horizon 1 / (1 - m), after about 9 horizons of steps: an average over
+  one epoch covers half an epoch after 5 epochs and one from the 9th on.
+  `tfrec_music.fit_loop` validates, keeps and exports the averaged weights;
+  training itself continues on the raw ones.
   """
 
   def _update_model_variables_moving_average(self, var_list):

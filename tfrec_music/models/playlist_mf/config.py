@@ -56,8 +56,9 @@ class PlaylistMFConfig:
       further from its name. False: `fold_in_l2` whatever the seed count.
     learning_rate: Adam learning rate.
     average_epochs: Validate, keep and export a moving average of the
-      weights over about this many epochs of steps (0: the last step's
-      weights; see `tfrec_music.optimizers`).
+      weights, spanning about the last ninth of the steps so far up to this
+      many epochs of steps (0: the last step's weights; see
+      `tfrec_music.optimizers`).
     epochs: Most training epochs (early stopping may stop sooner).
     batch_size: Positives per batch.
     init_stddev: Standard deviation of the initial vectors.

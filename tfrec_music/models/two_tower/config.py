@@ -30,6 +30,13 @@ class TwoTowerConfig:
       follows a half cosine from `learning_rate` down to zero over `epochs`
       epochs of steps, so late epochs move the weights less and the epoch
       that early stopping keeps is less a lucky jitter of the last updates.
+    average_epochs: Validate, keep and export a moving average of the
+      weights instead of the last step's weights (0: the raw weights). Its
+      span grows with training, about the last ninth of the steps so far,
+      up to this many epochs of steps (reached after about 9 x that many
+      epochs; see `tfrec_music.optimizers`). The last steps' noise moves
+      validation HR@10 by about 0.006 from one epoch to the next on 1.9k
+      users; the average moves less and scores higher.
     optimizer: `adam`, `adagrad` or `sgd`.
     batch_size: Training batch size (= in-batch negatives + 1).
     epochs: Maximum epochs (early stopping may stop sooner).
