@@ -39,6 +39,7 @@ import tensorflow as tf
 from tfrec_music import coordinator
 from tfrec_music import distribute
 from tfrec_music import io
+from tfrec_music.optimizers import moving_average
 
 __all__ = ["NaNGuard", "ValidationStopping", "config_fingerprint", "fit_with_validation",
            "use_steps_per_execution", "STEPS_PER_EXECUTION"]
@@ -207,13 +208,8 @@ def averaged_weights(model: tf.keras.Model):
   model whose optimizer keeps no average is left as it is.
   """
   optimizer = getattr(model, "optimizer", None)
-  averages = getattr(optimizer, "_model_variables_moving_average", None)
-  if not getattr(optimizer, "use_ema", False) or not averages:
-    yield
-    return
-  index = optimizer._index_dict  # pylint: disable=protected-access
-  keys = [optimizer._var_key(v) for v in model.trainable_variables]  # pylint: disable=protected-access
-  pairs = [(v, averages[index[k]]) for v, k in zip(model.trainable_variables, keys) if k in index]
+  pairs = [(v, moving_average(optimizer, v)) for v in model.trainable_variables]
+  pairs = [(v, a) for v, a in pairs if a is not None]
   raw = [v.read_value() for v, _ in pairs]
   for variable, average in pairs:
     variable.assign(average)

@@ -26,8 +26,6 @@ from tfrec_music.evaluation.rating import binary_metrics
 from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
-from tfrec_music.optimizers import AveragedAdam
-from tfrec_music.optimizers import averaging
 from tfrec_music.models.family import ModelFamily
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.models.playlist_mf import config as config_lib
@@ -39,6 +37,8 @@ from tfrec_music.models.playlist_mf.serving import save_continuation
 from tfrec_music.models.playlist_mf.tokens import pad_indices
 from tfrec_music.models.playlist_mf.tokens import tag_codes
 from tfrec_music.models.playlist_mf.tokens import token_codes
+from tfrec_music.optimizers import AveragedAdam
+from tfrec_music.optimizers import averaging
 from tfrec_music.pipeline.dataset import make_dataset
 from tfrec_music.prepare.prepared import PreparedData
 

@@ -200,8 +200,8 @@ def optimizer(config: TwoTowerConfig, steps_per_epoch: int = 1) -> tf.keras.opti
   With `config.lr_decay` = `"cosine"` the rate decays to zero over
   `config.epochs` x `steps_per_epoch` steps (the optimizer's own step count,
   so a resumed run continues the same curve). With `config.average_epochs`
-  > 0 the optimizer also keeps a moving average of the weights over about
-  that many epochs of steps (see `tfrec_music.optimizers`).
+  > 0 the optimizer also keeps a moving average of the weights, spanning at
+  most that many epochs of steps (see `tfrec_music.optimizers`).
   """
   rate = config.learning_rate
   if config.lr_decay == "cosine":
