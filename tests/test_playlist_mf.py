@@ -18,6 +18,7 @@ from conftest import REPO
 from conftest import run_python
 from tfrec_music.data import synthetic
 from tfrec_music.data.registry import LoadedData
+from tfrec_music.evaluation.playlist import PlaylistQueries
 from tfrec_music.evaluation.playlist import held_out_playlists
 from tfrec_music.evaluation.playlist import playlist_names
 from tfrec_music.evaluation.playlist import rank_with_exclusions
@@ -30,6 +31,11 @@ from tfrec_music.models.playlist_mf import PlaylistMFModel
 from tfrec_music.models.playlist_mf import negative_distribution
 from tfrec_music.models.playlist_mf import pad_indices
 from tfrec_music.models.playlist_mf import token_codes
+from tfrec_music.models.playlist_mf.cooccurrence import cooccurrence_scores
+from tfrec_music.models.playlist_mf.cooccurrence import neighbour_matrix
+from tfrec_music.models.playlist_mf.cooccurrence import own_share
+from tfrec_music.models.playlist_mf.cooccurrence import playlist_matrix
+from tfrec_music.models.playlist_mf.cooccurrence import seed_neighbours
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -229,6 +235,9 @@ def test_round_trip_exact_and_scann_in_fresh_process(trained):
   theta = out["theta"].numpy()
   vectors, bias = family.track_arrays()
   scores = theta[:, :-1] @ vectors.T + bias + theta[:, -1:]
+  # Held-out playlists: in no co-occurrence, so nothing of their own to remove.
+  assert family.cooccurrence_weight > 0
+  scores += family.cooccurrence_weight * cooccurrence_scores(seed_index, family.neighbour_csr)
   expected = prepared.item_ids[rank_with_exclusions(scores, seed_index, k)].tolist()
   name = names[pids[0]]
   popular = PopularityModel.fit(prepared).top_k(k)[0].tolist()
@@ -423,3 +432,46 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
   with pytest.raises(FloatingPointError, match=r"became inf at epoch 1(, by step 1)?\. Lower the "
                                                r"learning rate \(`--learning-rate`\) or raise `--l2`"):
     PlaylistMFFamily(config, prepared).fit(str(tmp_path))
+
+
+def test_cooccurrence_term_and_own_share_by_hand():
+  # Playlists p0 {t0, t1, t2}, p1 {t0, t1}, p2 {t2, t3}: column norms sqrt2, sqrt2, sqrt2, 1;
+  # cos(t0, t1) = 1, cos(t0, t2) = cos(t1, t2) = 1/2, cos(t2, t3) = 1/sqrt2, cos(t0, t3) = 0.
+  matrix = playlist_matrix(np.array([0, 0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 0, 1, 2, 3]), 3, 4)
+  index, sims = seed_neighbours(matrix, 2)
+  assert index.tolist() == [[1, 2], [0, 2], [3, 0], [2, -1]]  # ties: lower index first
+  csr = neighbour_matrix(index, sims, 2)
+  r = 1 / np.sqrt(2)
+  scores = cooccurrence_scores([np.array([0]), np.array([0, 2]), np.array([], np.int64)], csr)
+  np.testing.assert_allclose(scores, [[0, 1, 0.5, 0], [0.25, 0.5, 0.25, r / 2], [0, 0, 0, 0]],
+                             rtol=1e-6)
+  # p0's own row adds 1 / (|s| |j|) to each kept pair (s, j) it holds both of.
+  own = matrix[[0, 0]]
+  norms = np.array([np.sqrt(2)] * 3 + [1.0])
+  share = own_share([np.array([0]), np.array([0, 2])], own, csr, norms)
+  np.testing.assert_allclose(share, [[0, 0.5, 0.5, 0], [0.25, 0.25, 0.25, 0]], rtol=1e-6)
+  with pytest.raises(ValueError, match="cooccurrence_weights"):
+    PlaylistMFConfig(cooccurrence_weights=(1.0, -2.0))
+
+
+def test_cooccurrence_weight_is_chosen_on_validation_and_scored(trained):
+  family, prepared, metrics, _, _, _ = trained
+  selection = family.fit_summary["cooccurrence_selection"]
+  weights = family.config.cooccurrence_weights
+  assert list(selection) == [f"{w:g}" for w in weights]
+  best = max(selection, key=selection.get)
+  assert family.fit_summary["cooccurrence_weight"] == float(best) == family.cooccurrence_weight
+  assert metrics["model"]["select/chosen_cooccurrence_weight"] == float(best)
+  assert metrics["model"][f"select/cooccurrence_weight={best}/valid/ndcg"] == selection[best]
+  # The selection's figures are the validation K-seed slices' NDCG under each weight.
+  valid = np.mean([metrics["model"][f"valid/k{k}/ndcg"] for k in (1, 5, 10)])
+  assert valid == pytest.approx(selection[best], abs=1e-5)  # rounded to 5 digits
+  # The term moves the scores of held-out playlists: the scorer is logits + w x term.
+  held = held_out_playlists(prepared)
+  pids = list(held)[:8]
+  queries = PlaylistQueries([held[p][:5] for p in pids], [held[p][5:] for p in pids],
+                            np.asarray([""] * len(pids), object), np.asarray(pids, object))
+  logits, term = family.score_parts(queries)
+  assert np.abs(term).sum() > 0
+  np.testing.assert_allclose(family.scorer(queries), logits + family.cooccurrence_weight * term,
+                             rtol=1e-6)

@@ -12,10 +12,14 @@ negatives). A playlist never seen in training is folded in: with the tracks
 frozen, its vector solves the same per-playlist objective from its seed
 tracks, pulled toward its name's vector; a name-only playlist gets its name's
 vector; one with neither known seeds nor a known name token gets the
-popularity ranking.
+popularity ranking. The scores add the seeds' co-occurrence in the training
+playlists (the mean over the seeds of each track's cosine similarity with the
+seed, weighted by a value chosen on validation): the factors summarize a
+playlist in a few numbers, the co-occurrence keeps the pairs they smooth away.
 
 Modules: `config` (hyperparameters, presets, flags, search space), `tokens`
-(the words of names and titles), `network` (the training model), `serving`
+(the words of names and titles), `cooccurrence` (the seeds' co-occurrence
+term), `network` (the training model), `serving`
 (fold-in and the exported module) and `family` (tables, fit, scoring,
 evaluation, export). Serving fallbacks are tested in
 `tests/test_serving_fallbacks_playlist.py`.

@@ -1,6 +1,6 @@
 """The fold-in and serving module of playlist MF: seeds and a name in, a continuation out."""
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,6 +48,11 @@ class PlaylistContinuation(tf.Module):
     l2_per_seed: The L2 weight is `l2` / (number of seeds): the seeds'
       evidence adds up while the prior's does not, so more seeds move the
       playlist further from its name. False: `l2` whatever the seed count.
+    neighbours: Optional (indices [n_items, K] int, -1 padding; sims [n_items,
+      K]) of each track's co-occurring tracks (`playlist_mf.cooccurrence`).
+    cooccurrence_weight: The served scores add this times the mean over the
+      seeds of their neighbours' similarities (exact: every track; ScaNN: the
+      fetched candidates). 0 or no `neighbours`: the logits alone.
   """
 
   def __init__(self, item_ids: np.ndarray, track_vectors: np.ndarray, track_bias: np.ndarray,
@@ -56,7 +61,9 @@ class PlaylistContinuation(tf.Module):
                token_vectors: np.ndarray, token_weights: np.ndarray,
                fallback_ids: np.ndarray, fallback_scores: np.ndarray, k: int,
                index_kind: Optional[str] = None, max_seeds: int = 250,
-               name_prior: bool = False, loss: str = "bce", l2_per_seed: bool = False):
+               name_prior: bool = False, loss: str = "bce", l2_per_seed: bool = False,
+               neighbours: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+               cooccurrence_weight: float = 0.0):
     super().__init__()
     if loss not in ("softmax", "bce"):
       raise ValueError(f"`loss` should be 'softmax' or 'bce'. Received: `loss` = {loss!r}.")
@@ -112,6 +119,12 @@ class PlaylistContinuation(tf.Module):
                                     dtype=tf.string, trainable=False, name="fallback_ids")
     self.fallback_scores = tf.Variable(np.asarray(fallback_scores, np.float32)[:self.k],
                                        trainable=False, name="fallback_scores")
+    self.cooccurrence_weight = float(cooccurrence_weight) if neighbours is not None else 0.0
+    if self.cooccurrence_weight:
+      self.neighbour_index = tf.Variable(np.asarray(neighbours[0], np.int64), trainable=False,
+                                         name="neighbour_index")
+      self.neighbour_sims = tf.Variable(np.asarray(neighbours[1], np.float32), trainable=False,
+                                        name="neighbour_sims")
     self.index_kind = index_kind
     if index_kind == "scann":
       from tfrec_music.export.retrieval import make_scann_index  # pylint: disable=g-import-not-at-top
@@ -247,6 +260,20 @@ class PlaylistContinuation(tf.Module):
     return {"theta": theta, "mode": mode}
 
   # ---------------------------------------------------------------- serving
+  def cooccurrence(self, seed_index: tf.Tensor) -> tf.Tensor:
+    """[B, n_items] mean over the seeds (indices [B, L], -1 padding) of their neighbours' sims."""
+    valid = tf.cast(seed_index >= 0, tf.float32)
+    count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+    safe = tf.maximum(seed_index, 0)
+    index = tf.gather(self.neighbour_index, safe)  # [B, L, K]
+    sims = tf.gather(self.neighbour_sims, safe) * valid[:, :, tf.newaxis]
+    sims = tf.where(index >= 0, sims, tf.zeros_like(sims)) / count[:, tf.newaxis, tf.newaxis]
+    batch = tf.shape(seed_index, out_type=tf.int64)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis, tf.newaxis], tf.shape(index, tf.int64))
+    flat = tf.reshape(rows * self.n_items + tf.maximum(index, 0), [-1])
+    summed = tf.math.unsorted_segment_sum(tf.reshape(sims, [-1]), flat, batch * self.n_items)
+    return tf.reshape(summed, [batch, self.n_items])
+
   def _continue(self, seeds, name):
     seed_index = self.item_table.lookup(seeds)
     query = self._query(seed_index, name)
@@ -256,12 +283,18 @@ class PlaylistContinuation(tf.Module):
     if self.index_kind == "scann":
       query_vectors = tf.concat([p, tf.ones([batch, 1])], axis=1)
       scores, ids = self.index(query_vectors, k=self.fetch_k)
+      if self.cooccurrence_weight:
+        fetched = tf.maximum(self.item_table.lookup(ids), 0)
+        scores = scores + self.cooccurrence_weight * tf.gather(
+            self.cooccurrence(seed_index), fetched, batch_dims=1)
       hit = tf.reduce_any(tf.equal(ids[:, :, tf.newaxis], seeds[:, tf.newaxis, :]), axis=2)
       scores = tf.where(hit, tf.constant(-np.inf, scores.dtype), scores)
       top_scores, top = tf.math.top_k(scores, k=self.k)
       top_ids = tf.gather(ids, top, batch_dims=1)
     else:
       scores = tf.matmul(theta, self.tracks, transpose_b=True) + self.track_bias - b_p[:, None]
+      if self.cooccurrence_weight:
+        scores = scores + self.cooccurrence_weight * self.cooccurrence(seed_index)
       rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, tf.newaxis], tf.shape(seed_index))
       valid = seed_index >= 0
       where = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seed_index, valid)], axis=1)
