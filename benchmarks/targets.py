@@ -89,7 +89,7 @@ CHANGES: Tuple[ConfigChange, ...] = (
                  "(the last ninth of the steps so far, at most one epoch of them: "
                  "average_epochs=1; was the last step's); epochs 12 -> 20 and "
                  "early_stopping_patience 2 -> 4"),
-    ConfigChange("2026-12-04 23:40 UTC", ("playlist_quality",),
+    ConfigChange("2026-12-04 23:35 UTC", ("playlist_quality",),
                  "playlist_mf scores add the seeds' co-occurrence in the training playlists "
                  "(mean cosine of each track with the seeds, 200 neighbours a track), its weight "
                  "chosen on validation NDCG among 0, 1, 2, 4, 8 (was the logits alone)"),
