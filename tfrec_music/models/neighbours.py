@@ -10,7 +10,7 @@ from typing import Tuple
 import numpy as np
 import scipy.sparse as sp
 
-# Dense similarity entries computed at a time (a block of items x the catalogue).
+# Similarity entries a block of items may hold while its neighbours are chosen.
 BLOCK_ENTRIES = 1 << 24
 
 
@@ -18,17 +18,24 @@ def cosine_neighbours(matrix: sp.csr_matrix, k: int, shrink: float = 0.0,
                       block_entries: int = BLOCK_ENTRIES) -> Tuple[np.ndarray, np.ndarray]:
   """The top-`k` cosine neighbours of every item, most similar first.
 
+  Only pairs of items that share a user have a similarity above zero, so the
+  work is the sparse product of the items' columns with the matrix, a block
+  of items at a time, never an items x items array: a 170k-track catalogue of
+  5k playlists takes seconds where a dense pass over every pair took minutes.
+
   Args:
-    matrix: [U, n_items] user x item values.
+    matrix: [U, n_items] user x item values (>= 0).
     k: Neighbours kept per item (clamped to n_items - 1).
     shrink: Added to the cosine denominator (damps pairs of rare items).
-    block_entries: Dense similarities held at a time (memory: 4 bytes each).
+    block_entries: Bound on the similarity entries a block of items may hold
+      (memory: about 16 bytes each), from each item's users' row lengths.
 
   Returns:
     `(indices [n_items, k] int64, sims [n_items, k] float32)`; an item with
     fewer than `k` neighbours of positive similarity is padded with index -1
     and similarity 0. Equal similarities keep the lower item index first.
   """
+  matrix = sp.csr_matrix(matrix)
   n = matrix.shape[1]
   k = max(0, min(int(k), n - 1))
   by_item = matrix.T.tocsr()
@@ -37,22 +44,33 @@ def cosine_neighbours(matrix: sp.csr_matrix, k: int, shrink: float = 0.0,
   sims = np.zeros((n, k), np.float32)
   if k == 0:
     return indices, sims
-  block = max(1, block_entries // n)
-  for start in range(0, n, block):
-    stop = min(n, start + block)
-    dots = (by_item[start:stop] @ matrix).toarray()
-    denominator = (norms[start:stop, None] * norms[None, :] + shrink).astype(np.float32)
-    sim = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
-    sim[np.arange(stop - start), np.arange(start, stop)] = 0.0  # never its own neighbour
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    top_sims = np.take_along_axis(sim, top, axis=1)
-    order = np.lexsort((top, -top_sims), axis=1)
-    top = np.take_along_axis(top, order, axis=1)
-    top_sims = np.take_along_axis(top_sims, order, axis=1)
-    positive = top_sims > 0
-    indices[start:stop] = np.where(positive, top, -1)
-    sims[start:stop] = np.where(positive, top_sims, 0.0)
+  # An item's similarities are at most the summed lengths of its users' rows.
+  reach = np.cumsum(np.asarray(by_item @ np.diff(matrix.indptr).astype(np.float64)).ravel())
+  start = 0
+  while start < n:
+    before = reach[start - 1] if start else 0.0
+    stop = max(start + 1, min(n, int(np.searchsorted(reach, before + block_entries, "right"))))
+    _block_neighbours(by_item[start:stop] @ matrix, start, norms, shrink, k, indices, sims)
+    start = stop
   return indices, sims
+
+
+def _block_neighbours(product: sp.spmatrix, start: int, norms: np.ndarray, shrink: float,
+                      k: int, indices: np.ndarray, sims: np.ndarray) -> None:
+  """Writes the top-`k` rows of items `start`.. from their sparse dot products [b, n]."""
+  product = sp.csr_matrix(product)
+  rows = np.repeat(np.arange(product.shape[0]), np.diff(product.indptr))
+  cols, dots = product.indices.astype(np.int64), product.data.astype(np.float32)
+  denominator = (norms[start + rows] * norms[cols] + shrink).astype(np.float32)
+  sim = np.divide(dots, denominator, out=np.zeros_like(dots), where=denominator > 0)
+  keep = (sim > 0) & (cols != start + rows)  # never its own neighbour
+  rows, cols, sim = rows[keep], cols[keep], sim[keep]
+  order = np.lexsort((cols, -sim, rows))
+  rows, cols, sim = rows[order], cols[order], sim[order]
+  rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+  take = rank < k
+  indices[start + rows[take], rank[take]] = cols[take]
+  sims[start + rows[take], rank[take]] = sim[take]
 
 
 def neighbour_matrix(indices: np.ndarray, sims: np.ndarray, k: int) -> sp.csr_matrix:
