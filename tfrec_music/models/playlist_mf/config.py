@@ -59,7 +59,10 @@ class PlaylistMFConfig:
       the seed in the training playlists (see `playlist_mf.cooccurrence`).
       Several values: the one with the best mean validation NDCG over the
       1-, 5- and 10-seed slices is kept after training (0 turns it off).
-    cooccurrence_neighbours: Most similar tracks kept per seed for that term.
+    cooccurrence_neighbours: Most similar tracks kept per track for that term;
+      the export stores them (n_items x this many slots, 8 bytes each: 16 MB
+      for 10k tracks; lower it, or set the weights to 0, for catalogues of
+      millions).
     learning_rate: Adam learning rate.
     average_epochs: Validate, keep and export a moving average of the
       weights, spanning about the last ninth of the steps so far up to this

@@ -121,7 +121,8 @@ class PlaylistContinuation(tf.Module):
                                        trainable=False, name="fallback_scores")
     self.cooccurrence_weight = float(cooccurrence_weight) if neighbours is not None else 0.0
     if self.cooccurrence_weight:
-      self.neighbour_index = tf.Variable(np.asarray(neighbours[0], np.int64), trainable=False,
+      # int32 ids: the export holds n_items x K of them (8 bytes a slot with the sims).
+      self.neighbour_index = tf.Variable(np.asarray(neighbours[0], np.int32), trainable=False,
                                          name="neighbour_index")
       self.neighbour_sims = tf.Variable(np.asarray(neighbours[1], np.float32), trainable=False,
                                         name="neighbour_sims")
@@ -265,7 +266,7 @@ class PlaylistContinuation(tf.Module):
     valid = tf.cast(seed_index >= 0, tf.float32)
     count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
     safe = tf.maximum(seed_index, 0)
-    index = tf.gather(self.neighbour_index, safe)  # [B, L, K]
+    index = tf.cast(tf.gather(self.neighbour_index, safe), tf.int64)  # [B, L, K]
     sims = tf.gather(self.neighbour_sims, safe) * valid[:, :, tf.newaxis]
     sims = tf.where(index >= 0, sims, tf.zeros_like(sims)) / count[:, tf.newaxis, tf.newaxis]
     batch = tf.shape(seed_index, out_type=tf.int64)[0]
