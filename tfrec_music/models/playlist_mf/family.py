@@ -16,9 +16,9 @@ from tfrec_music.data.tables import validate_tables
 from tfrec_music.evaluation.playlist import DEFAULT_KS
 from tfrec_music.evaluation.playlist import N_RECOMMENDATIONS
 from tfrec_music.evaluation.playlist import PlaylistQueries
+from tfrec_music.evaluation.playlist import challenge_metrics
 from tfrec_music.evaluation.playlist import evaluate_playlist_scorer
 from tfrec_music.evaluation.playlist import evaluate_playlists
-from tfrec_music.evaluation.playlist import challenge_metrics
 from tfrec_music.evaluation.playlist import evaluate_validation
 from tfrec_music.evaluation.playlist import held_out_playlists
 from tfrec_music.evaluation.playlist import playlist_names
