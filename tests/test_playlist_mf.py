@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import tfrec_music  # noqa: F401
 import tensorflow as tf
@@ -31,11 +32,10 @@ from tfrec_music.models.playlist_mf import PlaylistMFModel
 from tfrec_music.models.playlist_mf import negative_distribution
 from tfrec_music.models.playlist_mf import pad_indices
 from tfrec_music.models.playlist_mf import token_codes
+from tfrec_music.models.neighbours import cosine_neighbours
+from tfrec_music.models.neighbours import neighbour_matrix
 from tfrec_music.models.playlist_mf.cooccurrence import cooccurrence_scores
-from tfrec_music.models.playlist_mf.cooccurrence import neighbour_matrix
 from tfrec_music.models.playlist_mf.cooccurrence import own_share
-from tfrec_music.models.playlist_mf.cooccurrence import playlist_matrix
-from tfrec_music.models.playlist_mf.cooccurrence import seed_neighbours
 from tfrec_music.models.popularity import PopularityModel
 from tfrec_music.prepare import PrepareConfig
 from tfrec_music.prepare import prepare
@@ -437,8 +437,9 @@ def test_non_finite_loss_stops_with_advice(tmp_path):
 def test_cooccurrence_term_and_own_share_by_hand():
   # Playlists p0 {t0, t1, t2}, p1 {t0, t1}, p2 {t2, t3}: column norms sqrt2, sqrt2, sqrt2, 1;
   # cos(t0, t1) = 1, cos(t0, t2) = cos(t1, t2) = 1/2, cos(t2, t3) = 1/sqrt2, cos(t0, t3) = 0.
-  matrix = playlist_matrix(np.array([0, 0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 0, 1, 2, 3]), 3, 4)
-  index, sims = seed_neighbours(matrix, 2)
+  matrix = sp.csr_matrix((np.ones(7, np.float32), ([0, 0, 0, 1, 1, 2, 2], [0, 1, 2, 0, 1, 2, 3])),
+                         shape=(3, 4))
+  index, sims = cosine_neighbours(matrix, 2)
   assert index.tolist() == [[1, 2], [0, 2], [3, 0], [2, -1]]  # ties: lower index first
   csr = neighbour_matrix(index, sims, 2)
   r = 1 / np.sqrt(2)

@@ -1,4 +1,4 @@
-"""Top-K cosine neighbours of every item over a sparse matrix's columns.
+"""Top-K cosine neighbours of every item, and scoring through them in TensorFlow.
 
 Shared by the families that score with item neighbours: `itemknn` (a user's
 history through its items' neighbours) and `playlist_mf` (the seeds'
@@ -9,6 +9,9 @@ from typing import Tuple
 
 import numpy as np
 import scipy.sparse as sp
+
+import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
+import tensorflow as tf
 
 # Similarity entries a block of items may hold while its neighbours are chosen.
 BLOCK_ENTRIES = 1 << 24
@@ -80,3 +83,39 @@ def neighbour_matrix(indices: np.ndarray, sims: np.ndarray, k: int) -> sp.csr_ma
   keep = cols >= 0
   rows = np.broadcast_to(np.arange(n)[:, None], cols.shape)
   return sp.csr_matrix((values[keep], (rows[keep], cols[keep])), shape=(n, n), dtype=np.float32)
+
+
+class NeighbourProduct(tf.Module):
+  """History entries -> [B, n_items] scores through each item's neighbour list.
+
+  Args:
+    matrix: [n_items, n_items] CSR neighbour matrix (`neighbour_matrix`).
+  """
+
+  def __init__(self, matrix: sp.csr_matrix):
+    super().__init__(name="neighbour_product")
+    n = matrix.shape[0]
+    width = max(1, int(np.diff(matrix.indptr).max(initial=0)))
+    # int32 ids: an export holds n_items x width of them (8 bytes a slot with the sims).
+    cols = np.zeros((n, width), np.int32)
+    values = np.zeros((n, width), np.float32)
+    counts = np.diff(matrix.indptr)
+    slots = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+    rows = np.repeat(np.arange(n), counts)
+    cols[rows, slots] = matrix.indices
+    values[rows, slots] = matrix.data
+    self.n_items = n
+    # Padding slots point at item 0 with similarity 0: they add nothing.
+    self.neighbours = tf.Variable(cols, trainable=False, name="neighbours")
+    self.similarities = tf.Variable(values, trainable=False, name="similarities")
+
+  def __call__(self, rows: tf.Tensor, cols: tf.Tensor, values: tf.Tensor,
+               batch: tf.Tensor) -> tf.Tensor:
+    """[B, n_items] sum over entries (row, col, value) of value * sim(col, .)."""
+    targets = rows[:, tf.newaxis] * self.n_items + tf.cast(tf.gather(self.neighbours, cols),
+                                                           tf.int64)
+    contributions = tf.gather(self.similarities, cols) * values[:, tf.newaxis]
+    batch = tf.cast(batch, tf.int64)
+    flat = tf.math.unsorted_segment_sum(tf.reshape(contributions, [-1]),
+                                        tf.reshape(targets, [-1]), batch * self.n_items)
+    return tf.reshape(flat, [batch, self.n_items])

@@ -3,7 +3,8 @@
 A track's co-occurrence score for a playlist is the mean, over the playlist's
 seeds, of its cosine similarity with the seed in the training playlists
 (playlists x tracks, binary), each seed keeping its `k` most similar tracks
-(`tfrec_music.models.neighbours.cosine_neighbours`). The family adds
+(`tfrec_music.models.neighbours`: `cosine_neighbours`, `neighbour_matrix`;
+the export scores through its `NeighbourProduct`). The family adds
 `weight` x that mean to the factorization's logits: the factors summarize a
 playlist in `embedding_dim` numbers, while two tracks that keep appearing
 together are evidence the factors smooth away.
@@ -16,32 +17,10 @@ measures what a new playlist gets (the held-out playlists of the test slices,
 and a served one, are in no similarity).
 """
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-
-from tfrec_music.models.neighbours import cosine_neighbours
-from tfrec_music.models.neighbours import neighbour_matrix
-
-
-def playlist_matrix(playlists: np.ndarray, items: np.ndarray, n_playlists: int,
-                    n_items: int) -> sp.csr_matrix:
-  """[P, n_items] binary CSR of the training rows (playlist index, catalogue index)."""
-  matrix = sp.csr_matrix((np.ones(len(items), np.float32), (playlists, items)),
-                         shape=(n_playlists, n_items))
-  matrix.sum_duplicates()
-  matrix.data[:] = 1.0
-  return matrix
-
-
-def seed_neighbours(matrix: sp.csr_matrix, k: int) -> Tuple[np.ndarray, np.ndarray]:
-  """(indices [n_items, k] int64, sims [n_items, k] float32): each track's neighbours.
-
-  Cosine similarity over the playlists' binary columns; -1 / 0 pad a track
-  with fewer than `k` co-occurring tracks.
-  """
-  return cosine_neighbours(matrix, k)
 
 
 def seed_matrix(seeds: Sequence[np.ndarray], n_items: int) -> sp.csr_matrix:
@@ -58,7 +37,7 @@ def cooccurrence_scores(seeds: Sequence[np.ndarray], neighbours: sp.csr_matrix) 
 
   Args:
     seeds: [B] catalogue index arrays (may be empty: a zero row).
-    neighbours: [n_items, n_items] CSR (`neighbour_matrix` of `seed_neighbours`).
+    neighbours: [n_items, n_items] CSR (`neighbours.neighbour_matrix`).
   """
   return np.asarray((seed_matrix(seeds, neighbours.shape[0]) @ neighbours).toarray(), np.float32)
 
@@ -84,7 +63,3 @@ def own_share(seeds: Sequence[np.ndarray], own_rows: sp.csr_matrix, neighbours: 
   pattern.data[:] = 1.0
   reach = np.asarray((sp.csr_matrix(start) @ pattern).toarray(), np.float32)
   return reach * np.asarray(own_rows.multiply(inverse[None, :]).toarray(), np.float32)
-
-
-__all__ = ["playlist_matrix", "seed_neighbours", "seed_matrix", "cooccurrence_scores",
-           "own_share", "neighbour_matrix"]

@@ -31,6 +31,9 @@ from tfrec_music.export.projector import write_item_projector
 from tfrec_music.fit_loop import config_fingerprint
 from tfrec_music.fit_loop import fit_with_validation
 from tfrec_music.models.family import ModelFamily
+from tfrec_music.models.item_item import user_item_matrix
+from tfrec_music.models.neighbours import cosine_neighbours
+from tfrec_music.models.neighbours import neighbour_matrix
 from tfrec_music.models.playlist_baselines import playlist_baselines
 from tfrec_music.models.playlist_mf import config as config_lib
 from tfrec_music.models.playlist_mf import cooccurrence
@@ -119,19 +122,16 @@ class PlaylistMFFamily(ModelFamily):
                                               **averaging(config.average_epochs, steps)))
     self._module: Optional[PlaylistContinuation] = None
     self.fit_summary: Dict[str, Any] = {}
-    features = self.training_features()
-    self.train_matrix = cooccurrence.playlist_matrix(
-        features["playlist"], features["item"], len(self.playlist_ids), prepared.n_items)
-    self.neighbours: Optional[Tuple[np.ndarray, np.ndarray]] = None
-    self.neighbour_csr = None
+    # Binary playlists x tracks of the training rows (rows: `train_index`), the column
+    # norms of its cosines, and each track's neighbours when a weight can be above 0.
+    self.train_index, self.train_matrix = user_item_matrix(prepared, prepared.train, "binary")
+    self.track_norms = np.sqrt(np.asarray(self.train_matrix.sum(axis=0), np.float64).ravel())
+    k = config.cooccurrence_neighbours
+    self.neighbour_csr = (neighbour_matrix(*cosine_neighbours(self.train_matrix, k), k)
+                          if any(config.cooccurrence_weights) else None)
     # The co-occurrence weight in use: the configured one until `fit` chooses among several.
     self.cooccurrence_weight = float(config.cooccurrence_weights[-1]
                                      if len(config.cooccurrence_weights) == 1 else 0.0)
-    if any(config.cooccurrence_weights):
-      self.neighbours = cooccurrence.seed_neighbours(self.train_matrix,
-                                                     config.cooccurrence_neighbours)
-      self.neighbour_csr = cooccurrence.neighbour_matrix(*self.neighbours,
-                                                         config.cooccurrence_neighbours)
 
   def item_bags(self) -> Dict[str, Tuple[np.ndarray, int]]:
     """`item_features` -> ([n_items, L] codes, -1 for none; vocabulary size).
@@ -317,7 +317,7 @@ class PlaylistMFFamily(ModelFamily):
         np.ones(len(tokens)), fallback_ids, fallback_scores, k, index_kind=index_kind,
         max_seeds=self.config.max_seeds, name_prior=self.config.name_prior,
         loss=self.config.loss, l2_per_seed=self.config.l2_per_seed,
-        neighbours=self.neighbours, cooccurrence_weight=self.cooccurrence_weight)
+        neighbours=self.neighbour_csr, cooccurrence_weight=self.cooccurrence_weight)
     if index_kind is None:
       self._module = module
     return module
@@ -379,11 +379,10 @@ class PlaylistMFFamily(ModelFamily):
       return logits, np.zeros_like(logits), mode
     seeds = [np.asarray(s, np.int64) for s in queries.seeds]
     cooc = cooccurrence.cooccurrence_scores(seeds, self.neighbour_csr)
-    rows = self.playlist_index.get_indexer(np.asarray(queries.playlist_ids).astype(str))
+    rows = self.train_index.get_indexer(np.asarray(queries.playlist_ids).astype(str))
     if (rows >= 0).any():
       own = self.train_matrix[np.maximum(rows, 0)].multiply((rows >= 0)[:, None]).tocsr()
-      norms = np.sqrt(np.asarray(self.train_matrix.sum(axis=0), np.float64).ravel())
-      cooc -= cooccurrence.own_share(seeds, own, self.neighbour_csr, norms)
+      cooc -= cooccurrence.own_share(seeds, own, self.neighbour_csr, self.track_norms)
     return logits, cooc, mode
 
   def score_fn(self):

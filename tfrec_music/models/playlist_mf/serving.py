@@ -1,14 +1,16 @@
 """The fold-in and serving module of playlist MF: seeds and a name in, a continuation out."""
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 import tfrec_music  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TF)
 import tensorflow as tf
 
 from tfrec_music.export.retrieval import EMPTY_SCORE
 from tfrec_music.export.saved_model import save_module
+from tfrec_music.models.neighbours import NeighbourProduct
 from tfrec_music.models.playlist_mf.tokens import name_tokens
 
 # Step sizes the damped Newton fold-in tries; the one with the lowest objective wins, per row.
@@ -48,8 +50,8 @@ class PlaylistContinuation(tf.Module):
     l2_per_seed: The L2 weight is `l2` / (number of seeds): the seeds'
       evidence adds up while the prior's does not, so more seeds move the
       playlist further from its name. False: `l2` whatever the seed count.
-    neighbours: Optional (indices [n_items, K] int, -1 padding; sims [n_items,
-      K]) of each track's co-occurring tracks (`playlist_mf.cooccurrence`).
+    neighbours: Optional [n_items, n_items] CSR of each track's co-occurring
+      tracks and their similarities (`tfrec_music.models.neighbours`).
     cooccurrence_weight: The served scores add this times the mean over the
       seeds of their neighbours' similarities (exact: every track; ScaNN: the
       fetched candidates). 0 or no `neighbours`: the logits alone.
@@ -62,7 +64,7 @@ class PlaylistContinuation(tf.Module):
                fallback_ids: np.ndarray, fallback_scores: np.ndarray, k: int,
                index_kind: Optional[str] = None, max_seeds: int = 250,
                name_prior: bool = False, loss: str = "bce", l2_per_seed: bool = False,
-               neighbours: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+               neighbours: Optional[sp.csr_matrix] = None,
                cooccurrence_weight: float = 0.0):
     super().__init__()
     if loss not in ("softmax", "bce"):
@@ -121,11 +123,7 @@ class PlaylistContinuation(tf.Module):
                                        trainable=False, name="fallback_scores")
     self.cooccurrence_weight = float(cooccurrence_weight) if neighbours is not None else 0.0
     if self.cooccurrence_weight:
-      # int32 ids: the export holds n_items x K of them (8 bytes a slot with the sims).
-      self.neighbour_index = tf.Variable(np.asarray(neighbours[0], np.int32), trainable=False,
-                                         name="neighbour_index")
-      self.neighbour_sims = tf.Variable(np.asarray(neighbours[1], np.float32), trainable=False,
-                                        name="neighbour_sims")
+      self.neighbour_product = NeighbourProduct(neighbours)
     self.index_kind = index_kind
     if index_kind == "scann":
       from tfrec_music.export.retrieval import make_scann_index  # pylint: disable=g-import-not-at-top
@@ -263,17 +261,12 @@ class PlaylistContinuation(tf.Module):
   # ---------------------------------------------------------------- serving
   def cooccurrence(self, seed_index: tf.Tensor) -> tf.Tensor:
     """[B, n_items] mean over the seeds (indices [B, L], -1 padding) of their neighbours' sims."""
-    valid = tf.cast(seed_index >= 0, tf.float32)
-    count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
-    safe = tf.maximum(seed_index, 0)
-    index = tf.cast(tf.gather(self.neighbour_index, safe), tf.int64)  # [B, L, K]
-    sims = tf.gather(self.neighbour_sims, safe) * valid[:, :, tf.newaxis]
-    sims = tf.where(index >= 0, sims, tf.zeros_like(sims)) / count[:, tf.newaxis, tf.newaxis]
-    batch = tf.shape(seed_index, out_type=tf.int64)[0]
-    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis, tf.newaxis], tf.shape(index, tf.int64))
-    flat = tf.reshape(rows * self.n_items + tf.maximum(index, 0), [-1])
-    summed = tf.math.unsorted_segment_sum(tf.reshape(sims, [-1]), flat, batch * self.n_items)
-    return tf.reshape(summed, [batch, self.n_items])
+    valid = seed_index >= 0
+    count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32), axis=1), 1.0)
+    rows = tf.where(valid)[:, 0]
+    return self.neighbour_product(rows, tf.boolean_mask(seed_index, valid),
+                                  tf.gather(1.0 / count, rows),
+                                  tf.shape(seed_index, out_type=tf.int64)[0])
 
   def _continue(self, seeds, name):
     seed_index = self.item_table.lookup(seeds)
